@@ -1,0 +1,1 @@
+"""Training side of the REPA toolkit: models, interpolants, losses, samplers, data, encoders, loop."""

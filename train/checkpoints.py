@@ -1,0 +1,60 @@
+"""Reading checkpoints safely and writing them atomically.
+
+Checkpoints are plain data (tensors, numbers, strings, lists, dicts) that load with
+``torch.load(weights_only=True)``: no code from a checkpoint file ever runs.  Legacy DiT/SiT/REPA
+training checkpoints pickle an ``argparse.Namespace`` under ``args``; that single class is
+allow-listed (it holds data only).  Writes go to a temporary file in the same directory, are
+flushed and fsync'ed, then renamed over the target, so a crash mid-write leaves the previous file
+intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.errors import UserError
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a ``.pt``/``.pth``/``.bin`` (torch) or ``.safetensors`` file without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: check the path")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+            raise UserError(f"checkpoint {path} is not a readable safetensors file ({type(e).__name__}): re-download or re-save it") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise UserError(f"checkpoint {path} holds objects other than plain data ({first}): re-save its state dict with torch.save(model.state_dict())") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"checkpoint {path} is truncated or not a torch file ({type(e).__name__}: {str(e)[:120]}): use the previous checkpoint or re-download it") from None
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` through a temp file + fsync + rename (the old file survives a crash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,471 @@
+"""Frozen target encoders for REPA behind one interface, and a small built-in teacher.
+
+An :class:`Encoder` maps uint8 images ``(B, 3, H, W)`` to float32 patch tokens ``(B, T, D)`` with
+``T = grid * grid``. Preprocessing is part of it, as in REPA: ``x / 255``, bicubic resize to the
+encoder's resolution (224 px for patch-14 models, 256 px for patch-16 ones, so both give 16 x 16
+tokens; no antialiasing, as the reference), then the model's own mean/std (CLIP's for CLIP).
+Targets are
+
+* ``"norm"``: the final-norm patch tokens with class and register tokens dropped (DINOv2's
+  ``x_norm_patchtokens``); DINOv2, DINO v1, MoCo v3, SigLIP, I-JEPA and the built-in teacher;
+* ``"prenorm"``: the last block's patch tokens without the final norm; MAE and CLIP (REPA).
+
+If ``grid`` differs from the native token grid, the tokens are resampled on their 2-D layout:
+area pooling (mean over blocks) for an integer shrink factor, bilinear interpolation otherwise.
+
+Every architecture is built with timm. Weights: ``weights=None`` uses timm's published weights --
+from the local HF / torch-hub cache when present, downloaded only when ``HF_HUB_OFFLINE`` is unset
+and the server answers; otherwise one :class:`~train.errors.UserError` line comes at once.
+``weights=PATH`` loads a local checkpoint (original or timm format; position embeddings are
+resampled to the encoder's resolution by timm). ``random_init=True`` gives random weights of the
+same architecture (tests, notebooks). Each encoder carries a ``provenance`` dict for results.
+
+Built-in teacher (``builtin-teacher``): a ViT (patch 4 on 32 px -> 8 x 8 tokens, width 192,
+depth 6, 3 heads) trained by this project on :class:`~train.data.ShapesDataset`. It is trained
+*supervised*: the linear head reads the mean of the final-norm patch tokens (no class token), so
+the patch tokens themselves must carry the class; random translations and horizontal flips
+(all ten classes are flip-invariant) augment the data. Supervised training is the simplest way
+to get a reliable, fast-to-train target whose tokens are linearly decodable; the cost is that the
+tokens carry little besides class and position. It is trained on first use and cached as
+``$REPA_CACHE/teacher/<config-hash>.safetensors`` (default ``~/.cache/repa-toolkit``) with a
+JSON sidecar (config, seed, training time, held-out accuracies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.errors import UserError
+from train.latents import HF_ENDPOINT, download_possible, hf_cached_file
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build one encoder.
+
+    ``arch``: timm model name (with its pretrained tag when timm publishes the weights);
+    ``patch``/``resolution``: patch size and input side in pixels; ``target``: ``"norm"`` or
+    ``"prenorm"`` (see the module docstring); ``hub``: timm can fetch the weights (else a local
+    file is required); ``strip_prefix``: key prefix removed from local checkpoints.
+    """
+
+    arch: str
+    patch: int
+    resolution: int
+    target: str = "norm"
+    hub: bool = True
+    strip_prefix: str = ""
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.patch
+
+
+def _dinov2(size: str, reg: bool) -> EncoderSpec:
+    return EncoderSpec(f"vit_{size}_patch14_{'reg4_' if reg else ''}dinov2.lvd142m", 14, 224)
+
+
+TEACHER = "builtin-teacher"
+ENCODERS: dict[str, EncoderSpec] = {
+    **{f"dinov2-vit-{s[0]}{'-reg' if reg else ''}": _dinov2(s, reg)
+       for reg in (False, True) for s in ("small", "base", "large", "giant")},
+    "dinov1-vit-b": EncoderSpec("vit_base_patch16_224.dino", 16, 256),
+    "mae-vit-l": EncoderSpec("vit_large_patch16_224.mae", 16, 256, target="prenorm"),
+    # MoCo v3 weights are not in timm: load the original checkpoint (prefix module.base_encoder.)
+    "mocov3-vit-b": EncoderSpec("vit_base_patch16_224", 16, 256, hub=False, strip_prefix="base_encoder."),
+    "mocov3-vit-l": EncoderSpec("vit_large_patch16_224", 16, 256, hub=False, strip_prefix="base_encoder."),
+    "clip-vit-l": EncoderSpec("vit_large_patch14_clip_quickgelu_224.openai", 14, 224, target="prenorm"),
+    "siglip-vit-b": EncoderSpec("vit_base_patch16_siglip_256.webli", 16, 256),
+    "ijepa-vit-h": EncoderSpec("vit_huge_patch14_gap_224.in1k_ijepa", 14, 224),
+    TEACHER: EncoderSpec("repa-builtin-teacher", 4, 32, hub=False),
+}
+
+# ----------------------------------------------------------------------------------------------
+# The encoder module
+# ----------------------------------------------------------------------------------------------
+
+
+def resample_tokens(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(B, g*g, D)`` -> ``(B, grid*grid, D)`` on the square token layout: area pooling when
+    ``g`` is a multiple of ``grid``, bilinear interpolation (antialiased when shrinking) otherwise."""
+    b, t, d = tokens.shape
+    g = math.isqrt(t)
+    if g * g != t:
+        raise ValueError(f"{t} tokens do not form a square grid")
+    if g == grid:
+        return tokens
+    x = tokens.transpose(1, 2).reshape(b, d, g, g)
+    if g % grid == 0:
+        x = F.avg_pool2d(x, g // grid)
+    else:
+        x = F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False, antialias=grid < g)
+    return x.flatten(2).transpose(1, 2)
+
+
+class Encoder(nn.Module):
+    """A frozen vision encoder: uint8 images ``(B, 3, H, W)`` -> float32 tokens ``(B, grid**2, dim)``.
+
+    Attributes: ``name``, ``dim``, ``grid`` (output tokens per side), ``native_grid``,
+    ``resolution``, ``provenance`` (a JSON-able dict recorded with results). Always in eval mode,
+    parameters frozen, forward under ``torch.no_grad()``.
+    """
+
+    def __init__(self, name: str, spec: EncoderSpec, model: nn.Module, mean: tuple[float, ...],
+                 std: tuple[float, ...], weights: str, grid: int | None = None) -> None:
+        super().__init__()
+        self.name, self.spec, self.model = name, spec, model
+        self.dim: int = model.embed_dim
+        self.resolution, self.native_grid = spec.resolution, spec.grid
+        self.grid: int = grid or spec.grid
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+        resample = "none" if self.grid == spec.grid else ("area" if spec.grid % self.grid == 0 else "bilinear")
+        self.provenance: dict[str, Any] = {
+            "name": name, "architecture": spec.arch, "weights": weights, "resolution": spec.resolution,
+            "patch": spec.patch, "native_grid": spec.grid, "grid": self.grid, "resample": resample,
+            "target": spec.target, "dim": self.dim, "mean": list(mean), "std": list(std),
+        }
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` -> normalised float ``(B, 3, resolution, resolution)``."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise TypeError(f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        x = images.to(self.mean.device).float() / 255.0
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        if self.spec.target == "prenorm":
+            tokens = self.model.forward_intermediates(x, indices=1, norm=False, output_fmt="NLC",
+                                                      intermediates_only=True)[-1]
+        else:
+            tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
+        return resample_tokens(tokens, self.grid).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading timm encoders
+# ----------------------------------------------------------------------------------------------
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                 "open_clip_pytorch_model.bin")
+
+
+def _needs_weights(name: str, spec: EncoderSpec) -> str:
+    where = " or put it in the HF cache with HF_HUB_OFFLINE=1" if spec.hub else ""
+    return (f"encoder {name} needs weights: pass --encoder-weights PATH (a .pth/.safetensors file "
+            f"or HF directory){where}")
+
+
+def _weights_file(name: str, spec: EncoderSpec, weights: str | os.PathLike) -> Path:
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        found = [path / f for f in _WEIGHT_FILES if (path / f).is_file()]
+        if not found:
+            raise UserError(f"no weights file ({', '.join(_WEIGHT_FILES)}) in {path} — {_needs_weights(name, spec)}")
+        return found[0]
+    if not path.is_file():
+        raise UserError(f"encoder weights {path} not found — {_needs_weights(name, spec)}")
+    return path
+
+
+def _cached_weights(arch: str) -> str | None:
+    """Local copy of timm's published weights for ``arch`` (HF cache or torch-hub cache)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
+        hit = hf_cached_file(cfg.hf_hub_id, names)
+        if hit:
+            return hit
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _download_url(arch: str) -> str | None:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        return None
+    return (HF_ENDPOINT if cfg.hf_hub_id else cfg.url) or None
+
+
+def _strip_prefix(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Keys of a (MoCo v3) checkpoint under ``prefix``, prefix removed, projection head dropped;
+    a checkpoint without the prefix is returned as is. timm already strips ``module.``."""
+    from timm.models import load_state_dict
+
+    state = load_state_dict(str(path))
+    if not any(k.startswith(prefix) for k in state):
+        return state
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
+
+
+def _build_timm(name: str, spec: EncoderSpec, weights: str | os.PathLike | None,
+                random_init: bool) -> tuple[nn.Module, str]:
+    """The timm model of ``spec`` with its weights, and a description of their source."""
+    import timm
+
+    kwargs = dict(num_classes=0, img_size=spec.resolution)
+    if random_init:
+        return timm.create_model(spec.arch, pretrained=False, **kwargs), "random-init"
+    if weights is not None:
+        path = _weights_file(name, spec, weights)
+        overlay = dict(state_dict=_strip_prefix(path, spec.strip_prefix)) if spec.strip_prefix else dict(file=str(path))
+        source = f"file:{path.resolve()}"
+    elif not spec.hub:
+        raise UserError(_needs_weights(name, spec))
+    elif cached := _cached_weights(spec.arch):
+        overlay, source = dict(file=cached), f"cache:{cached}"
+    elif (url := _download_url(spec.arch)) and download_possible(url):
+        overlay, source = None, f"timm:{spec.arch}"
+    else:
+        raise UserError(_needs_weights(name, spec))
+    try:
+        model = timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except (RuntimeError, KeyError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"cannot load {source} into {spec.arch} ({first}) — pass a checkpoint of this "
+                        "architecture (original or timm format)") from e
+    return model, source
+
+
+def load_encoder(name: str, weights: str | os.PathLike | None = None, grid: int | None = None,
+                 device: str | torch.device = "cpu", random_init: bool = False) -> Encoder:
+    """Build the frozen encoder ``name`` (a key of :data:`ENCODERS`).
+
+    ``weights``: None (published weights, or the cached/trained built-in teacher), or a local file
+    or directory; ``grid``: output tokens per side (default: native); ``random_init``: random
+    weights of the same architecture.
+    """
+    if name not in ENCODERS:
+        raise UserError(f"unknown encoder {name!r} — choose one of: {', '.join(ENCODERS)}")
+    spec = ENCODERS[name]
+    if grid is not None and grid < 1:
+        raise UserError(f"encoder grid {grid} must be positive — pass the SiT token grid (image/latent side / patch)")
+    if name == TEACHER:
+        model, source, cfg = _load_teacher(weights, random_init)
+        encoder = Encoder(name, _teacher_spec(cfg), model, TEACHER_MEAN, TEACHER_STD, source, grid)
+        encoder.provenance["teacher_config"] = asdict(cfg)
+        return encoder.to(device)
+    from timm.data import resolve_data_config
+
+    model, source = _build_timm(name, spec, weights, random_init)
+    data_cfg = resolve_data_config({}, model=model)
+    return Encoder(name, spec, model, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), source, grid).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in teacher
+# ----------------------------------------------------------------------------------------------
+
+TEACHER_MEAN = TEACHER_STD = (0.5, 0.5, 0.5)
+_TEACHER_FORMAT = "repa-builtin-teacher/1"
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Architecture, data and optimisation of the built-in teacher (hashed into its cache name)."""
+
+    image_size: int = 32
+    patch: int = 4
+    width: int = 192
+    depth: int = 6
+    heads: int = 3
+    num_classes: int = 10
+    n_train: int = 10_000
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    shift: int = 3  # max random translation in pixels
+    label_smoothing: float = 0.1
+    seed: int = 0
+    data_seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps({"format": _TEACHER_FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def repa_cache_dir() -> Path:
+    """``$REPA_CACHE``, default ``~/.cache/repa-toolkit``."""
+    return Path(os.environ.get("REPA_CACHE", "~/.cache/repa-toolkit")).expanduser()
+
+
+def teacher_path(cfg: TeacherConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the teacher of ``cfg`` is cached: ``<cache_dir>/teacher/<hash>.safetensors``."""
+    return Path(cache_dir or repa_cache_dir()) / "teacher" / f"{cfg.key()}.safetensors"
+
+
+def _teacher_spec(cfg: TeacherConfig) -> EncoderSpec:
+    return EncoderSpec(ENCODERS[TEACHER].arch, cfg.patch, cfg.image_size, hub=False)
+
+
+def build_teacher_model(cfg: TeacherConfig) -> nn.Module:
+    """The teacher ViT: no class token; final norm on every token, mean pool, linear head."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch, num_classes=cfg.num_classes,
+                             embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads,
+                             class_token=False, global_pool="avg", fc_norm=False)
+
+
+def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ``shift`` pixels (edge padding) and horizontal flips."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (shift,) * 4, mode="replicate")
+    dy, dx = (torch.randint(0, 2 * shift + 1, (2, b, 1), generator=gen))
+    rows, cols = dy + torch.arange(h), dx + torch.arange(w)
+    x = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str | os.PathLike | None = None,
+                          progress: bool = True) -> Path:
+    """Train the built-in teacher on the shapes train split unless it is cached; return its path.
+
+    Deterministic given ``cfg`` (and the thread count). Writes ``<hash>.json`` (config, seed,
+    training seconds, head accuracy and linear-probe accuracy on the shapes val split) and then
+    ``<hash>.safetensors`` (config in its metadata), each atomically.
+    """
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from train.data import ShapesDataset
+
+    path = teacher_path(cfg, cache_dir)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = ShapesDataset("train", n=cfg.n_train, size=cfg.image_size, seed=cfg.data_seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        model = build_teacher_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
+                                              * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    start = time.time()
+    model.train()
+    for _ in tqdm(range(cfg.steps), desc="built-in teacher", disable=not progress):
+        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+        x = _augment(data.images[idx].float() / 127.5 - 1.0, cfg.shift, gen)
+        loss = F.cross_entropy(model(x), data.labels[idx], label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    seconds = time.time() - start
+    model.eval()
+
+    val = ShapesDataset("val", size=cfg.image_size, seed=cfg.data_seed)
+    encoder = Encoder(TEACHER, _teacher_spec(cfg), model, TEACHER_MEAN, TEACHER_STD, "training")
+    with torch.no_grad():
+        logits = torch.cat([model(encoder.preprocess(val.images[i:i + 500])) for i in range(0, len(val), 500)])
+    sidecar = {
+        "config": asdict(cfg), "seed": cfg.seed, "train_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "val_accuracy": (logits.argmax(1) == val.labels).float().mean().item(),
+        "linear_probe_accuracy": linear_probe_accuracy(encoder, data, val, n_train=5000, n_val=len(val)),
+    }
+    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": _TEACHER_FORMAT, "config": json.dumps(asdict(cfg))}
+    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    return path
+
+
+def _load_teacher(weights: str | os.PathLike | None, random_init: bool) -> tuple[nn.Module, str, TeacherConfig]:
+    """Teacher model, source description and config: random, from a file, or cached/trained."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    if random_init:
+        cfg = TeacherConfig()
+        return build_teacher_model(cfg), "random-init", cfg
+    path = Path(weights).expanduser() if weights is not None else train_builtin_teacher()
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != _TEACHER_FORMAT:
+            raise ValueError("no built-in teacher metadata")
+        cfg = TeacherConfig(**json.loads(meta["config"]))
+        model = build_teacher_model(cfg)
+        model.load_state_dict(load_file(str(path)))
+    except (OSError, ValueError, SafetensorError, RuntimeError) as e:
+        raise UserError(f"{path} is not a built-in teacher checkpoint ({e}) — pass a file written by "
+                        "train_builtin_teacher, or no weights to use the cached one") from e
+    return model.eval(), f"builtin:{path.resolve()}", cfg
+
+
+def linear_probe_accuracy(encoder: Encoder, train_ds, val_ds, n_train: int = 5000, n_val: int = 2000,
+                          batch_size: int = 256) -> float:
+    """Held-out accuracy of a logistic regression on mean-pooled tokens: fitted on the first
+    ``n_train`` images of ``train_ds`` (standardised features), scored on the first ``n_val`` of
+    ``val_ds``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def features(ds, n: int) -> tuple[Any, Any]:
+        n = min(n, len(ds))
+        if hasattr(ds, "images"):
+            images, labels = ds.images[:n], ds.labels[:n]
+        else:
+            items = [ds[i] for i in range(n)]
+            images, labels = torch.stack([im for im, _ in items]), torch.tensor([lb for _, lb in items])
+        feats = torch.cat([encoder(images[i:i + batch_size]).mean(1).cpu() for i in range(0, n, batch_size)])
+        return feats.numpy(), labels.numpy()
+
+    x_train, y_train = features(train_ds, n_train)
+    x_val, y_val = features(val_ds, n_val)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, tol=1e-6))
+    return float(clf.fit(x_train, y_train).score(x_val, y_val))
