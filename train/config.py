@@ -130,4 +130,173 @@ def published_config(name: str, flavour: str | None = None, **overrides) -> Mode
     return ModelConfig(**kw)
 
 
-__all__ = ["ModelConfig", "published_config", "parse_name", "SIZES", "PATCHES", "MODEL_NAMES", "FLAVOURS"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Training configuration and presets
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """What the model trains on: a built-in dataset (``shapes``, ``digits``) or an image ``folder``."""
+
+    dataset: str = "shapes"
+    root: str | None = None
+    image_size: int = 32
+    n_train: int | None = None  # built-in datasets: number of training images (None: its default)
+    hflip: bool = False
+    codec: str = "identity"  # "identity" (pixels) or "sd-vae"
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """One training run.  ``proj_coeff = 0`` is the vanilla baseline (no projector, no encoder).
+
+    Defaults are REPA's ImageNet settings (REPA-NOTES section 2); presets below size them.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    encoders: tuple[str, ...] = ("dinov2-vit-b",)
+    encoder_weights: tuple[str, ...] = ()  # one local path per encoder ("" = hub / built-in)
+    random_init_encoders: bool = False  # tests and offline demos only: random encoder weights
+    cache_targets: bool = True  # precompute encoder tokens once per image (no augmentation)
+    proj_coeff: float = 0.5
+    proj_loss: str = "cosine"  # "cosine" or "nt-xent"
+    nt_xent_temperature: float = 0.1
+    path: str = "linear"
+    time_sampling: str = "uniform"
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 256  # global, over processes and accumulation steps
+    grad_accum: int = 1
+    steps: int = 400_000
+    ema_decay: float = 0.9999
+    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 10_000
+    ckpt_series: str = "log"  # keep "all" periodic checkpoints, or "log": steps ckpt_every * 2^k
+    sample_every: int = 0  # 0: never; else a grid of EMA samples every N steps (and at the end)
+    sample_steps: int = 50
+    eval_every: int = 0  # 0: never; else evaluate the EMA model every N steps (see train.evaluate)
+    eval_samples: int = 256
+    threads: int = 0  # 0: torch default
+    compile: bool = False
+    tensorboard: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        self.encoders = tuple(self.encoders)
+        self.encoder_weights = tuple(self.encoder_weights)
+        self.betas = tuple(self.betas)
+
+    @property
+    def vanilla(self) -> bool:
+        return self.proj_coeff == 0
+
+    def check(self) -> list[str]:
+        """Contradictory or impossible options, each as one line saying the fix."""
+        errs = []
+        if self.batch_size % self.grad_accum:
+            errs.append(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}: pick values that divide")
+        if self.proj_coeff < 0:
+            errs.append(f"proj_coeff {self.proj_coeff} is negative: use 0 (vanilla) or a positive lambda such as 0.5")
+        if not self.vanilla and not self.encoders:
+            errs.append("proj_coeff > 0 needs at least one target encoder: pass --encoders NAME or set --proj-coeff 0")
+        if self.encoder_weights and len(self.encoder_weights) != len(self.encoders):
+            errs.append(f"{len(self.encoder_weights)} encoder weight paths for {len(self.encoders)} encoders: give one per encoder ('' for the default)")
+        if self.vanilla and self.model.z_dims:
+            errs.append("a vanilla run (proj_coeff 0) must not have projectors: drop model.z_dims")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            errs.append(f"mixed_precision {self.mixed_precision!r} is unknown: use no, bf16 or fp16")
+        if self.proj_loss not in ("cosine", "nt-xent"):
+            errs.append(f"proj_loss {self.proj_loss!r} is unknown: use cosine or nt-xent")
+        if self.ckpt_series not in ("all", "log"):
+            errs.append(f"ckpt_series {self.ckpt_series!r} is unknown: use all or log")
+        if self.data.codec == "identity" and self.model.in_channels != 3:
+            errs.append(f"the identity codec gives 3 channels but model.in_channels is {self.model.in_channels}: set it to 3")
+        if self.data.codec == "identity" and self.model.input_size != self.data.image_size:
+            errs.append(f"model.input_size {self.model.input_size} differs from data.image_size {self.data.image_size} with the identity codec: make them equal")
+        if self.steps < 1 or self.batch_size < 1:
+            errs.append("steps and batch_size must be positive")
+        return errs
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _imagenet(name: str, depth: int) -> TrainConfig:
+    return TrainConfig(
+        model=published_config(name, "repa", input_size=32, in_channels=4, num_classes=1000, encoder_depth=depth, z_dims=(768,)),
+        data=DataConfig(dataset="folder", image_size=256, codec="sd-vae"),
+        encoders=("dinov2-vit-b",), proj_coeff=0.5, lr=1e-4, batch_size=256, steps=400_000,
+        mixed_precision="fp16", ckpt_every=50_000, sample_every=10_000, log_every=100,
+    )
+
+
+def _tiny() -> TrainConfig:
+    """Built-in shapes, pixel space, the built-in teacher; sized for a 2-core CPU (a few minutes)."""
+    return TrainConfig(
+        model=ModelConfig(name="SiT-T/4", flavour="repa", input_size=32, in_channels=3, num_classes=10,
+                          depth=6, hidden_size=128, num_heads=4, encoder_depth=2, z_dims=(192,), projector_dim=256),
+        data=DataConfig(dataset="shapes", image_size=32, codec="identity"),
+        encoders=("builtin-teacher",), proj_coeff=0.5, lr=5e-4, batch_size=64, steps=400, ema_decay=0.99,
+        log_every=10, ckpt_every=50, ckpt_series="all", sample_every=200, sample_steps=25, device="cpu",
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "SiT-B/2": lambda: _imagenet("SiT-B/2", 4),
+    "SiT-L/2": lambda: _imagenet("SiT-L/2", 8),
+    "SiT-XL/2": lambda: _imagenet("SiT-XL/2", 8),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def override(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Apply ``field=value`` / ``model.field=value`` / ``data.field=value`` overrides (JSON values,
+    bare strings allowed); unknown fields raise ValueError naming the valid ones."""
+    import json
+
+    d = cfg.to_dict()
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not FIELD=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            if p not in node or not isinstance(node[p], dict):
+                raise ValueError(f"unknown config section {p!r} in {key!r}")
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"unknown config field {key!r}: valid are {', '.join(sorted(node))}")
+        node[leaf] = value
+    return TrainConfig.from_dict(d)

@@ -233,9 +233,14 @@ class DiffusionTransformer(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """The published initialisation: xavier linears, sin-cos positions, adaLN-Zero, zero output."""
+        """The published initialisation: xavier linears, sin-cos positions, adaLN-Zero, zero output.
+
+        The projectors are initialised last, so that after the same seed a REPA model and its
+        vanilla twin draw identical backbone weights.
+        """
+        projector_linears = {id(m) for m in self.projectors.modules()}
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and id(m) not in projector_linears:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         grid = int(self.cfg.num_tokens**0.5)
@@ -252,6 +257,10 @@ class DiffusionTransformer(nn.Module):
         for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        for m in self.projectors.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     @property
     def time_convention(self) -> str:

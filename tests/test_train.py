@@ -1,0 +1,246 @@
+"""Short real training runs: vanilla, REPA, accumulation, two encoders, 2 processes, exact resume,
+atomic saves and every bad input the issue lists."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from train import checkpoints
+from train.cli import as_vanilla, main_train
+from train.config import DataConfig, ModelConfig, TrainConfig, override, preset
+from train.errors import UserError
+from train.loop import batch_indices, keep_in_series, train
+from train.models import load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def micro(**kw) -> TrainConfig:
+    """A real configuration small enough for a test: 16x16 shapes, 16 tokens, 2 blocks of width 32."""
+    cfg = TrainConfig(
+        model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
+                          num_heads=2, encoder_depth=1, z_dims=(192,), projector_dim=64),
+        data=DataConfig(dataset="shapes", image_size=16, n_train=64),
+        encoders=("builtin-teacher",), random_init_encoders=True, proj_coeff=0.5, lr=1e-3, batch_size=8,
+        steps=4, ema_decay=0.9, log_every=1, ckpt_every=2, ckpt_series="all", device="cpu", threads=1,
+    )
+    return override(cfg, [f"{k}={json.dumps(v)}" for k, v in kw.items()]) if kw else cfg
+
+
+def weights(path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def test_two_step_repa_and_vanilla_runs(tmp_path):
+    cfg = micro(steps=2)
+    latest = train(cfg, tmp_path / "repa", progress=False)
+    train(as_vanilla(cfg), tmp_path / "vanilla", progress=False)
+    for name in ("repa", "vanilla"):
+        run = tmp_path / name
+        m = pd.read_json(run / "metrics.jsonl", lines=True)
+        assert list(m["step"]) == [1, 2] and m["denoise_loss"].notna().all()
+        meta = json.loads((run / "config.json").read_text())
+        assert meta["git_revision"] and meta["config"]["proj_coeff"] == (0.5 if name == "repa" else 0.0)
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt", "step_0000000.pt", "step_0000002.pt"]
+    assert (pd.read_json(tmp_path / "repa" / "metrics.jsonl", lines=True)["proj_loss"] != 0).all()
+    assert (pd.read_json(tmp_path / "vanilla" / "metrics.jsonl", lines=True)["proj_loss"] == 0).all()
+    # checkpoints are plain data and load through the public loader
+    state = weights(latest)
+    assert state["step"] == 2 and set(state) >= {"model", "ema", "opt", "rng", "model_config", "train_config"}
+    m = load(latest)
+    assert m.cfg.z_dims == (192,) and not m.training and m.source["step"] == 2
+    assert load(tmp_path / "vanilla" / "checkpoints" / "latest.pt").cfg.z_dims == ()
+
+
+def test_side_by_side_runs_share_data_and_initialisation(tmp_path):
+    """Same seed: the two runs start from the same backbone and see the same batches."""
+    cfg = micro(steps=1)
+    train(cfg, tmp_path / "repa", progress=False)
+    train(as_vanilla(cfg), tmp_path / "vanilla", progress=False)
+    a = weights(tmp_path / "repa" / "checkpoints" / "step_0000000.pt")["model"]
+    b = weights(tmp_path / "vanilla" / "checkpoints" / "step_0000000.pt")["model"]
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(batch_indices(64, 8, 0, 9), batch_indices(64, 8, 0, 9))
+    # epochs are permutations: 8 batches of 8 cover 64 images once
+    assert sorted(torch.cat([batch_indices(64, 8, 0, s) for s in range(8)]).tolist()) == list(range(64))
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    """Accumulating 2 x 4 gives the same updates as one batch of 8: the step's random draws are
+    made for the global batch and sliced, so only the float summation order differs."""
+    cfg = micro(steps=3)
+    train(cfg, tmp_path / "full", progress=False)
+    train(override(cfg, ["grad_accum=2"]), tmp_path / "acc", progress=False)
+    a, b = weights(tmp_path / "full" / "checkpoints" / "latest.pt")["model"], weights(tmp_path / "acc" / "checkpoints" / "latest.pt")["model"]
+    init = weights(tmp_path / "full" / "checkpoints" / "step_0000000.pt")["model"]
+    assert max((a[k] - init[k]).abs().max() for k in a) > 1e-3  # it trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_two_target_encoders(tmp_path):
+    cfg = micro(steps=2, encoders=["builtin-teacher", "builtin-teacher"], model={**micro().model.to_dict(), "z_dims": [192, 192]})
+    train(cfg, tmp_path / "two", progress=False)
+    state = weights(tmp_path / "two" / "checkpoints" / "latest.pt")
+    assert "projectors.1.4.weight" in state["model"]
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    cfg = micro(steps=6)
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "interrupted", progress=False, stop_after=3)  # stops after step 3 (last ckpt: 2)
+    (tmp_path / "interrupted" / "checkpoints" / "latest.pt").unlink()
+    os.replace(tmp_path / "interrupted" / "checkpoints" / "step_0000002.pt", tmp_path / "interrupted" / "checkpoints" / "latest.pt")
+    train(cfg, tmp_path / "interrupted", progress=False)
+    a = weights(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    b = weights(tmp_path / "interrupted" / "checkpoints" / "latest.pt")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    m = pd.read_json(tmp_path / "interrupted" / "metrics.jsonl", lines=True)
+    assert list(m["step"]) == [1, 2, 3, 4, 5, 6]  # lines after the resumed checkpoint were replaced
+
+
+def test_kill_9_then_same_command_gives_identical_weights(tmp_path):
+    args = ["--preset", "tiny", "--steps", "40", "--ckpt-every", "5", "--no-progress", "--threads", "1",
+            "--set", "random_init_encoders=true", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
+            "model.encoder_depth=1", "model.projector_dim=64", "data.n_train=128", "batch_size=8", "log_every=1", "sample_every=0"]
+    ref = tmp_path / "ref"
+    assert main_train(args + ["--out", str(ref)]) == 0
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "step_0000015.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / "step_0000040.pt").exists(), "finished before the kill"
+    assert main_train(args + ["--out", str(run)]) == 0
+    a, b = weights(ref / "checkpoints" / "latest.pt"), weights(run / "checkpoints" / "latest.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert list(pd.read_json(run / "metrics.jsonl", lines=True)["step"]) == list(range(1, 41))
+
+
+def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    checkpoints.atomic_save({"step": 1, "w": torch.ones(3)}, path)
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoints.atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert weights(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import train.loop as loop
+
+    real = loop.denoising_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] >= 3 else out
+
+    monkeypatch.setattr(loop, "denoising_loss", poisoned)
+    with pytest.raises(UserError, match="last good checkpoint is step 2") as e:
+        train(micro(steps=6), tmp_path / "nan", progress=False)
+    assert "\n" not in str(e.value)
+    assert load(tmp_path / "nan" / "checkpoints" / "latest.pt").source["step"] == 2
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--set", "batch_size=7", "grad_accum=2"], "not divisible"),
+    (["--proj-coeff", "0.5", "--encoders"], None),
+    (["--set", "data.dataset=imagenet"], "unknown dataset"),
+    (["--set", "model.num_classes=3"], "outside [0, 3)"),
+    (["--set", "data.image_size=16"], "input_size 32 differs"),
+    (["--set", "nonsense=1"], "unknown config field"),
+    (["--encoders", "dinov2-vit-b", "--set", "model.z_dims=[768]"], "needs weights"),
+    (["--set", "data.dataset=folder", "data.root=/nonexistent"], "does not exist"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, msg):
+    if msg is None:  # argparse itself rejects an empty --encoders
+        with pytest.raises(SystemExit):
+            main_train(argv + ["--out", str(tmp_path / "x")])
+        return
+    code = main_train(["--preset", "tiny", "--steps", "1", "--no-progress", "--out", str(tmp_path / "x"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "\n" not in err and msg in err, err
+
+
+def test_bad_images_in_a_folder(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(root / "cat" / "a.png")
+    (root / "cat" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code = main_train(["--preset", "tiny", "--steps", "1", "--no-progress", "--out", str(tmp_path / "x"),
+                       "--set", "data.dataset=folder", f"data.root={root}", "proj_coeff=0", "model.z_dims=[]", "encoders=[]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "b.png" in err and "\n" not in err, err
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    cfg = micro(steps=1)
+    train(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(UserError, match="different settings"):
+        train(override(cfg, ["lr=0.5"]), tmp_path / "r", progress=False)
+
+
+def test_paper_presets_print_published_hyperparameters(capsys):
+    for name, depth in (("SiT-B/2", 4), ("SiT-L/2", 8), ("SiT-XL/2", 8)):
+        assert main_train(["--preset", name, "--dry-run"]) == 0
+        cfg = json.loads(capsys.readouterr().out)
+        assert cfg["model"]["name"] == name and cfg["model"]["encoder_depth"] == depth
+        assert cfg["encoders"] == ["dinov2-vit-b"] and cfg["proj_coeff"] == 0.5
+        assert cfg["batch_size"] == 256 and cfg["lr"] == 1e-4 and cfg["betas"] == [0.9, 0.999]
+        assert cfg["weight_decay"] == 0 and cfg["max_grad_norm"] == 1.0 and cfg["ema_decay"] == 0.9999
+        assert cfg["model"]["class_dropout_prob"] == 0.1 and cfg["model"]["projector_dim"] == 2048
+
+
+def test_checkpoint_series_is_log_spaced():
+    assert [s for s in range(0, 100) if keep_in_series(s, 5, "log")] == [0, 5, 10, 20, 40, 80]
+    assert [s for s in range(0, 20) if keep_in_series(s, 5, "all")] == [0, 5, 10, 15]
+
+
+def test_two_process_cpu_run(tmp_path):
+    """torchrun with gloo: 2 processes split each global batch and reproduce the 1-process run."""
+    cfg = micro(steps=12, batch_size=16, ckpt_every=12, proj_coeff=0.5)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "train", "--config", str(cfg_file), "--out", str(tmp_path / "ddp"), "--no-progress"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train(cfg, tmp_path / "single", progress=False)
+    two = pd.read_json(tmp_path / "ddp" / "metrics.jsonl", lines=True)
+    one = pd.read_json(tmp_path / "single" / "metrics.jsonl", lines=True)
+    assert list(two["step"]) == list(range(1, 13))
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+    # same data, noise and initialisation: the loss curves agree up to float reduction order,
+    # and so do the weights
+    torch.testing.assert_close(torch.tensor(two["loss"].values), torch.tensor(one["loss"].values), rtol=1e-3, atol=1e-4)
+    a, b = weights(tmp_path / "ddp" / "checkpoints" / "latest.pt")["model"], weights(tmp_path / "single" / "checkpoints" / "latest.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)

@@ -1,0 +1,143 @@
+"""``repa-train`` (also ``python -m train``) and ``repa-sample``.
+
+Bad input ends in one line on stderr (``error: what is wrong: the fix``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from train.config import PRESETS, TrainConfig, override, preset
+from train.errors import UserError
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def train_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="repa-train", description="Train SiT with REPA or as a vanilla baseline.")
+    ap.add_argument("--preset", choices=list(PRESETS), default="tiny", help="starting configuration (default: tiny)")
+    ap.add_argument("--config", type=Path, help="a JSON TrainConfig (e.g. a run's config.json) instead of a preset")
+    ap.add_argument("--out", type=Path, help="run directory (resumes if it holds a run)")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--ckpt-every", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--grad-accum", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--proj-coeff", type=float, help="REPA lambda; 0 trains the vanilla baseline")
+    ap.add_argument("--encoders", nargs="+", help="target encoders, e.g. dinov2-vit-b mae-vit-l")
+    ap.add_argument("--encoder-weights", nargs="+", help="one local weights path per encoder ('' for the default)")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override any field, e.g. model.depth=4 data.n_train=2000")
+    ap.add_argument("--vanilla", action="store_true", help="train the vanilla baseline (lambda 0, no projector)")
+    ap.add_argument("--side-by-side", action="store_true", help="train REPA (OUT/repa) and vanilla (OUT/vanilla) with the same seed, data order and sample noise")
+    ap.add_argument("--jobs", type=int, default=1, help="with --side-by-side: 2 trains both at once, one thread each")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+FLAG_FIELDS = {"steps": "steps", "ckpt_every": "ckpt_every", "batch_size": "batch_size", "grad_accum": "grad_accum",
+               "lr": "lr", "proj_coeff": "proj_coeff", "seed": "seed", "mixed_precision": "mixed_precision",
+               "threads": "threads", "device": "device"}
+
+
+def resolve(args: argparse.Namespace) -> TrainConfig:
+    if args.config:
+        if not args.config.is_file():
+            raise UserError(f"config file {args.config} does not exist: pass a JSON config such as a run's config.json")
+        d = json.loads(args.config.read_text())
+        cfg = TrainConfig.from_dict(d.get("config", d))
+    else:
+        cfg = preset(args.preset)
+    sets = list(args.set)
+    for flag, field in FLAG_FIELDS.items():
+        v = getattr(args, flag)
+        if v is not None:
+            sets.append(f"{field}={json.dumps(v)}")
+    if args.encoders:
+        sets.append(f"encoders={json.dumps(args.encoders)}")
+    if args.encoder_weights:
+        sets.append(f"encoder_weights={json.dumps(args.encoder_weights)}")
+    try:
+        cfg = override(cfg, sets)
+    except ValueError as e:
+        raise UserError(f"{e}: see repa-train --dry-run for the fields") from None
+    if args.vanilla:
+        cfg = as_vanilla(cfg)
+    errs = cfg.check()
+    if errs:
+        raise UserError(errs[0])
+    return cfg
+
+
+def as_vanilla(cfg: TrainConfig) -> TrainConfig:
+    """The same run without REPA: lambda 0, no projector, no encoder."""
+    return dataclasses.replace(cfg, proj_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=()), encoders=(), encoder_weights=())
+
+
+def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = True) -> dict[str, Path]:
+    """Train REPA and vanilla with the same seed, data order and sample noise: OUT/repa, OUT/vanilla."""
+    from train.loop import train
+
+    runs = {"repa": cfg, "vanilla": as_vanilla(cfg)}
+    if jobs <= 1:
+        return {name: train(c, out / name, progress=progress) for name, c in runs.items()}
+    procs = {}
+    for name, c in runs.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        cfg_file = out / name / "requested_config.json"
+        cfg_file.write_text(json.dumps(dataclasses.replace(c, threads=1).to_dict()))
+        cmd = [sys.executable, "-m", "train", "--config", str(cfg_file), "--out", str(out / name)]
+        if not progress or name != "repa":
+            cmd.append("--no-progress")
+        procs[name] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    codes = {name: p.wait() for name, p in procs.items()}
+    bad = [n for n, c in codes.items() if c]
+    if bad:
+        raise UserError(f"the {', '.join(bad)} run failed (exit {codes[bad[0]]}): see its output above; rerun the same command to resume")
+    return {name: out / name / "checkpoints" / "latest.pt" for name in runs}
+
+
+def main_train(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    try:
+        cfg = resolve(args)
+        if args.dry_run:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return 0
+        if args.out is None:
+            raise UserError("no run directory: pass --out DIR")
+        if args.side_by_side:
+            paths = side_by_side(cfg, args.out, args.jobs, not args.no_progress)
+            for name, p in paths.items():
+                print(f"{name}: {p}")
+        else:
+            from train.loop import train
+
+            print(train(cfg, args.out, progress=not args.no_progress))
+    except UserError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted: run the same command again to resume from the last checkpoint")
+    return 0
+
+
+def main_sample(argv: list[str] | None = None) -> int:
+    from train.evaluate import sample_main
+
+    try:
+        return sample_main(argv)
+    except UserError as e:
+        return _fail(str(e))

@@ -1,0 +1,389 @@
+"""The training loop: REPA and vanilla SiT, one function read top to bottom.
+
+A run directory holds::
+
+    config.json        the resolved TrainConfig + git revision + versions
+    metrics.jsonl      one JSON object per logged step (pandas.read_json(..., lines=True))
+    checkpoints/       step_0000050.pt ... (the series probes consume) and latest.pt
+    samples/           step_0000200.png: EMA samples, fixed noise and labels
+    tensorboard/       optional
+
+Checkpoints are plain data (``torch.load(weights_only=True)``), written atomically, and hold the
+model, EMA, optimizer, step, data position and RNG state.  Every random draw of a step (data order,
+time, noise, label dropout) comes from generators seeded by ``(seed, step, rank)``, so a run stopped at
+any point (kill -9 included) and started again with the same command resumes from ``latest.pt`` and
+ends with bitwise the same weights as an uninterrupted run (CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from train import interpolants as itp
+from train.checkpoints import atomic_save, read_checkpoint
+from train.config import TrainConfig
+from train.errors import UserError
+from train.losses import PROJECTION_LOSSES, denoising_loss
+from train.models import DiffusionTransformer
+
+Tensor = torch.Tensor
+CKPT_FORMAT = "repa-toolkit/1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pieces the loop uses
+# ----------------------------------------------------------------------------------------------
+
+def git_revision() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0, device="cpu") -> torch.Generator:
+    """A generator that depends only on (seed, step, rank, stream): the key to exact resume."""
+    return torch.Generator(device).manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 7 + stream)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The data order of an epoch: a permutation fixed by (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+
+
+def batch_indices(n: int, batch: int, seed: int, step: int) -> Tensor:
+    """Dataset indices of global batch ``step`` (0-based): consecutive slices of per-epoch orders."""
+    start, have, parts = step * batch, 0, []
+    while have < batch:
+        epoch, pos = divmod(start + have, n)
+        take = min(batch - have, n - pos)
+        parts.append(epoch_order(n, seed, epoch)[pos:pos + take])
+        have += take
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def ema_update(ema: list[Tensor], params: list[Tensor], decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * param`` for all tensors at once (foreach kernels)."""
+    torch._foreach_lerp_(ema, params, 1.0 - decay)
+
+
+def keep_in_series(step: int, every: int, mode: str) -> bool:
+    """Periodic checkpoints kept for probing: all multiples of ``every``, or ``every * 2^k``."""
+    if step % every:
+        return False
+    k = step // every
+    return mode == "all" or (k & (k - 1)) == 0
+
+
+class TargetSource:
+    """Encoder patch tokens for dataset images: computed online, or once per image and cached.
+
+    Without augmentation the frozen encoder's tokens of image i never change, so the cache (a
+    float16 tensor per encoder, (N, T, D)) replaces the encoder forward in every step.
+    """
+
+    def __init__(self, encoders: list, images: Tensor | None, cache: bool, device, batch: int = 256,
+                 cache_file: Path | None = None, progress: bool = True):
+        self.encoders, self.device = encoders, device
+        self.tokens: list[Tensor] | None = None
+        if cache and images is not None and encoders:
+            if cache_file is not None and cache_file.exists():
+                self.tokens = torch.load(cache_file, weights_only=True)["tokens"]
+            else:
+                self.tokens = [self._encode_all(e, images, batch, progress) for e in encoders]
+                if cache_file is not None:
+                    atomic_save({"tokens": self.tokens, "encoders": [e.provenance for e in encoders]}, cache_file)
+
+    def _encode_all(self, enc, images: Tensor, batch: int, progress: bool) -> Tensor:
+        out = []
+        for s in tqdm(range(0, len(images), batch), desc=f"targets {enc.name}", disable=not progress, leave=False):
+            out.append(enc(images[s:s + batch].to(self.device)).to("cpu", torch.float16))
+        return torch.cat(out)
+
+    def __call__(self, idx: Tensor, images: Tensor) -> list[Tensor]:
+        if self.tokens is not None:
+            return [t[idx].to(self.device, torch.float32) for t in self.tokens]
+        return [e(images) for e in self.encoders]
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory helpers
+# ----------------------------------------------------------------------------------------------
+
+def write_run_config(out: Path, cfg: TrainConfig, extra: dict | None = None) -> None:
+    meta = {"config": cfg.to_dict(), "git_revision": git_revision(), "torch": torch.__version__,
+            "python": platform.python_version(), **(extra or {})}
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "config.json")
+
+
+def check_resume_config(out: Path, cfg: TrainConfig) -> None:
+    """A run directory belongs to one configuration (the step count may grow)."""
+    f = out / "config.json"
+    if not f.exists():
+        return
+    old = json.loads(f.read_text())["config"]
+    new = json.loads(json.dumps(cfg.to_dict()))
+    ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "threads", "device", "tensorboard"}
+    diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
+    if diff:
+        raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}): use a new --out directory or the same options")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after ``step`` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        try:
+            if json.loads(ln).get("step", 0) <= step:
+                keep.append(ln)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def save_grid(images: Tensor, path: Path, nrow: int) -> None:
+    """uint8 (N, 3, H, W) -> one PNG grid."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    grid = torch.full((c, rows * (h + 2) + 2, nrow * (w + 2) + 2), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = images[i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
+          evaluator: Callable[[DiffusionTransformer, int], dict] | None = None,
+          stop_after: int | None = None) -> Path:
+    """Train (or resume) the run ``cfg`` in directory ``out``; returns the path of ``latest.pt``.
+
+    ``evaluator(ema_model, step) -> dict`` is called every ``cfg.eval_every`` steps and its numbers
+    are logged to metrics.jsonl.  ``stop_after`` ends the process early (tests of resume).
+    """
+    from accelerate import Accelerator
+
+    from train.data import build_dataset, validate_dataset
+    from train.encoders import load_encoder
+    from train.latents import build_codec
+
+    errs = cfg.check()
+    if errs:
+        raise UserError(errs[0])
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # Adam's second moments of small gradients turn denormal and make CPU steps several times
+    # slower; flushing them to zero changes values below 1e-38 only.
+    torch.set_flush_denormal(True)
+    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    acc = Accelerator(cpu=use_cpu, mixed_precision=cfg.mixed_precision if not use_cpu else "no")
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise UserError(f"batch_size {cfg.batch_size} is not divisible by {world} processes x {cfg.grad_accum} accumulation steps: change --batch-size")
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+
+    # --- data, codec, encoders ------------------------------------------------------------------
+    data_kw = {"size": cfg.data.image_size}
+    if cfg.data.dataset == "folder":
+        data_kw.update(root=cfg.data.root, hflip=cfg.data.hflip)
+    elif cfg.data.n_train is not None:
+        data_kw["n"] = cfg.data.n_train
+    dataset = build_dataset(cfg.data.dataset, "train", **data_kw)
+    validate_dataset(dataset, cfg.data.image_size, cfg.model.num_classes)
+    in_memory = isinstance(getattr(dataset, "images", None), Tensor)
+    codec = build_codec(cfg.data.codec).to(device)
+    latent_shape = codec.latent_shape(cfg.data.image_size)
+    encoders = []
+    if not cfg.vanilla:
+        weights = cfg.encoder_weights or ("",) * len(cfg.encoders)
+        grid = int(cfg.model.num_tokens**0.5)
+        torch.manual_seed(cfg.seed)  # random-init encoders (tests, offline demos) are seeded too
+        encoders = [load_encoder(n, weights=w or None, grid=grid, device=device, random_init=cfg.random_init_encoders)
+                    for n, w in zip(cfg.encoders, weights)]
+        if tuple(e.dim for e in encoders) != cfg.model.z_dims:
+            raise UserError(f"projector widths {cfg.model.z_dims} do not match encoder widths {tuple(e.dim for e in encoders)}: set model.z_dims to the encoders' widths")
+
+    # --- model, EMA, optimizer --------------------------------------------------------------------
+    model = DiffusionTransformer(cfg.model)
+    torch.manual_seed(cfg.seed)
+    model.initialize_weights()  # after the seed: REPA and vanilla twins share the backbone init
+    model = model.to(device)
+    ema = DiffusionTransformer(cfg.model).to(device).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
+                            weight_decay=cfg.weight_decay, foreach=True)
+    proj_loss_fn = PROJECTION_LOSSES[cfg.proj_loss]
+
+    # --- resume ------------------------------------------------------------------------------------
+    ckpt_dir = out / "checkpoints"
+    latest = ckpt_dir / "latest.pt"
+    step = 0
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        check_resume_config(out, cfg)
+    acc.wait_for_everyone()
+    if latest.exists():
+        state = read_checkpoint(latest)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+    if acc.is_main_process:
+        write_run_config(out, cfg, {"world_size": world, "resumed_from": step})
+        truncate_metrics(out / "metrics.jsonl", step)
+    ema_params = [p for p in ema.parameters()]
+    model_params = [p for p in model.parameters()]
+    train_model = torch.compile(model) if cfg.compile else model
+    train_model, opt = acc.prepare(train_model, opt)
+
+    targets = TargetSource(encoders, dataset.images if in_memory else None, cfg.cache_targets and not cfg.data.hflip,
+                           device, cache_file=(out / "target_cache.pt") if acc.is_main_process and world == 1 else None,
+                           progress=progress and acc.is_main_process)
+    tb = None
+    if cfg.tensorboard and acc.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(out / "tensorboard")
+
+    # fixed evaluation noise and labels for sample grids (same for REPA and vanilla runs)
+    n_show = 4 * min(cfg.model.num_classes, 8)
+    show_gen = torch.Generator().manual_seed(cfg.seed + 12345)
+    show_noise = torch.randn(n_show, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size, generator=show_gen)
+    show_labels = torch.arange(n_show) % min(cfg.model.num_classes, 8)
+
+    def save(step: int) -> None:
+        if not acc.is_main_process:
+            return
+        state = {
+            "format": CKPT_FORMAT, "step": step, "model_config": cfg.model.to_dict(), "train_config": cfg.to_dict(),
+            "model": acc.unwrap_model(model).state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "rng": {"torch": torch.get_rng_state()}, "data": {"images_seen": step * cfg.batch_size},
+            "git_revision": git_revision(),
+        }
+        atomic_save(state, latest)
+        if keep_in_series(step, cfg.ckpt_every, cfg.ckpt_series) or step == cfg.steps:
+            atomic_save(state, ckpt_dir / f"step_{step:07d}.pt")
+
+    def log(record: dict) -> None:
+        if acc.is_main_process:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k != "step":
+                        tb.add_scalar(k, v, record["step"])
+
+    def sample_grid(step: int) -> None:
+        from train.sampling import sample
+
+        if not acc.is_main_process:
+            return
+        x = sample(ema, show_noise.to(device), show_labels.to(device), "euler", cfg.sample_steps)
+        save_grid(codec.decode(x, uint8=True).cpu(), out / "samples" / f"step_{step:07d}.png", nrow=min(cfg.model.num_classes, 8))
+
+    if step == 0:
+        save(0)  # the series starts at initialisation
+
+    # --- the loop ----------------------------------------------------------------------------------
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {'vanilla' if cfg.vanilla else 'REPA'}",
+               disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    sums = torch.zeros(4, device=device)  # loss, denoise, proj, grad-norm accumulated between logs
+    n_sums, t_log = 0, time.perf_counter()
+    last_good, at_ckpt = step, True
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    while step < end:
+        model.train()
+        # every random draw of the step is made for the whole global batch, then sliced: the
+        # result does not depend on how the batch is split over processes and accumulation steps
+        idx_all = batch_indices(len(dataset), cfg.batch_size, cfg.seed, step)
+        g = step_generator(cfg.seed, step)
+        t_all = itp.sample_time(cfg.batch_size, cfg.time_sampling, cfg.path, generator=g)
+        noise_all = torch.randn(cfg.batch_size, *latent_shape, generator=g)
+        post_all = torch.randn(cfg.batch_size, *latent_shape, generator=g)
+        drop_all = torch.rand(cfg.batch_size, generator=g) < cfg.model.class_dropout_prob
+        for k in range(cfg.grad_accum):
+            sl = slice((k * world + rank) * micro, (k * world + rank + 1) * micro)
+            idx = idx_all[sl]
+            if in_memory:
+                images, labels = dataset.images[idx], dataset.labels[idx]
+            else:
+                items = [dataset[int(i)] for i in idx]
+                images, labels = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            t, noise, drop = t_all[sl].to(device), noise_all[sl].to(device), drop_all[sl].to(device)   # (B,), (B, C, H, W), (B,)
+            mean, std = codec.moments(images)
+            x = codec.from_moments(mean + std * post_all[sl].to(device), std, sample=False)          # (B, C, H, W)
+            x_t = itp.interpolate(x, noise, t, cfg.path)
+            sync = nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(train_model)
+            with sync, acc.autocast():
+                res = train_model(x_t, t, labels, return_hidden=(), project=not cfg.vanilla, drop_mask=drop)
+                den = denoising_loss(res.out, x, noise, t, cfg.path).mean()
+                proj = proj_loss_fn(res.zs, targets(idx, images)) if not cfg.vanilla else torch.zeros((), device=device)
+                loss = den + cfg.proj_coeff * proj
+                acc.backward(loss / cfg.grad_accum)
+            sums[:3] += torch.stack([loss.detach(), den.detach(), proj.detach()]) / cfg.grad_accum
+        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update(ema_params, model_params, cfg.ema_decay)
+        step += 1
+        sums[3] += grad_norm.detach().float()
+        n_sums += 1
+        bar.update(1)
+
+        at_ckpt = step % cfg.ckpt_every == 0 or step == cfg.steps
+        if step % cfg.log_every == 0 or at_ckpt or step == end:
+            vals = (acc.reduce(sums, "mean") / n_sums).tolist()  # one host sync per log
+            if not all(math.isfinite(v) for v in vals):
+                raise UserError(f"loss became NaN/inf between steps {step - n_sums + 1} and {step}; the last good checkpoint is step {last_good} in {latest}: lower --lr or use fp32/bf16, then resume")
+            dt = time.perf_counter() - t_log
+            rec = {"step": step, "loss": vals[0], "denoise_loss": vals[1], "proj_loss": vals[2], "grad_norm": vals[3],
+                   "lr": opt.param_groups[0]["lr"], "images_per_s": n_sums * cfg.batch_size / dt, "time": time.time()}
+            log(rec)
+            bar.set_postfix(loss=f"{vals[1]:.4f}", proj=f"{vals[2]:.3f}")
+            sums.zero_()
+            n_sums, t_log = 0, time.perf_counter()
+        if at_ckpt:
+            save(step)
+            last_good = step
+        if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
+            sample_grid(step)
+        if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and acc.is_main_process:
+            log({"step": step, **evaluator(ema, step)})
+    bar.close()
+    if step == end and not at_ckpt:
+        save(step)
+    if tb is not None:
+        tb.close()
+    acc.wait_for_everyone()
+    return latest
