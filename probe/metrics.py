@@ -5,16 +5,16 @@ Hypothesis" (github.com/minyoungg/platonic-rep, ``metrics.py`` and ``measure_ali
 commit 07ef02a); the tests compare against outputs of that code (``tests/fixtures/README.md``).
 
 The reference materialises N x N Gram matrices and, inside its unbiased HSIC, an N x N x N matrix
-product. Here a Gram matrix is only ever formed one square tile at a time (upper triangle only,
-each tile serving its rows and, transposed, its columns) to extract per-row top-k neighbours
-(memory O(N k) plus one tile); every HSIC term is then summed over the O(N k) kept entries, and
+product. Here a Gram matrix is only ever formed one panel of rows at a time (upper triangle only,
+each panel serving its rows and, transposed, its columns) to extract per-row top-k neighbours
+(memory O(N k) plus one panel); every HSIC term is then summed over the O(N k) kept entries, and
 linear CKA uses feature-space products (O(N D^2) time, O(D^2) memory).
 
 Conventions shared by all public metrics:
 
 * Inputs are ``(N, D)`` feature matrices with the same N (rows are paired samples); they are used
   as given: call :func:`prepare` first to reproduce the reference preprocessing.
-* Gram blocks and top-k run on the inputs' device in ``dtype`` (default: the promoted input
+* Gram panels and top-k run on the inputs' device in ``dtype`` (default: the promoted input
   dtype; pass ``torch.float64`` to compute in double); the O(N k) / O(N) reductions that assemble
   HSIC values always accumulate in float64.
 * Every metric returns a Python ``float``.
@@ -38,7 +38,7 @@ from torch import Tensor
 Mode = Literal["reference", "exact"]
 
 _REFERENCE_EPS = 1e-6  # added to the denominator by the reference cka / cknna
-_DEFAULT_TILE = 1024  # Gram tiles of 1024 x 1024 entries (4 MiB in float32)
+_DEFAULT_BLOCK = 1024  # Gram rows per panel: 1024 x N entries (200 MiB in float32 at N = 50,000)
 
 
 def prepare(x: Tensor, q: float | None = 0.95, normalize: bool = True, exact: bool = False) -> Tensor:
@@ -94,13 +94,14 @@ def cknna(
     reference ``hsic_unbiased``: with Kt, Lt the matrices with zeroed diagonals and m = N,
     ``[sum(Kt * Lt^T) + sum(Kt) sum(Lt) / ((m-1)(m-2)) - 2 sum(Kt Lt) / (m-2)] / (m (m-3))``.
     Score: ``HSIC_kl / (sqrt(HSIC_kk HSIC_ll) + 1e-6)`` (``mode="reference"``) or
-    ``HSIC_kl / sqrt(HSIC_kk HSIC_ll)`` (``mode="exact"``).
+    ``HSIC_kl / sqrt(HSIC_kk HSIC_ll)`` (``mode="exact"``; NaN if the masked self-HSIC terms
+    have opposite signs, which only degenerate inputs produce — as in the reference).
 
     Each HSIC term is computed from the O(N k) kept entries: ``sum(Kt * Lt^T)`` pairs entry (i, j)
     with entry (j, i), found by binary search on sorted keys ``i N + j``, and
     ``sum(Kt Lt) = (column sums of Kt) . (row sums of Lt)``.
-    ``block_size`` is the side of the Gram tiles formed at once (default 1024; any value works,
-    it need not divide N).
+    ``block_size`` is the number of Gram rows formed at once (default 1024; memory
+    ``block_size x N``; any value works, it need not divide N).
     With ``k = N - 1`` every off-diagonal entry is kept and the score equals ``cka(a, b,
     unbiased=True, mode=mode)``. Requires an int ``2 <= k < N`` and N >= 4.
     """
@@ -110,9 +111,9 @@ def cknna(
     _check_k(k, n, minimum=2, name="cknna")
     if n < 4:
         raise ValueError(f"cknna needs at least 4 rows for the unbiased HSIC, got {n}; pass more samples")
-    tile = _tile(block_size)
-    keys_k, vals_k = _sorted_support(*_gram_topk(a, k, tile, float("-inf")))
-    keys_l, vals_l = _sorted_support(*_gram_topk(b, k, tile, float("-inf")))
+    rows = _block_rows(block_size)
+    keys_k, vals_k = _sorted_support(*_gram_topk(a, k, rows, float("-inf")))
+    keys_l, vals_l = _sorted_support(*_gram_topk(b, k, rows, float("-inf")))
     pos = torch.searchsorted(keys_l, keys_k).clamp_(max=keys_l.numel() - 1)
     both = keys_l[pos] == keys_k
     hsic_kl = _hsic_unbiased_sparse(keys_k[both], vals_k[both], vals_l[pos[both]], n)
@@ -139,18 +140,19 @@ def cka(
         sum(Kt * Lt^T) = ||a^T b||_F^2 - diag(K) . diag(L)
         sum(Kt) = 1 . (Kt 1),   sum(Kt Lt) = (Kt 1) . (Lt 1)
 
-    ``||a^T b||_F^2`` is taken in feature space (O(N D_a D_b)) or from the two Gram matrices when
-    those are smaller. Score as in :func:`cknna` (``mode``). Requires N >= 4 when unbiased.
+    The squared Frobenius norms are taken in feature space (D x D products, O(N D^2)) or, when
+    N < D, from the N x N Gram matrices. Score as in :func:`cknna` (``mode``). Requires N >= 4 when
+    unbiased.
     """
     a, b = _as_pair(a, b, dtype)
     _check_mode(mode)
-    if unbiased:
-        if a.shape[0] < 4:
-            raise ValueError(f"unbiased CKA needs at least 4 rows, got {a.shape[0]}; pass more samples")
-        hsic = _hsic_unbiased_linear
+    if not unbiased:
+        hsic_kk, hsic_ll, hsic_kl = _frobenius_products(a - a.mean(0), b - b.mean(0))
+    elif a.shape[0] < 4:
+        raise ValueError(f"unbiased CKA needs at least 4 rows, got {a.shape[0]}; pass more samples")
     else:
-        hsic = _hsic_biased_linear
-    return _score(hsic(a, b), hsic(a, a), hsic(b, b), mode)
+        hsic_kk, hsic_ll, hsic_kl = _hsic_unbiased_linear(a, b)
+    return _score(hsic_kl, hsic_kk, hsic_ll, mode)
 
 
 def mutual_knn(
@@ -164,15 +166,15 @@ def mutual_knn(
 
     ``mean_i |kNN_a(i) ∩ kNN_b(i)| / k``, where ``kNN_x(i)`` are the k columns with the largest
     inner products ``x_i . x_j`` (the reference ``compute_nearest_neighbors``, which sets the
-    diagonal to -1e8 and sorts each row), found one Gram tile at a time as in :func:`cknna`.
+    diagonal to -1e8 and sorts each row), found one panel of Gram rows at a time as in :func:`cknna`.
     Requires an int ``1 <= k < N``.
     """
     a, b = _as_pair(a, b, dtype)
     n = a.shape[0]
     _check_k(k, n, minimum=1, name="mutual_knn")
-    tile = _tile(block_size)
-    keys_a = _keys(_gram_topk(a, k, tile, -1e8)[1])
-    keys_b = _keys(_gram_topk(b, k, tile, -1e8)[1])
+    rows = _block_rows(block_size)
+    keys_a = _keys(_gram_topk(a, k, rows, -1e8)[1])
+    keys_b = _keys(_gram_topk(b, k, rows, -1e8)[1])
     return torch.isin(keys_a, keys_b).sum().item() / (n * k)
 
 
@@ -201,30 +203,30 @@ def _check_k(k: object, n: int, minimum: int, name: str) -> None:
         raise ValueError(f"{name}: k must be an int with {minimum} <= k < N = {n} (rows), got {k!r}; pass e.g. k=10 with more than 10 rows")
 
 
-def _tile(block_size: int | None) -> int:
+def _block_rows(block_size: int | None) -> int:
     if block_size is None:
-        return _DEFAULT_TILE
+        return _DEFAULT_BLOCK
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int (Gram tile side), got {block_size!r}")
+        raise ValueError(f"block_size must be a positive int (Gram rows per panel), got {block_size!r}")
     return int(block_size)
 
 
-def _gram_topk(x: Tensor, k: int, tile: int, diagonal: float) -> tuple[Tensor, Tensor]:
+def _gram_topk(x: Tensor, k: int, rows: int, diagonal: float) -> tuple[Tensor, Tensor]:
     """Per-row top-k (values, column indices) of ``x x^T`` with its diagonal set to ``diagonal``.
 
-    The Gram matrix is formed one ``tile x tile`` block at a time, upper triangle only: block
-    (I, J), J >= I, updates the running top-k of rows I and, transposed, of rows J."""
+    The upper triangle of the Gram matrix is formed one panel of ``rows`` rows at a time:
+    ``G[I, i0:] = x_I x[i0:]^T`` updates the running top-k of rows I and, transposed, of the
+    rows right of the panel's diagonal block (about half the products of the full matrix)."""
     n = x.shape[0]
     best_v = x.new_full((n, k), float("-inf"))
     best_i = torch.zeros((n, k), dtype=torch.long, device=x.device)
-    for i0 in range(0, n, tile):
-        for j0 in range(i0, n, tile):
-            block = x[i0 : i0 + tile] @ x[j0 : j0 + tile].T
-            if i0 == j0:
-                block.fill_diagonal_(diagonal)
-            _merge_topk(best_v, best_i, i0, block, j0)
-            if j0 != i0:
-                _merge_topk(best_v, best_i, j0, block.T, i0)
+    for i0 in range(0, n, rows):
+        i1 = min(i0 + rows, n)
+        panel = x[i0:i1] @ x[i0:].T
+        panel[:, : i1 - i0].fill_diagonal_(diagonal)
+        _merge_topk(best_v, best_i, i0, panel, i0)
+        if i1 < n:
+            _merge_topk(best_v, best_i, i1, panel[:, i1 - i0 :].T, i0)
     return best_v, best_i
 
 
@@ -272,27 +274,26 @@ def _hsic_unbiased_terms(trace_term: Tensor, k_sum: Tensor, l_sum: Tensor, kl_su
     return (trace_term + k_sum * l_sum / ((n - 1) * (n - 2)) - 2 * kl_sum / (n - 2)) / (n * (n - 3))
 
 
-def _frobenius_cross(a: Tensor, b: Tensor) -> Tensor:
-    """``sum((a a^T) * (b b^T)) = ||a^T b||_F^2``, via whichever product is smaller; float64."""
+def _frobenius_products(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sum(K * K), sum(L * L), sum(K * L))`` for ``K = a a^T``, ``L = b b^T`` (float64), from
+    ``||a^T a||_F^2`` etc. or, when N is below the widths, from the Gram matrices."""
+    if max(a.shape[1], b.shape[1]) <= a.shape[0]:
+        return tuple((x.T @ y).double().square().sum() for x, y in ((a, a), (b, b), (a, b)))
+    K, L = (a @ a.T).double(), (b @ b.T).double()
+    return (K * K).sum(), (L * L).sum(), (K * L).sum()
+
+
+def _hsic_unbiased_linear(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unbiased HSIC of (K, K), (L, L), (K, L) for ``K = a a^T``, ``L = b b^T``, in O(N D^2)
+    (see :func:`cka`)."""
     n = a.shape[0]
-    if a.shape[1] * b.shape[1] <= n * n:
-        return (a.T @ b).double().square().sum()
-    return ((a @ a.T).double() * (b @ b.T).double()).sum()
-
-
-def _hsic_biased_linear(a: Tensor, b: Tensor) -> Tensor:
-    """``tr(K H L H)`` for ``K = a a^T``, ``L = b b^T`` (reference ``hsic_biased``)."""
-    return _frobenius_cross(a - a.mean(0), b - b.mean(0))
-
-
-def _hsic_unbiased_linear(a: Tensor, b: Tensor) -> Tensor:
-    """Unbiased HSIC of ``K = a a^T``, ``L = b b^T`` in O(N D_a D_b) (see :func:`cka`)."""
-    n = a.shape[0]
-    k_diag, l_diag = a.square().sum(1).double(), b.square().sum(1).double()
-    k_rowsum = (a @ a.sum(0)).double() - k_diag
-    l_rowsum = (b @ b.sum(0)).double() - l_diag
-    trace_term = _frobenius_cross(a, b) - k_diag @ l_diag
-    return _hsic_unbiased_terms(trace_term, k_rowsum.sum(), l_rowsum.sum(), k_rowsum @ l_rowsum, n)
+    diags = a.square().sum(1).double(), b.square().sum(1).double()
+    rowsums = [(x @ x.sum(0)).double() - d for x, d in zip((a, b), diags)]  # Kt 1, Lt 1
+    pairs = ((0, 0), (1, 1), (0, 1))
+    return tuple(
+        _hsic_unbiased_terms(cross - diags[i] @ diags[j], rowsums[i].sum(), rowsums[j].sum(), rowsums[i] @ rowsums[j], n)
+        for cross, (i, j) in zip(_frobenius_products(a, b), pairs)
+    )
 
 
 def _score(hsic_kl: Tensor, hsic_kk: Tensor, hsic_ll: Tensor, mode: Mode) -> float:

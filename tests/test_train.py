@@ -18,7 +18,10 @@ from train.cli import as_vanilla, main_train
 from train.config import DataConfig, ModelConfig, TrainConfig, override, preset
 from train.errors import UserError
 from train.loop import batch_indices, keep_in_series, train
+from train.encoders import TeacherConfig
 from train.models import load
+
+TEACHER_DIM = TeacherConfig().width
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +30,7 @@ def micro(**kw) -> TrainConfig:
     """A real configuration small enough for a test: 16x16 shapes, 16 tokens, 2 blocks of width 32."""
     cfg = TrainConfig(
         model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
-                          num_heads=2, encoder_depth=1, z_dims=(192,), projector_dim=64),
+                          num_heads=2, encoder_depth=1, z_dims=(TEACHER_DIM,), projector_dim=64),
         data=DataConfig(dataset="shapes", image_size=16, n_train=64),
         encoders=("builtin-teacher",), random_init_encoders=True, proj_coeff=0.5, lr=1e-3, batch_size=8,
         steps=4, ema_decay=0.9, log_every=1, ckpt_every=2, ckpt_series="all", device="cpu", threads=1,
@@ -56,7 +59,7 @@ def test_two_step_repa_and_vanilla_runs(tmp_path):
     state = weights(latest)
     assert state["step"] == 2 and set(state) >= {"model", "ema", "opt", "rng", "model_config", "train_config"}
     m = load(latest)
-    assert m.cfg.z_dims == (192,) and not m.training and m.source["step"] == 2
+    assert m.cfg.z_dims == (TEACHER_DIM,) and not m.training and m.source["step"] == 2
     assert load(tmp_path / "vanilla" / "checkpoints" / "latest.pt").cfg.z_dims == ()
 
 
@@ -88,7 +91,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
 
 
 def test_two_target_encoders(tmp_path):
-    cfg = micro(steps=2, encoders=["builtin-teacher", "builtin-teacher"], model={**micro().model.to_dict(), "z_dims": [192, 192]})
+    cfg = micro(steps=2, encoders=["builtin-teacher", "builtin-teacher"], model={**micro().model.to_dict(), "z_dims": [TEACHER_DIM, TEACHER_DIM]})
     train(cfg, tmp_path / "two", progress=False)
     state = weights(tmp_path / "two" / "checkpoints" / "latest.pt")
     assert "projectors.1.4.weight" in state["model"]

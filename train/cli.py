@@ -93,7 +93,7 @@ def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = Tr
 
     runs = {"repa": cfg, "vanilla": as_vanilla(cfg)}
     if jobs <= 1:
-        return {name: train(c, out / name, progress=progress) for name, c in runs.items()}
+        return {name: train(c, out / name, progress=progress, evaluator=training_evaluator(c)) for name, c in runs.items()}
     procs = {}
     for name, c in runs.items():
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -108,6 +108,15 @@ def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = Tr
     if bad:
         raise UserError(f"the {', '.join(bad)} run failed (exit {codes[bad[0]]}): see its output above; rerun the same command to resume")
     return {name: out / name / "checkpoints" / "latest.pt" for name in runs}
+
+
+def training_evaluator(cfg: TrainConfig):
+    """The in-training evaluation (FD and class accuracy of fixed-noise samples), if asked for."""
+    if not cfg.eval_every or int(os.environ.get("RANK", "0")) != 0:  # evaluated on the main process only
+        return None
+    from train.evaluate import build_training_evaluator
+
+    return build_training_evaluator(cfg)
 
 
 def main_train(argv: list[str] | None = None) -> int:
@@ -126,7 +135,7 @@ def main_train(argv: list[str] | None = None) -> int:
         else:
             from train.loop import train
 
-            print(train(cfg, args.out, progress=not args.no_progress))
+            print(train(cfg, args.out, progress=not args.no_progress, evaluator=training_evaluator(cfg)))
     except UserError as e:
         return _fail(str(e))
     except KeyboardInterrupt:

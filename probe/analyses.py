@@ -1,0 +1,349 @@
+"""The REPA paper's alignment analyses as tidy pandas tables.
+
+* :func:`layer_sweep` -- one checkpoint, every layer x noise level (Fig. 2a linear probe, 2b CKNNA);
+* :func:`training_progress` -- a checkpoint series (Fig. 2c; plots take the max over layers);
+* :func:`compare` -- named checkpoints, e.g. REPA vs vanilla (Fig. 3), several encoders at once.
+
+Every table has one row per run x checkpoint x layer x t x metric x target with the provenance
+columns of :data:`COLUMNS`.  Alignment metrics (``probe.metrics``) compare the model's features of
+the evaluation images with the target encoder's, both passed through ``probe.metrics.prepare``
+(clip at the ``q`` quantile, L2-normalise; recorded as ``preprocessing``).  The linear probe
+(``target = "labels"``) is fitted on ``n_train`` images of the training split and scored on the
+evaluation images; each encoder's own probe accuracy is a reference row (``is_reference``,
+``layer = -1``).  With ``pooling="tokens"`` the metrics compare whole token maps (each image's
+tokens concatenated, the encoder's resampled to the model's grid) and probes read the token mean.
+:func:`save_table` writes parquet, CSV and a JSON sidecar with the full configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, atomic_write, check_ts, encoder_features, extract,
+                           image_set, model_provenance, resolve_layers)
+from probe.linear import METHODS, probe_accuracy
+from probe.metrics import cka, cknna, mutual_knn, prepare
+from train.data import build_dataset
+from train.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resample_tokens
+from train.errors import UserError
+from train.latents import Codec, build_codec
+from train.loop import git_revision
+from train.models import DiffusionTransformer, load
+
+Checkpoint = str | os.PathLike | DiffusionTransformer
+
+
+@dataclass
+class ProbeConfig:
+    """Everything that decides the numbers of an analysis (recorded in the JSON sidecar).
+
+    ``image_size=None`` takes the first model's input size times the codec's downsampling;
+    ``n_train=0`` or no ``"linear_probe"`` in ``metrics`` skips the probes; ``q=None`` disables
+    clipping; ``cknna_mode`` is the score mode of CKNNA and CKA (``probe.metrics``); ``store``
+    keeps extracted features (``<store>/features``) and encoder features (``<store>/encoders``;
+    without a store they are cached under ``$REPA_CACHE/encoder-features``).
+    """
+
+    dataset: str = "shapes"
+    data_root: str | None = None
+    image_size: int | None = None
+    split: str = "val"
+    n_images: int = 1000
+    train_split: str = "train"
+    n_train: int = 2000
+    ts: tuple[float, ...] = DEFAULT_TS
+    layers: str | tuple[int, ...] = "all"
+    metrics: tuple[str, ...] = ("cknna", "cka", "mutual_knn", "linear_probe")
+    k: int = 10
+    cknna_mode: str = "reference"
+    q: float | None = 0.95
+    normalize: bool = True
+    pooling: str = "mean"
+    label: str = "null"
+    seed: int = 0
+    codec: str = "identity"
+    weights: str = "ema"
+    encoder_weights: tuple[str, ...] = ()
+    random_init_encoder: bool = False
+    probe_method: str = "torch"
+    probe_epochs: int = 90
+    probe_batch_size: int = 16384
+    probe_lr: float = 1e-3
+    batch_size: int = 64
+    device: str = "cpu"
+    store: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.ts = check_ts(self.ts)
+        if not isinstance(self.layers, str):
+            self.layers = tuple(int(layer) for layer in self.layers)
+        self.metrics, self.encoder_weights = tuple(self.metrics), tuple(self.encoder_weights)
+        choices = {"metric": (self.metrics, METRICS), "pooling": ((self.pooling,), POOLINGS),
+                   "label mode": ((self.label,), LABELS), "cknna mode": ((self.cknna_mode,), ("reference", "exact")),
+                   "linear-probe method": ((self.probe_method,), METHODS), "weights": ((self.weights,), ("ema", "model"))}
+        for what, (values, allowed) in choices.items():
+            for value in values:
+                if value not in allowed:
+                    raise UserError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
+        if self.k < 2:
+            raise UserError(f"k={self.k} is too small: pass k >= 2 (the paper uses 10)")
+
+    @property
+    def preprocessing(self) -> str:
+        """``"clip0.95+l2"``-style description of what :func:`probe.metrics.prepare` did."""
+        parts = ([f"clip{self.q:g}"] if self.q not in (None, 1) else []) + (["l2"] if self.normalize else [])
+        return "+".join(parts) or "none"
+
+    @property
+    def probing(self) -> bool:
+        return "linear_probe" in self.metrics and self.n_train > 0
+
+
+ALIGNMENT: dict[str, Callable[[Tensor, Tensor, ProbeConfig], float]] = {
+    "cknna": lambda a, b, c: cknna(a, b, k=c.k, mode=c.cknna_mode),
+    "cka": lambda a, b, c: cka(a, b, mode=c.cknna_mode),
+    "mutual_knn": lambda a, b, c: mutual_knn(a, b, k=c.k),
+}
+METRICS = (*ALIGNMENT, "linear_probe")
+COLUMNS = ["run", "checkpoint", "step", "flavour", "model", "weights", "layer", "t", "model_t", "metric", "target",
+           "value", "is_reference", "pooling", "preprocessing", "k", "cknna_mode", "seed", "n_images", "n_train",
+           "label", "dataset", "codec", "probe_method", "code_version"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint series of a training run: ``<run>/checkpoints/step_*.pt`` in step order."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / "checkpoints").glob("step_*.pt")) or sorted(run_dir.glob("step_*.pt"))
+    if not found:
+        raise UserError(f"no step_*.pt checkpoints in {run_dir}/checkpoints: pass a run directory written by repa-train or a list of checkpoints")
+    return found
+
+
+def _run_name(checkpoint: Checkpoint) -> str:
+    """A run label: the run directory of ``<run>/checkpoints/<file>``, else the file's stem."""
+    if isinstance(checkpoint, DiffusionTransformer):
+        return "model"
+    path = Path(checkpoint)
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+
+
+def _load_model(checkpoint: Checkpoint, cfg: ProbeConfig) -> DiffusionTransformer:
+    if isinstance(checkpoint, DiffusionTransformer):
+        return checkpoint.to(cfg.device).eval()
+    return load(checkpoint, weights=cfg.weights, device=cfg.device)
+
+
+def _image_sets(dataset: str | tuple[Any, Any], cfg: ProbeConfig, model: DiffusionTransformer,
+                codec: Codec) -> tuple[ImageSet, ImageSet | None]:
+    """Evaluation images and (when probing) linear-probe training images."""
+    if isinstance(dataset, str):
+        kw: dict[str, Any] = {"size": cfg.image_size or model.cfg.input_size * codec.downsample}
+        if cfg.data_root:
+            kw["root"] = cfg.data_root
+        eval_data = build_dataset(dataset, cfg.split, **kw)
+        train_data = build_dataset(dataset, cfg.train_split, **kw) if cfg.probing else None
+        names = (f"{dataset}/{cfg.split}", f"{dataset}/{cfg.train_split}")
+    else:
+        train_data, eval_data = dataset
+        names = (None, None)
+    eval_set = image_set(eval_data, cfg.n_images, cfg.seed, names[0])
+    if any(m in ALIGNMENT for m in cfg.metrics) and len(eval_set) <= cfg.k:
+        raise UserError(f"only {len(eval_set)} evaluation images for k={cfg.k}: pass more images or a smaller k")
+    train_set = image_set(train_data, cfg.n_train, cfg.seed, names[1]) if cfg.probing else None
+    return eval_set, train_set
+
+
+def _load_encoders(encoders: Sequence[str | Encoder], cfg: ProbeConfig) -> list[Encoder]:
+    """Encoders by name (``cfg.encoder_weights[i]`` for the i-th; ``""`` = default weights).
+    Random-init encoders are drawn from ``cfg.seed``, so they are reproducible and cacheable."""
+    if len(cfg.encoder_weights) > len(encoders):
+        raise UserError(f"{len(cfg.encoder_weights)} encoder weights for {len(encoders)} encoders: pass one path per encoder ('' for the default)")
+    loaded = []
+    for i, enc in enumerate(encoders):
+        if isinstance(enc, str):
+            weights = cfg.encoder_weights[i] if i < len(cfg.encoder_weights) else ""
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed)
+                enc = load_encoder(enc, weights or None, device=cfg.device, random_init=cfg.random_init_encoder)
+            if cfg.random_init_encoder:
+                enc.provenance["init_seed"] = cfg.seed
+        loaded.append(enc)
+    return loaded
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring
+# ----------------------------------------------------------------------------------------------
+
+def _probe_input(values: Tensor) -> Tensor:
+    """(L, T, N, D) or (L, T, N, tokens, D) -> (L * T, N, D) probe features (token mean)."""
+    return (values.mean(-2) if values.ndim == 5 else values).flatten(0, 1)
+
+
+def _targets(encoders: list[Encoder], eval_set: ImageSet, train_set: ImageSet | None, cfg: ProbeConfig) -> tuple[dict, list[dict]]:
+    """Encoder features {name: (eval, train or None)} and their reference linear-probe rows."""
+    cache = Path(cfg.store) / "encoders" if cfg.store else repa_cache_dir() / "encoder-features"
+    kw = dict(pooling=cfg.pooling, batch_size=cfg.batch_size, cache_dir=cache, progress=cfg.progress)
+    targets, rows = {}, []
+    for enc in encoders:
+        feats = encoder_features(enc, eval_set, **kw)
+        train = encoder_features(enc, train_set, **kw) if train_set is not None else None
+        targets[enc.name] = (feats, train)
+        if train is not None:
+            acc = _probe(_probe_input(train[None, None]), train_set.labels(), _probe_input(feats[None, None]), eval_set.labels(), cfg)
+            rows.append({"layer": -1, "metric": "linear_probe", "target": enc.name, "value": acc[0].item(), "is_reference": True})
+    return targets, rows
+
+
+def _probe(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, cfg: ProbeConfig) -> Tensor:
+    dev = cfg.device
+    return probe_accuracy(x_train.to(dev), y_train, x_test.to(dev), y_test, method=cfg.probe_method,
+                          epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size, lr=cfg.probe_lr, seed=cfg.seed)
+
+
+def _measure(model: DiffusionTransformer, eval_set: ImageSet, train_set: ImageSet | None, targets: dict,
+             codec: Codec, cfg: ProbeConfig) -> list[dict]:
+    """Rows of one model: alignment metrics per layer x t x target, linear probes per layer x t."""
+    store = str(Path(cfg.store) / "features") if cfg.store and hasattr(model, "source") else None
+    kw = dict(ts=cfg.ts, layers=cfg.layers, codec=codec, pooling=cfg.pooling, label=cfg.label, seed=cfg.seed,
+              batch_size=cfg.batch_size, store=store, progress=cfg.progress)
+    feats = extract(model, eval_set, **kw)
+    prov = feats.provenance
+    grid = math.isqrt(model.cfg.num_tokens)
+    base = {key: prov[key] for key in ("checkpoint", "step", "flavour", "model", "weights")}
+    cells = [{**base, "layer": layer, "t": t, "model_t": prov["model_ts"][ti], "is_reference": False}
+             for layer in feats.layers for ti, t in enumerate(feats.ts)]
+    rows = []
+    wanted = [m for m in cfg.metrics if m in ALIGNMENT]
+    for name, (target, _) in (targets.items() if wanted else ()):
+        b = target if cfg.pooling == "mean" else resample_tokens(target, grid)
+        b = prepare(b.flatten(1).to(cfg.device), cfg.q, cfg.normalize)  # token maps: (N, T * D)
+        for cell in cells:
+            a = prepare(feats.get(cell["layer"], cell["t"]).flatten(1).to(cfg.device), cfg.q, cfg.normalize)
+            rows += [{**cell, "metric": m, "target": name, "value": ALIGNMENT[m](a, b, cfg)} for m in wanted]
+    if train_set is not None:
+        train = extract(model, train_set, **kw)
+        acc = _probe(_probe_input(train.values), train.labels, _probe_input(feats.values), feats.labels, cfg)
+        rows += [{**cell, "metric": "linear_probe", "target": "labels", "value": a.item()} for cell, a in zip(cells, acc)]
+    return rows
+
+
+def _analyse(runs: Sequence[tuple[str, Checkpoint]], dataset: str | tuple[Any, Any], encoders: Sequence[str | Encoder],
+             config: ProbeConfig | None, options: dict) -> pd.DataFrame:
+    """Run every checkpoint of ``runs`` against shared images and encoder features."""
+    cfg = dataclasses.replace(config or ProbeConfig(), **options, dataset=dataset if isinstance(dataset, str) else "custom")
+    for _, ckpt in runs:
+        if not isinstance(ckpt, DiffusionTransformer) and not Path(ckpt).is_file():
+            raise UserError(f"checkpoint {ckpt} does not exist: check the path")
+    for enc in encoders:
+        if isinstance(enc, str) and enc not in ENCODERS:
+            raise UserError(f"unknown encoder {enc!r}: choose one of {', '.join(ENCODERS)}")
+    codec = build_codec(cfg.codec).to(cfg.device)
+    model = _load_model(runs[0][1], cfg)
+    resolve_layers(model, cfg.layers)  # fail before any encoding
+    eval_set, train_set = _image_sets(dataset, cfg, model, codec)
+    loaded = _load_encoders(encoders, cfg)
+    targets, rows = _targets(loaded, eval_set, train_set, cfg)
+    for i, (run, ckpt) in enumerate(runs):
+        model = _load_model(ckpt, cfg) if i else model
+        rows += [{"run": run, **row} for row in _measure(model, eval_set, train_set, targets, codec, cfg)]
+    common = {"pooling": cfg.pooling, "preprocessing": cfg.preprocessing, "k": cfg.k, "cknna_mode": cfg.cknna_mode,
+              "seed": cfg.seed, "n_images": len(eval_set), "n_train": len(train_set) if train_set else 0,
+              "label": cfg.label, "dataset": eval_set.name, "codec": codec.name, "probe_method": cfg.probe_method,
+              "code_version": git_revision()}
+    df = pd.DataFrame([{**common, **row} for row in rows], columns=COLUMNS)
+    df.attrs["probe"] = {
+        "config": dataclasses.asdict(cfg),
+        "runs": {run: model_provenance(c)["checkpoint"] if isinstance(c, DiffusionTransformer) else str(c) for run, c in runs},
+        "encoders": [enc.provenance for enc in loaded], "train_dataset": train_set.name if train_set else None,
+        "code_version": common["code_version"], "torch": torch.__version__,
+    }
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# Public analyses
+# ----------------------------------------------------------------------------------------------
+
+def layer_sweep(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] = "shapes",
+                encoders: Sequence[str | Encoder] = ("builtin-teacher",), out: str | os.PathLike | None = None,
+                config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
+    """Every layer x noise level of one checkpoint against ``encoders`` (REPA Fig. 2a/2b).
+
+    ``dataset``: a dataset name (``train.data``; evaluation and probe-training splits from the
+    config) or a ``(train_images, eval_images)`` pair of anything ``probe.extract.image_set`` takes.
+    ``options`` override :class:`ProbeConfig` fields (``ts=``, ``layers=``, ``k=``, ...); with
+    ``out`` the table is saved there as ``layer_sweep.{parquet,csv,json}``.
+    """
+    df = _analyse([(_run_name(checkpoint), checkpoint)], dataset, encoders, config, options)
+    return _maybe_save(df, out, "layer_sweep")
+
+
+def training_progress(checkpoints: str | os.PathLike | Sequence[Checkpoint], dataset: str | tuple[Any, Any] = "shapes",
+                      encoders: Sequence[str | Encoder] = ("builtin-teacher",), out: str | os.PathLike | None = None,
+                      config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
+    """A checkpoint series (a run directory or a list) measured like :func:`layer_sweep` (Fig. 2c)."""
+    series = run_checkpoints(checkpoints) if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
+    df = _analyse([(_run_name(c), c) for c in series], dataset, encoders, config, options)
+    return _maybe_save(df, out, "training_progress")
+
+
+def compare(checkpoints: Mapping[str, Checkpoint] | str | os.PathLike, dataset: str | tuple[Any, Any] = "shapes",
+            encoders: Sequence[str | Encoder] = ("builtin-teacher",), out: str | os.PathLike | None = None,
+            config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
+    """Named checkpoints side by side, e.g. ``{"REPA": ..., "vanilla": ...}`` (Fig. 3).
+
+    A directory written by ``repa-train --side-by-side`` stands for ``{name: <dir>/<name>/checkpoints/latest.pt}``.
+    """
+    if isinstance(checkpoints, (str, os.PathLike)):
+        root = Path(checkpoints)
+        checkpoints = {d.name: d / "checkpoints" / "latest.pt" for d in sorted(root.glob("*")) if (d / "checkpoints" / "latest.pt").is_file()}
+        if not checkpoints:
+            raise UserError(f"no <name>/checkpoints/latest.pt under {root}: pass a side-by-side run directory or NAME=CHECKPOINT pairs")
+    df = _analyse(list(checkpoints.items()), dataset, encoders, config, options)
+    return _maybe_save(df, out, "compare")
+
+
+def save_table(df: pd.DataFrame, out: str | os.PathLike, name: str) -> list[Path]:
+    """Write ``<out>/<name>.parquet``, ``.csv`` and ``.json`` (``df.attrs["probe"]``: the full config)."""
+    out = Path(out)
+    return [
+        atomic_write(out / f"{name}.parquet", df.to_parquet),
+        atomic_write(out / f"{name}.csv", lambda tmp: df.to_csv(tmp, index=False)),
+        atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(df.attrs.get("probe", {}), indent=2, default=str))),
+    ]
+
+
+def load_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A table written by :func:`save_table` (parquet or CSV), sidecar config in ``attrs["probe"]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"table {path} does not exist: pass a .parquet or .csv written by repa-probe")
+    if path.suffix not in (".parquet", ".csv"):
+        raise UserError(f"table {path} is not .parquet or .csv: pass a table written by repa-probe")
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        df.attrs["probe"] = json.loads(sidecar.read_text())
+    return df
+
+
+def _maybe_save(df: pd.DataFrame, out: str | os.PathLike | None, name: str) -> pd.DataFrame:
+    if out is not None:
+        save_table(df, out, name)
+    return df

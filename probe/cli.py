@@ -1,0 +1,146 @@
+"""``repa-probe`` (also ``python -m probe``): ``sweep | progress | compare | plot``.
+
+Each analysis writes ``<out>/<analysis>.{parquet,csv,json}`` and, unless ``--no-plot``, figures in
+``<out>/figures``; extracted features are kept in ``<out>/store`` (``--store``), so running the same
+command again resumes.  Bad input ends in one line on stderr (``error: what is wrong: the fix``)
+and exit status 2.  The same analyses are ``probe.analyses.layer_sweep / training_progress / compare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from probe import analyses, plots
+from probe.analyses import METRICS, ProbeConfig
+from probe.extract import DEFAULT_TS, LABELS, POOLINGS
+from probe.linear import METHODS
+from train.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}: see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _layers(values: list[str]) -> str | list[int]:
+    if values == ["all"]:
+        return "all"
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UserError(f"--layers {' '.join(values)} is not valid: pass 'all' or layer numbers, e.g. --layers 2 4 6") from None
+
+
+def _named(pairs: list[str]) -> dict[str, Path]:
+    if not all("=" in p for p in pairs):
+        raise UserError("--checkpoints for compare takes NAME=PATH pairs: e.g. --checkpoints REPA=a.pt vanilla=b.pt")
+    return {name: Path(path) for name, path in (p.split("=", 1) for p in pairs)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ProbeConfig()
+    common = _Parser(add_help=False)
+    g = common.add_argument_group("images")
+    g.add_argument("--dataset", default=d.dataset, help="shapes, digits or folder (default: %(default)s)")
+    g.add_argument("--data-root", help="image folder root for --dataset folder")
+    g.add_argument("--image-size", type=int, help="default: the model's input size x the codec's downsampling")
+    g.add_argument("--split", default=d.split, help="evaluation split (default: %(default)s)")
+    g.add_argument("--train-split", default=d.train_split, help="linear-probe training split (default: %(default)s)")
+    g.add_argument("--n-images", type=int, default=d.n_images, help="evaluation images (default: %(default)s)")
+    g.add_argument("--n-train", type=int, default=d.n_train, help="linear-probe training images; 0 skips probes (default: %(default)s)")
+    g.add_argument("--codec", default=d.codec, help="identity or sd-vae (default: %(default)s)")
+    g = common.add_argument_group("targets")
+    g.add_argument("--encoders", nargs="+", default=["builtin-teacher"], help="target encoders (default: builtin-teacher)")
+    g.add_argument("--encoder-weights", nargs="+", default=[], help="one local weights path per encoder ('' for the default)")
+    g.add_argument("--random-init-encoder", action="store_true", help="random encoder weights (offline demos)")
+    g = common.add_argument_group("measurement")
+    g.add_argument("--t", nargs="+", type=float, default=list(DEFAULT_TS), help="noise levels in REPA time, 0 = clean (default: 0 0.25 0.5)")
+    g.add_argument("--layers", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers")
+    g.add_argument("--metrics", nargs="+", default=list(d.metrics), choices=METRICS)
+    g.add_argument("--k", type=int, default=d.k, help="neighbours for CKNNA / mutual k-NN (default: %(default)s)")
+    g.add_argument("--cknna-mode", default=d.cknna_mode, choices=["reference", "exact"])
+    g.add_argument("--q", type=float, default=d.q, help="outlier clipping quantile; 1 disables (default: %(default)s)")
+    g.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation before the metrics")
+    g.add_argument("--pooling", default=d.pooling, choices=POOLINGS)
+    g.add_argument("--label", default=d.label, choices=LABELS, help="class label fed to the model (default: null)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--weights", default=d.weights, choices=["ema", "model"], help="which weights of training checkpoints")
+    g.add_argument("--probe-method", default=d.probe_method, choices=METHODS)
+    g.add_argument("--probe-epochs", type=int, default=d.probe_epochs)
+    g.add_argument("--probe-batch-size", type=int, default=d.probe_batch_size)
+    g.add_argument("--probe-lr", type=float, default=d.probe_lr)
+    g = common.add_argument_group("running")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--device", default=d.device)
+    g.add_argument("--out", type=Path, default=Path("probe-out"), help="output directory (default: %(default)s)")
+    g.add_argument("--store", type=Path, help="feature store (default: OUT/store)")
+    g.add_argument("--no-plot", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+
+    ap = _Parser(prog="repa-probe", description="Probe every layer x noise level of diffusion transformers against vision encoders.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sweep", parents=[common], help="one checkpoint, every layer x t (Fig. 2a/2b)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p = sub.add_parser("progress", parents=[common], help="a checkpoint series (Fig. 2c)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="a repa-train run directory (its checkpoints/step_*.pt)")
+    src.add_argument("--checkpoints", nargs="+", type=Path)
+    p.add_argument("--plot-layers", nargs="+", type=int, default=[], help="layers drawn besides the max over layers")
+    p = sub.add_parser("compare", parents=[common], help="named checkpoints side by side, e.g. REPA vs vanilla (Fig. 3)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="a repa-train --side-by-side directory")
+    src.add_argument("--checkpoints", nargs="+", help="NAME=PATH pairs")
+    p = sub.add_parser("plot", help="figures from a saved table")
+    p.add_argument("--table", type=Path, required=True, help="a .parquet or .csv written by repa-probe")
+    p.add_argument("--out", type=Path, help="figure directory (default: beside the table, figures/)")
+    p.add_argument("--plot-layers", nargs="+", type=int, default=[], help="layers drawn in progress curves")
+    return ap
+
+
+def _config(args: argparse.Namespace) -> ProbeConfig:
+    return ProbeConfig(
+        dataset=args.dataset, data_root=args.data_root, image_size=args.image_size, split=args.split,
+        n_images=args.n_images, train_split=args.train_split, n_train=args.n_train, ts=tuple(args.t),
+        layers=_layers(args.layers), metrics=tuple(args.metrics), k=args.k, cknna_mode=args.cknna_mode,
+        q=args.q, normalize=not args.no_normalize, pooling=args.pooling, label=args.label, seed=args.seed,
+        codec=args.codec, weights=args.weights, encoder_weights=tuple(args.encoder_weights),
+        random_init_encoder=args.random_init_encoder, probe_method=args.probe_method, probe_epochs=args.probe_epochs,
+        probe_batch_size=args.probe_batch_size, probe_lr=args.probe_lr, batch_size=args.batch_size,
+        device=args.device, store=str(args.store or args.out / "store"), progress=not args.no_progress,
+    )
+
+
+def _run(args: argparse.Namespace) -> list[Path]:
+    """Run the subcommand; returns the paths it wrote."""
+    if args.command == "plot":
+        return plots.plot_all(analyses.load_table(args.table), args.out or args.table.parent / "figures", args.plot_layers)
+    cfg = _config(args)
+    kw = dict(dataset=args.dataset, encoders=args.encoders, out=args.out, config=cfg)
+    if args.command == "sweep":
+        df, name = analyses.layer_sweep(args.checkpoint, **kw), "layer_sweep"
+    elif args.command == "progress":
+        df, name = analyses.training_progress(args.run or args.checkpoints, **kw), "training_progress"
+    else:
+        df, name = analyses.compare(args.run or _named(args.checkpoints), **kw), "compare"
+    paths = [args.out / f"{name}.{ext}" for ext in ("parquet", "csv", "json")]
+    if not args.no_plot:
+        paths += plots.plot_all(df, args.out / "figures", getattr(args, "plot_layers", []))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``repa-probe``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        for path in _run(args):
+            print(path)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,174 @@
+"""Figures from the tables of ``probe.analyses`` only (filters, groupby and pivots; no measuring).
+
+Each function writes ``<out>/<name>.png`` and ``.pdf`` and returns their paths:
+
+* :func:`layer_curves` -- metric per layer, one line per noise level; for the linear probe each
+  encoder's own accuracy is a dashed horizontal reference (REPA Fig. 2a/2b);
+* :func:`heatmaps` -- layer x t grid per run and target;
+* :func:`progress_curves` -- metric against training step, max over layers and chosen layers (Fig. 2c);
+* :func:`compare_panels` -- runs side by side per noise level, e.g. REPA vs vanilla (Fig. 3);
+* :func:`plot_all` -- whichever of these the table supports.
+
+Tables holding several checkpoints of one run are drawn at each run's last step, except by
+:func:`progress_curves`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from train.errors import UserError  # noqa: E402
+
+METRIC_LABELS = {"cknna": "CKNNA", "cka": "linear CKA", "mutual_knn": "mutual k-NN", "linear_probe": "linear-probe accuracy"}
+
+
+def _save(fig: plt.Figure, out: str | os.PathLike, name: str) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _rows(df: pd.DataFrame, metric: str, target: str | None, last_step: bool = True) -> pd.DataFrame:
+    """Non-reference rows of ``metric`` (and ``target``), at each run's last step unless told otherwise."""
+    rows = df[(df["metric"] == metric) & ~df["is_reference"].astype(bool)]
+    if target is not None:
+        rows = rows[rows["target"] == target]
+    if rows.empty:
+        raise UserError(f"the table has no {metric} rows{f' for target {target}' if target else ''}: pick a metric/target it holds ({', '.join(sorted(df['metric'].unique()))})")
+    if last_step and rows["step"].notna().any():
+        rows = rows[rows["step"].fillna(-1) == rows.groupby("run")["step"].transform("max").fillna(-1)]
+    return rows
+
+
+def _integer_layers(grid: sns.FacetGrid) -> None:
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _title(df: pd.DataFrame, what: str) -> str:
+    first = df.iloc[0]
+    return f"{what} -- {first['dataset']}, {first['n_images']} images, {first['pooling']} pooling, {first['label']} label"
+
+
+def layer_curves(df: pd.DataFrame, out: str | os.PathLike, metric: str = "linear_probe", target: str | None = None) -> list[Path]:
+    """Metric per layer, one line per t; columns: targets, rows: runs."""
+    rows = _rows(df, metric, target)
+    grid = sns.relplot(data=rows, x="layer", y="value", hue="t", col="target", row="run", kind="line", marker="o",
+                       palette="viridis", height=3.2, aspect=1.3, facet_kws={"sharey": True})
+    refs = df[df["is_reference"].astype(bool) & (df["metric"] == metric)]
+    for ax in grid.axes.flat:
+        for _, ref in refs.iterrows():
+            ax.axhline(ref["value"], ls="--", color="grey", lw=1)
+            ax.annotate(f"{ref['target']} itself", (1, ref["value"]), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=8, color="grey")
+    _integer_layers(grid)
+    grid.set_axis_labels("layer (output of block L)", METRIC_LABELS[metric])
+    grid.set_titles("{row_name}" if metric == "linear_probe" else "{row_name} vs {col_name}")
+    grid.legend.set_title("noise level t")
+    grid.figure.suptitle(_title(rows, f"{METRIC_LABELS[metric]} per layer"), y=1.02)
+    return _save(grid.figure, out, f"layers_{metric}")
+
+
+def heatmaps(df: pd.DataFrame, out: str | os.PathLike, metric: str = "cknna", target: str | None = None) -> list[Path]:
+    """Layer x t heatmap of ``metric``, one panel per run and target."""
+    rows = _rows(df, metric, target)
+    panels = list(rows.groupby(["run", "target"], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.3 * rows["layer"].nunique() + 2.5),
+                             squeeze=False, layout="constrained")
+    for ax, ((run, tgt), group) in zip(axes[0], panels):
+        table = group.pivot_table(index="layer", columns="t", values="value")
+        sns.heatmap(table, ax=ax, annot=len(table) <= 30, fmt=".2f", cmap="viridis", vmin=rows["value"].min(),
+                    vmax=rows["value"].max(), cbar_kws={"label": METRIC_LABELS[metric]})
+        ax.set(title=f"{run} vs {tgt}", xlabel="noise level t", ylabel="layer")
+    fig.suptitle(_title(rows, f"{METRIC_LABELS[metric]}, layer x noise level"))
+    return _save(fig, out, f"heatmap_{metric}")
+
+
+def progress_curves(df: pd.DataFrame, out: str | os.PathLike, metric: str = "cknna", target: str | None = None,
+                    layers: Sequence[int] = ()) -> list[Path]:
+    """Metric against training step: max over layers, then each of ``layers``; one line per t and run."""
+    rows = _rows(df, metric, target, last_step=False)
+    keys = ["run", "step", "t", "target"]
+    best = rows.groupby(keys, as_index=False)["value"].max().assign(panel="max over layers")
+    chosen = [rows[rows["layer"] == layer][[*keys, "value"]].assign(panel=f"layer {layer}") for layer in layers]
+    data = pd.concat([best, *chosen], ignore_index=True)
+    grid = sns.relplot(data=data, x="step", y="value", hue="t", style="run", col="panel", row="target", kind="line",
+                       marker="o", palette="viridis", height=3.2, aspect=1.3)
+    grid.set_axis_labels("training step", METRIC_LABELS[metric])
+    grid.set_titles("{col_name} ({row_name})")
+    grid.figure.suptitle(_title(rows, f"{METRIC_LABELS[metric]} over training"), y=1.02)
+    return _save(grid.figure, out, f"progress_{metric}")
+
+
+def compare_panels(df: pd.DataFrame, out: str | os.PathLike, metric: str = "cknna", target: str | None = None) -> list[Path]:
+    """Runs side by side (e.g. REPA vs vanilla): metric per layer, one panel per t and target."""
+    rows = _rows(df, metric, target)
+    grid = sns.relplot(data=rows, x="layer", y="value", hue="run", col="t", row="target", kind="line", marker="o",
+                       height=3.2, aspect=1.2)
+    _integer_layers(grid)
+    grid.set_axis_labels("layer (output of block L)", METRIC_LABELS[metric])
+    grid.set_titles("t = {col_name} ({row_name})")
+    grid.figure.suptitle(_title(rows, f"{METRIC_LABELS[metric]}: " + " vs ".join(rows["run"].unique())), y=1.02)
+    return _save(grid.figure, out, f"compare_{metric}")
+
+
+def plot_all(df: pd.DataFrame, out: str | os.PathLike, layers: Sequence[int] = ()) -> list[Path]:
+    """Every figure the table supports: layer curves and heatmaps per metric, progress curves (with
+    ``layers`` besides the max over layers) when a run has several steps, comparison panels when
+    there are several runs."""
+    measured = df[~df["is_reference"].astype(bool)]
+    several_steps = measured.groupby("run")["step"].nunique().max() > 1
+    paths = []
+    for metric in measured["metric"].unique():
+        paths += layer_curves(df, out, metric) + heatmaps(df, out, metric)
+        if several_steps:
+            paths += progress_curves(df, out, metric, layers=layers)
+        if measured["run"].nunique() > 1:
+            paths += compare_panels(df, out, metric)
+    return paths
+
+
+def training_curves(metrics: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
+    """From training logs (metrics.jsonl rows with ``run`` and ``seed`` columns): denoising loss,
+    projection loss and, where evaluated, Fréchet distance and class accuracy against step."""
+    panels = [c for c in ("denoise_loss", "proj_loss", "fd", "class_acc") if c in metrics and metrics[c].notna().any()]
+    labels = {"denoise_loss": "denoising loss", "proj_loss": "projection loss (-cos)", "fd": "Fréchet distance (evaluator)",
+              "class_acc": "class accuracy of samples"}
+    long = metrics.melt(id_vars=["run", "seed", "step"], value_vars=panels, var_name="panel").dropna(subset=["value"])
+    long = long[~((long["panel"] == "proj_loss") & (long["run"] == "vanilla"))]
+    grid = sns.relplot(data=long, x="step", y="value", hue="run", col="panel", col_wrap=2, kind="line", marker=".",
+                       facet_kws={"sharey": False}, height=3.0, aspect=1.4, errorbar=("pi", 100))
+    for ax, panel in zip(grid.axes.flat, panels):
+        ax.set_title(labels[panel])
+        ax.set_ylabel("")
+        if panel == "fd":
+            ax.set_yscale("log")
+    grid.figure.suptitle(f"Training, REPA vs vanilla ({metrics['seed'].nunique()} seed(s); band: min-max over seeds)", y=1.02)
+    return _save(grid.figure, out, "training_curves")
+
+
+def sample_grids(grids: dict[str, str | os.PathLike], out: str | os.PathLike) -> list[Path]:
+    """The runs' final sample grids (PNG files written during training) side by side."""
+    if not grids:
+        return []
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
+    for ax, (run, path) in zip(axes[0], grids.items()):
+        ax.imshow(plt.imread(path))
+        ax.set_title(f"{run}: {Path(path).stem.replace('_', ' ')}")
+        ax.axis("off")
+    fig.suptitle("EMA samples, same noise and labels (one class per column)")
+    return _save(fig, out, "samples")

@@ -1,0 +1,259 @@
+"""probe: extraction (vs direct forwards, noise, store), linear probes, analyses, plots and the CLI.
+
+Tiny SiT models (depth 3, width 32, 8 x 8 pixels through the identity codec) and a random-init
+built-in teacher keep the whole file fast on two CPU cores.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import probe.extract as ex
+from probe import plots
+from probe.analyses import load_table, training_progress
+from probe.cli import main
+from probe.extract import extract, image_noise, image_set, read_index
+from probe.linear import fit_linear_probes, probe_accuracy
+from train import interpolants as itp
+from train.data import build_dataset
+from train.errors import UserError
+from train.models import build, load
+
+SIZE, DEPTH, TS = 8, 3, (0.0, 0.25, 0.5)
+FAST = dict(n_images=24, n_train=40, ts=(0.0, 0.5), probe_epochs=5, probe_batch_size=16, batch_size=16,
+            random_init_encoder=True, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
+
+
+def tiny(flavour="repa", seed=0):
+    """A tiny model with every weight random (adaLN-zero would make all layers equal)."""
+    torch.manual_seed(seed)
+    m = build("SiT-T/2", flavour=flavour, learn_sigma=flavour != "repa", input_size=SIZE, in_channels=3,
+              depth=DEPTH, hidden_size=32, num_heads=2, num_classes=10)
+    for p in m.parameters():
+        p.data.normal_(0, 0.1)
+    return m.eval()
+
+
+def save_ckpt(model, path, step):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    torch.save({"model_config": model.cfg.to_dict(), "model": sd, "ema": sd, "step": step}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images():
+    return build_dataset("shapes", "val", n=40, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    for i, step in enumerate((10, 20)):
+        save_ckpt(tiny(seed=i), root / "checkpoints" / f"step_{step:07d}.pt", step)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flavour", ["repa", "sit", "dit"])
+def test_extract_equals_direct_forward(flavour, images):
+    model = tiny(flavour)
+    feats = extract(model, images, ts=TS, batch_size=16, progress=False)
+    assert feats.values.shape == (DEPTH + 1, len(TS), len(images), 32) and feats.values.dtype == torch.float32
+    x = images.images.float() / 127.5 - 1
+    noise = torch.stack([torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(len(images))])  # seed 0: image i -> i
+    y = torch.full((len(images),), 10)
+    for ti, t in enumerate(TS):
+        x_t = (1 - t) * x + t * noise
+        if flavour == "repa":
+            t_in, scale = torch.full((len(x),), t), 1.0
+        elif flavour == "sit":
+            t_in, scale = torch.full((len(x),), 1 - t), 1.0
+        else:
+            step, scale = itp.to_ddpm(torch.tensor(t))
+            t_in, scale = step.expand(len(x)), float(scale)
+        with torch.no_grad():
+            hidden = model(x_t * scale, t_in, y, return_hidden=range(DEPTH + 1), head=False, project=False).hidden
+        for layer in range(DEPTH + 1):
+            torch.testing.assert_close(feats.get(layer, t), hidden[layer].mean(1), rtol=1e-5, atol=1e-5)
+    expected = {"repa": list(TS), "sit": [1 - t for t in TS], "dit": [int(itp.to_ddpm(torch.tensor(t))[0]) for t in TS]}
+    assert feats.provenance["model_ts"] == pytest.approx(expected[flavour])
+    assert feats.provenance["flavour"] == flavour and feats.provenance["label"] == "null"
+    assert torch.equal(feats.labels, images.labels)
+
+
+def test_same_image_same_noise_everywhere(images):
+    """Noise depends on (seed, image index) only: not on batching, subsets, checkpoints, layers or t."""
+    assert torch.equal(image_noise(torch.tensor([3, 7]), (3, 4, 4), 0)[1], image_noise(torch.tensor([7]), (3, 4, 4), 0)[0])
+    assert not torch.equal(image_noise(torch.tensor([7]), (3, 4, 4), 0), image_noise(torch.tensor([7]), (3, 4, 4), 1))
+    a = tiny(seed=0)
+    full = extract(a, images, batch_size=7, progress=False)
+    subset = image_set(images, n=10, seed=3)
+    part = extract(a, subset, batch_size=4, progress=False)
+    torch.testing.assert_close(part.values, full.values[:, :, subset.indices])
+    # another checkpoint with the same patch embedding: layer 0 at t = 1 is a function of the noise only
+    b = tiny(seed=1)
+    b.x_embedder.load_state_dict(a.x_embedder.state_dict())
+    b.pos_embed.data.copy_(a.pos_embed)
+    fa, fb = (extract(m, images, ts=(1.0,), progress=False) for m in (a, b))
+    torch.testing.assert_close(fa.get(0, 1.0), fb.get(0, 1.0))
+    assert not torch.allclose(fa.get(DEPTH, 1.0), fb.get(DEPTH, 1.0))
+
+
+def test_store_round_trip_and_resume(tmp_path, images, monkeypatch):
+    model = load(save_ckpt(tiny(), tmp_path / "ckpt.pt", 5))
+    store = tmp_path / "store"
+    memory = extract(model, images, ts=TS, batch_size=8, progress=False)
+    first = extract(model, images, ts=TS, batch_size=8, store=store, shard_size=16, progress=False)
+    torch.testing.assert_close(first.values, memory.values)
+    index = read_index(store)
+    assert len(index) == 3 * len(TS)  # 40 images in chunks of 16 -> 3 shards per t
+    assert set(index["step"]) == {5} and set(index["flavour"]) == {"repa"} and set(index["t"]) == set(TS)
+    assert index["checkpoint"].str.endswith("ckpt.pt").all() and index["code_version"].str.len().min() > 0
+    assert pd.read_parquet(store / "index.parquet").shape == index.shape
+    assert not list(store.rglob("*.tmp"))
+
+    calls, predict = [], ex.predict
+    monkeypatch.setattr(ex, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    again = extract(model, images, ts=TS, batch_size=8, store=store, shard_size=16, progress=False)
+    assert calls == [] and torch.equal(again.values, first.values)
+    (store / index["file"][index["t"] == 0.25].iloc[-1]).unlink()  # the last chunk (8 images) at t = 0.25
+    again = extract(model, images, ts=TS, batch_size=8, store=store, shard_size=16, progress=False)
+    assert len(calls) == 1 and torch.equal(again.values, first.values)
+    changed = extract(model, images, ts=TS, batch_size=8, store=store, shard_size=16, seed=1, progress=False)
+    assert len(calls) > 1 and not torch.equal(changed.values, first.values)
+
+
+
+def test_extract_rejects_bad_input(images):
+    model = tiny()
+    for kw in ({"ts": (1.5,)}, {"layers": [DEPTH + 1]}, {"pooling": "max"}, {"label": "random"}):
+        with pytest.raises(UserError):
+            extract(model, images, progress=False, **kw)
+    with pytest.raises(UserError, match="latents"):
+        extract(model, build_dataset("shapes", "val", n=4, size=16), progress=False)
+    with pytest.raises(UserError, match="store"):
+        extract(model, images, store="unused", progress=False)
+
+
+def test_tokens_pooling_and_real_labels(images):
+    model = tiny()
+    tokens = extract(model, images, ts=(0.5,), pooling="tokens", progress=False)
+    assert tokens.values.shape == (DEPTH + 1, 1, len(images), (SIZE // 2) ** 2, 32)
+    mean = extract(model, images, ts=(0.5,), progress=False)
+    torch.testing.assert_close(tokens.values.mean(-2), mean.values)
+    real = extract(model, images, ts=(0.5,), label="real", progress=False)
+    assert torch.equal(real.values[0], mean.values[0]) and not torch.allclose(real.values[DEPTH], mean.values[DEPTH])
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear probes
+# ----------------------------------------------------------------------------------------------
+
+def separable(p=3, n=300, d=16, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, c, (n,), generator=g)
+    x = torch.randn(p, c, d, generator=g)[:, y] * 4 + torch.randn(p, n, d, generator=g)
+    return x, y
+
+
+def test_linear_probe_separable_and_batched_equals_single():
+    x, y = separable()
+    tr, te = slice(0, 200), slice(200, None)
+    acc = probe_accuracy(x[:, tr], y[tr], x[:, te], y[te], epochs=10, batch_size=64)
+    assert acc.shape == (3,) and (acc >= 0.99).all()
+    assert (probe_accuracy(x[:, tr], y[tr], x[:, te], y[te], method="sklearn") >= 0.99).all()
+    stacked = fit_linear_probes(x[:, tr], y[tr], 4, epochs=5, batch_size=64, seed=3)
+    for i in range(3):
+        single = fit_linear_probes(x[i:i + 1, tr], y[tr], 4, epochs=5, batch_size=64, seed=3)
+        torch.testing.assert_close(stacked.weight[i], single.weight[0])
+        torch.testing.assert_close(stacked(x[:, te])[i], single(x[i:i + 1, te])[0])
+    with pytest.raises(UserError):
+        probe_accuracy(x[:, tr], y[tr], x[:, te], y[te], method="svm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Analyses, plots, CLI
+# ----------------------------------------------------------------------------------------------
+
+def test_progress_on_toolkit_checkpoints(run_dir, tmp_path):
+    out = tmp_path / "out"
+    df = training_progress(run_dir, "shapes", encoders=["builtin-teacher"], out=out, store=str(tmp_path / "store"), **FAST)
+    measured, refs = df[~df["is_reference"]], df[df["is_reference"]]
+    assert set(measured["step"]) == {10, 20} and set(measured["run"]) == {run_dir.name}
+    assert set(measured["layer"]) == set(range(DEPTH + 1)) and set(measured["t"]) == {0.0, 0.5}
+    per_cell = measured.groupby(["step", "layer", "t"])["metric"].apply(sorted)
+    assert all(m == ["cka", "cknna", "linear_probe", "mutual_knn"] for m in per_cell)
+    assert len(refs) == 1 and refs.iloc[0]["layer"] == -1 and refs.iloc[0]["target"] == "builtin-teacher"
+    assert df["value"].between(-1, 1).all() and df["value"].notna().all()
+    first = df.iloc[0]
+    assert (first["preprocessing"], first["pooling"], first["label"], first["k"], first["n_images"]) == ("clip0.95+l2", "mean", "null", 10, 24)
+    assert set(measured["flavour"]) == {"repa"} and set(measured["dataset"]) == {"shapes/val"}
+    saved = load_table(out / "training_progress.parquet")
+    pd.testing.assert_frame_equal(saved, df, check_dtype=False)
+    assert len(pd.read_csv(out / "training_progress.csv")) == len(df)
+    assert saved.attrs["probe"]["config"]["ts"] == [0.0, 0.5] and saved.attrs["probe"]["encoders"][0]["init_seed"] == 0
+
+
+def synthetic_table():
+    rows = [dict(run=run, step=step, layer=layer, t=t, metric=metric, target=target, is_reference=False,
+                 value=0.1 * layer + 0.01 * step + (run == "REPA") * 0.2 - t / 5, dataset="shapes/val", n_images=24,
+                 pooling="mean", label="null")
+            for run in ("REPA", "vanilla") for step in (10, 20) for layer in range(4) for t in TS
+            for metric, target in (("cknna", "builtin-teacher"), ("linear_probe", "labels"))]
+    rows.append(dict(layer=-1, metric="linear_probe", target="builtin-teacher", value=0.9, is_reference=True))
+    return pd.DataFrame(rows)
+
+
+def test_plots_from_a_table(tmp_path, capsys):
+    """``repa-probe plot`` on a saved CSV table: every kind of figure, PNG and PDF."""
+    df = synthetic_table()
+    df.to_csv(tmp_path / "table.csv", index=False)
+    assert main(["plot", "--table", str(tmp_path / "table.csv"), "--out", str(tmp_path / "figs"), "--plot-layers", "1", "3"]) == 0
+    paths = [Path(line) for line in capsys.readouterr().out.split()]
+    names = {p.name for p in paths}
+    for kind in ("layers", "heatmap", "progress", "compare"):
+        assert {f"{kind}_cknna.png", f"{kind}_cknna.pdf", f"{kind}_linear_probe.png"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(UserError):
+        plots.layer_curves(df, tmp_path, "cka")
+
+
+def test_cli_sweep_end_to_end(run_dir, tmp_path, capsys):
+    ckpt = run_dir / "checkpoints" / "step_0000010.pt"
+    out = tmp_path / "cli"
+    args = ["sweep", "--checkpoint", str(ckpt), "--random-init-encoder", "--n-images", "24", "--n-train", "40",
+            "--t", "0", "0.5", "--layers", "1", "3", "--metrics", "cknna", "linear_probe", "--probe-epochs", "3",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    df = pd.read_parquet(out / "layer_sweep.parquet")
+    assert set(df.loc[~df["is_reference"], "layer"]) == {1, 3}
+    assert (out / "layer_sweep.json").is_file() and (out / "figures" / "layers_cknna.pdf").is_file()
+    assert (out / "figures" / "heatmap_linear_probe.png").is_file()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--checkpoint", "missing.pt"], "does not exist"),
+    (["--encoders", "no-such-encoder"], "unknown encoder"),
+    (["--t", "0", "1.5"], "must lie in [0, 1]"),
+    (["--t", "abc"], "invalid float"),
+    (["--layers", "1", "9"], "must lie in 0..3"),
+])
+def test_cli_bad_input_one_line_exit_2(run_dir, tmp_path, capsys, bad, message):
+    args = ["sweep", "--checkpoint", str(run_dir / "checkpoints" / "step_0000010.pt"), "--out", str(tmp_path), *bad]
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
