@@ -29,12 +29,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, atomic_write, check_ts, encoder_features, extract,
+from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, check_ts, encoder_features, extract,
                            image_set, model_provenance, resolve_layers)
 from probe.linear import METHODS, probe_accuracy
 from probe.metrics import cka, cknna, mutual_knn, prepare
 from train.data import build_dataset
 from train.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resample_tokens
+from train.checkpoints import atomic_write
 from train.errors import UserError
 from train.latents import Codec, build_codec
 from train.loop import git_revision

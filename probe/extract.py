@@ -25,10 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -37,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from train.checkpoints import atomic_write
 from train.errors import UserError
 from train.interpolants import interpolate
 from train.latents import Codec, build_codec
@@ -56,20 +56,6 @@ def digest(obj: Any) -> str:
     """16 hex digits of the SHA-256 of ``obj``'s canonical JSON (or of raw bytes)."""
     blob = obj if isinstance(obj, bytes) else json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def pool(tokens: Tensor, pooling: str) -> Tensor:

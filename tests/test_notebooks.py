@@ -1,7 +1,6 @@
 """The notebooks run green, on small settings (REPA_NOTEBOOK_SMALL=1: a seconds-long training run
 and random-weight encoders), through the public API only."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -15,7 +15,7 @@ import torch
 
 from train import checkpoints
 from train.cli import as_vanilla, main_train
-from train.config import DataConfig, ModelConfig, TrainConfig, override, preset
+from train.config import DataConfig, ModelConfig, TrainConfig, override
 from train.errors import UserError
 from train.loop import batch_indices, keep_in_series, train
 from train.encoders import TeacherConfig
@@ -116,7 +116,7 @@ def test_resume_is_bitwise_exact(tmp_path):
 def test_kill_9_then_same_command_gives_identical_weights(tmp_path):
     args = ["--preset", "tiny", "--steps", "40", "--ckpt-every", "5", "--no-progress", "--threads", "1",
             "--set", "random_init_encoders=true", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
-            "model.encoder_depth=1", "model.projector_dim=64", "data.n_train=128", "batch_size=8", "log_every=1", "sample_every=0"]
+            "model.encoder_depth=1", "model.projector_dim=64", "data.n_train=128", "batch_size=8", "log_every=1", "sample_every=0", "eval_every=0", "ckpt_series=\"all\""]
     ref = tmp_path / "ref"
     assert main_train(args + ["--out", str(ref)]) == 0
     run = tmp_path / "killed"
@@ -141,7 +141,7 @@ def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
     checkpoints.atomic_save({"step": 1, "w": torch.ones(3)}, path)
 
     def crash(obj, f, *a, **k):
-        f.write(b"partial")
+        Path(f).write_bytes(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

@@ -15,7 +15,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,17 +44,23 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise UserError(f"checkpoint {path} is truncated or not a torch file ({type(e).__name__}: {str(e)[:120]}): use the previous checkpoint or re-download it") from None
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` through a temp file + fsync + rename (the old file survives a crash)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``:
+    readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (the old file survives a crash mid-write)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -114,9 +114,16 @@ def training_evaluator(cfg: TrainConfig):
     """The in-training evaluation (FD and class accuracy of fixed-noise samples), if asked for."""
     if not cfg.eval_every or int(os.environ.get("RANK", "0")) != 0:  # evaluated on the main process only
         return None
-    from train.evaluate import build_training_evaluator
+    built = []
 
-    return build_training_evaluator(cfg)
+    def evaluate(ema, step: int) -> dict:  # built at the first evaluation, not before training starts
+        if not built:
+            from train.evaluate import build_training_evaluator
+
+            built.append(build_training_evaluator(cfg))
+        return built[0](ema, step)
+
+    return evaluate
 
 
 def main_train(argv: list[str] | None = None) -> int:

@@ -13,12 +13,13 @@ dataset fits a model (image size, label range) before training starts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from train.errors import UserError
@@ -204,16 +205,14 @@ class DigitsDataset(Dataset):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 
 
-def center_crop_arr(image: "PIL.Image.Image", size: int) -> np.ndarray:  # noqa: F821
+def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
     """ADM/DiT centre crop: halve with BOX filtering while the short side is >= ``2 * size``,
     resize bicubic so the short side equals ``size``, then cut the central ``size x size``."""
-    from PIL import Image
-
     while min(image.size) >= 2 * size:
         image = image.resize((image.width // 2, image.height // 2), resample=Image.BOX)
     ratio = size / min(image.size)
     image = image.resize((round(image.width * ratio), round(image.height * ratio)), resample=Image.BICUBIC)
-    arr = np.asarray(image)
+    arr = np.array(image)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
     return arr[top:top + size, left:left + size]
 
@@ -228,7 +227,8 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | Path, size: int = 256, hflip: bool = False) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise UserError(f"image folder {root} does not exist — pass the directory that holds one subfolder per class")
+            raise UserError(f"image folder {root} does not exist — pass the directory that holds one "
+                            "subfolder per class")
         self.classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
         self.samples: list[tuple[Path, int]] = [
             (path, label)
@@ -246,8 +246,6 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, UnidentifiedImageError
-
         path, label = self.samples[i]
         try:
             with Image.open(path) as image:
@@ -297,31 +295,28 @@ def validate_dataset(ds: Dataset, image_size: int, num_classes: int, n_check: in
     """Raise :class:`UserError` unless ``ds`` is non-empty, its images are ``(3, image_size,
     image_size)`` uint8 and its labels lie in ``[0, num_classes)``.
 
-    In-memory datasets (with ``images``/``labels`` tensors) are checked completely; others have
-    all labels of ``samples`` checked and the first ``n_check`` images decoded.
+    In-memory datasets (``images``/``labels`` tensors) are checked completely; for the others the
+    first ``n_check`` items are decoded and, for folders, every label in ``samples`` is checked.
     """
     if len(ds) == 0:
         raise UserError("the dataset is empty — point it at a folder or split that holds images")
     images, labels = getattr(ds, "images", None), getattr(ds, "labels", None)
     if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
-        shapes = [(0, tuple(images.shape[1:]), images.dtype)]
+        checked = [(0, images[0])]
         label_list = labels.tolist()
     else:
+        items = [ds[i] for i in range(min(n_check, len(ds)))]
+        checked = [(i, image) for i, (image, _) in enumerate(items)]
         samples = getattr(ds, "samples", None)
-        label_list = [s[1] for s in samples] if samples is not None else None
-        shapes = []
-        for i in range(min(n_check, len(ds))):
-            image, label = ds[i]
-            shapes.append((i, tuple(image.shape), image.dtype))
-            if label_list is None and not 0 <= label < num_classes:
-                raise UserError(f"label {label} at {_describe(ds, i)} is outside [0, {num_classes}) — "
-                                f"set num_classes to at least {label + 1}")
-    for i, shape, dtype in shapes:
-        if shape != (3, image_size, image_size) or dtype != torch.uint8:
-            raise UserError(f"image at {_describe(ds, i)} is {dtype} {shape}, expected uint8 "
+        label_list = [s[1] for s in samples] if samples is not None else [label for _, label in items]
+    for i, image in checked:
+        if tuple(image.shape) != (3, image_size, image_size) or image.dtype != torch.uint8:
+            raise UserError(f"image at {_describe(ds, i)} is {image.dtype} {tuple(image.shape)}, expected uint8 "
                             f"(3, {image_size}, {image_size}) — set the image size to match the data "
                             "or build the dataset with size=image_size")
-    for i, label in enumerate(label_list or []):
-        if not 0 <= label < num_classes:
+    for i, label in enumerate(label_list):
+        if label < 0:
+            raise UserError(f"label {label} at {_describe(ds, i)} is negative — relabel the data with class ids 0..N-1")
+        if label >= num_classes:
             raise UserError(f"label {label} at {_describe(ds, i)} is outside [0, {num_classes}) — "
                             f"set num_classes to at least {max(label_list) + 1}")

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.config import TrainConfig
-from train.encoders import _atomic_write, _augment, repa_cache_dir
+from train.checkpoints import atomic_write
+from train.encoders import augment, repa_cache_dir
 from train.errors import UserError
 from train.latents import Codec, build_codec, to_float
 
@@ -144,7 +145,7 @@ def _png_path(out: Path, i: int) -> Path:
 def _write_png(image: Tensor, path: Path) -> None:
     from PIL import Image
 
-    _atomic_write(path, lambda tmp: Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -159,7 +160,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez does not append ".npz" to it
             np.savez(f, **arrays)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def npz_name(n: int, height: int, width: int) -> str:
@@ -200,7 +201,7 @@ def sample_to_dir(model: nn.Module, spec: SampleSpec, codec: Codec, out: str | o
             raise UserError(f"{out} holds samples made with other settings ({', '.join(diff)}): "
                             "use a new --out directory or the same options")
     elif rank == 0:
-        _atomic_write(cfg_file, lambda tmp: Path(tmp).write_text(
+        atomic_write(cfg_file, lambda tmp: Path(tmp).write_text(
             json.dumps({**config, "git_revision": git_revision()}, indent=2)))
 
     mine = range(rank, spec.n_chunks, world)
@@ -452,7 +453,7 @@ def _fit_evaluator(cfg: EvaluatorConfig, progress: bool) -> tuple[EvaluatorCNN, 
     model.train()
     for _ in tqdm(range(cfg.steps), desc="built-in evaluator", disable=not progress):
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x = _augment(to_float(data.images[idx]), cfg.shift, gen)
+        x = augment(to_float(data.images[idx]), cfg.shift, gen)
         loss = F.cross_entropy(model(x), data.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -490,7 +491,7 @@ def train_builtin_evaluator(cfg: EvaluatorConfig = EvaluatorConfig(), cache_dir:
         model, sidecar = _fit_evaluator(cfg, progress)
     finally:
         torch.set_num_threads(threads)
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
     atomic_save({"format": _EVALUATOR_FORMAT, "config": asdict(cfg), "model": model.state_dict()}, path)
     return path
 
@@ -720,7 +721,7 @@ def reference(net: FeatureNet, dataset: str = "shapes", split: str = "train", n:
     stats = {k: feature_statistics(v) for k, v in feats.items() if k in ("features", "spatial")}
     meta = {**meta, "n": count, "feature_provenance": net.provenance}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     arrays = {f"{k}.{s}": a for k, (mu, sigma) in stats.items() for s, a in (("mu", mu), ("sigma", sigma))}
     _save_npz(path, features=feats["features"][:PR_MAX], **arrays)
     return Reference(stats, feats["features"][:PR_MAX], meta)

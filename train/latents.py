@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -66,7 +66,10 @@ def hf_cached_file(repo_id: str, filenames: Iterable[str]) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     for name in filenames:
-        path = try_to_load_from_cache(repo_id, name)
+        try:
+            path = try_to_load_from_cache(repo_id, name)
+        except ValueError:  # not a valid repo id (e.g. a path)
+            return None
         if isinstance(path, str):
             return path
     return None
@@ -164,8 +167,6 @@ _VAE_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bi
 def load_vae(source: str) -> nn.Module:
     """diffusers ``AutoencoderKL`` from a local directory (also a pipeline directory with a
     ``vae/`` subfolder) or a hub name, never waiting on an unreachable network."""
-    from diffusers import AutoencoderKL
-
     path = Path(source).expanduser()
     if path.is_dir():
         sub = "vae" if not (path / "config.json").exists() and (path / "vae" / "config.json").exists() else None
@@ -178,6 +179,8 @@ def load_vae(source: str) -> nn.Module:
     else:
         raise UserError(f"VAE weights {source!r} not found (no such diffusers directory, not in the HF cache, "
                         f"hub unreachable) — {WEIGHTS_HELP}")
+    from diffusers import AutoencoderKL
+
     try:
         return AutoencoderKL.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as e:
