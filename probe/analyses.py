@@ -337,7 +337,7 @@ def load_table(path: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"table {path} does not exist: pass a .parquet or .csv written by repa-probe")
     if path.suffix not in (".parquet", ".csv"):
         raise UserError(f"table {path} is not .parquet or .csv: pass a table written by repa-probe")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False, na_values=[""])
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         df.attrs["probe"] = json.loads(sidecar.read_text())

@@ -136,18 +136,24 @@ def main(argv: list[str] | None = None) -> int:
             metrics = read_metrics(run_dirs)
             metrics.to_csv(tables / "training_metrics.csv", index=False)
             (tables / "results.md").write_text(summarise(probe, metrics, teacher, align) + "\n")
-        probe = pd.read_parquet(tables / "probe.parquet")
+        if not (tables / "probe.csv").is_file():  # --figures-only on a fresh clone: the committed tables
+            tables = args.figures / "tables"
+        if not (tables / "probe.csv").is_file():
+            raise UserError(f"no probe tables in {tables}: run python -m probe.demo without --figures-only first")
+        probe = pd.read_csv(tables / "probe.csv", keep_default_na=False, na_values=[""])  # "null" is a label mode, not NaN
         metrics = pd.read_csv(tables / "training_metrics.csv")
         print("== 4/4 figures", flush=True)
         seed = args.seeds[0]
         samples = {run: max((args.out / f"seed{seed}" / run / "samples").glob("step_*.png")) for run in ("repa", "vanilla")
                    if (args.out / f"seed{seed}" / run / "samples").is_dir()}
         figs = draw(probe, metrics, samples, args.out / "figures", align)
-        args.figures.mkdir(parents=True, exist_ok=True)
+        (args.figures / "tables").mkdir(parents=True, exist_ok=True)
+        for name in ("probe.csv", "probe.json", "training_metrics.csv", "results.md"):
+            if (tables / name).resolve() != (args.figures / "tables" / name).resolve():
+                shutil.copy(tables / name, args.figures / "tables" / name)
         for f in figs:
             if f.suffix == ".png":
                 shutil.copy(f, args.figures / f.name)
-        shutil.copy(tables / "results.md", args.figures / "results.md")
         print((tables / "results.md").read_text())
         print(f"done in {time.time() - t0:.0f} s: tables in {tables}, figures in {args.figures}")
     except UserError as e:
