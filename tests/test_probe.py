@@ -257,3 +257,32 @@ def test_cli_bad_input_one_line_exit_2(run_dir, tmp_path, capsys, bad, message):
         code = e.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
+    """Checkpoints written by the real training loop (2 + 2 steps, REPA and vanilla) go through the
+    layer sweep, the progress analysis and the comparison."""
+    import json as _json
+
+    from train.cli import as_vanilla
+    from train.config import DataConfig, ModelConfig, TrainConfig
+    from train.encoders import TeacherConfig
+    from train.loop import train
+    from probe.analyses import compare, layer_sweep, training_progress
+
+    cfg = TrainConfig(
+        model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
+                          num_heads=2, encoder_depth=1, z_dims=(TeacherConfig().width,), projector_dim=32),
+        data=DataConfig(dataset="shapes", image_size=16, n_train=32), encoders=("builtin-teacher",),
+        random_init_encoders=True, batch_size=8, steps=2, ckpt_every=1, ckpt_series="all", log_every=1, device="cpu", threads=1)
+    train(cfg, tmp_path / "pair" / "repa", progress=False)
+    train(as_vanilla(cfg), tmp_path / "pair" / "vanilla", progress=False)
+    opts = dict(n_images=24, n_train=24, probe_batch_size=24, probe_epochs=5, random_init_encoder=True, progress=False,
+                ts=(0.0, 0.5), k=3)
+    sweep = layer_sweep(tmp_path / "pair" / "repa" / "checkpoints" / "latest.pt", "shapes", out=tmp_path / "t", **opts)
+    assert set(sweep[~sweep.is_reference]["layer"]) == {0, 1, 2} and set(sweep["t"].dropna()) >= {0.0, 0.5}
+    prog = training_progress(tmp_path / "pair" / "vanilla", "shapes", **opts)
+    assert sorted(prog[~prog.is_reference]["step"].unique()) == [0, 1, 2]
+    both = compare(tmp_path / "pair", "shapes", **opts)
+    assert set(both[~both.is_reference]["run"]) == {"repa", "vanilla"}
+    assert _json.loads((tmp_path / "t" / "layer_sweep.json").read_text())["config"]["k"] == 3
