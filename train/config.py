@@ -139,7 +139,8 @@ def published_config(name: str, flavour: str | None = None, **overrides) -> Mode
 
 @dataclass
 class DataConfig:
-    """What the model trains on: a built-in dataset (``shapes``, ``digits``) or an image ``folder``."""
+    """What the model trains on: a built-in dataset (``shapes``, ``digits``), an image ``folder``, or
+    a ``latents`` cache made by ``python -m train.data encode`` (``root`` = the cache directory)."""
 
     dataset: str = "shapes"
     root: str | None = None
@@ -147,6 +148,8 @@ class DataConfig:
     n_train: int | None = None  # built-in datasets: number of training images (None: its default)
     hflip: bool = False
     codec: str = "identity"  # "identity" (pixels) or "sd-vae"
+    vae: str = "stabilityai/sd-vae-ft-mse"  # sd-vae codec: hub name or local diffusers directory
+    random_init_vae: bool = False  # tests only: an SD-VAE with random weights
     num_workers: int = 0
 
 

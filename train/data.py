@@ -269,10 +269,133 @@ def _folder(split: str, root: str | Path, **kw) -> ImageFolderDataset:
     return ImageFolderDataset(root / split if (root / split).is_dir() else root, **kw)
 
 
+# ----------------------------------------------------------------------------------------------
+# Latent cache (SD-VAE), driven by a manifest
+# ----------------------------------------------------------------------------------------------
+
+MANIFEST = "manifest.csv"
+
+
+def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard_size: int = 1024,
+                       batch_size: int = 32, codec=None, device: str = "cpu", progress: bool = True) -> Path:
+    """Encode an image folder once into ``out``: the posterior mean and std of every image (unscaled,
+    as REPA's preprocessing stores them; the one scaling point stays ``Codec.from_moments``) and the
+    ``size`` px image the target encoder needs, in safetensors shards.
+
+    ``out/manifest.csv`` (file, label, shard, row) is written first and drives everything: shards
+    already on disk are skipped, so an interrupted run resumes; a manifest from another folder is
+    refused.  ``codec`` defaults to the SD-VAE (``train.latents.SDVAECodec``).
+    """
+    import csv
+
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from train.checkpoints import atomic_write
+
+    ds = ImageFolderDataset(root, size=size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [(str(Path(f).relative_to(ds.root)), label, i // shard_size, i % shard_size) for i, (f, label) in enumerate(ds.samples)]
+    manifest = out / MANIFEST
+    if manifest.exists():
+        with open(manifest, newline="") as f:
+            old = [(r["file"], int(r["label"]), int(r["shard"]), int(r["row"])) for r in csv.DictReader(f)]
+        if old != rows:
+            raise UserError(f"{out} holds a latent cache of another folder or shard size: pass a new --out directory")
+    else:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["file", "label", "shard", "row"])
+                w.writerows(rows)
+        atomic_write(manifest, write)
+    if codec is None:
+        from train.latents import SDVAECodec
+
+        codec = SDVAECodec()
+    codec = codec.to(device)
+    n_shards = math.ceil(len(rows) / shard_size)
+    for k in tqdm(range(n_shards), desc="latent cache", disable=not progress):
+        path = out / f"shard_{k:05d}.safetensors"
+        if path.exists():
+            continue
+        idx = range(k * shard_size, min((k + 1) * shard_size, len(rows)))
+        images = torch.stack([ds[i][0] for i in idx])
+        mean, std = zip(*(codec.moments(images[s:s + batch_size]) for s in range(0, len(images), batch_size)))
+        tensors = {"mean": torch.cat(mean).float().cpu().contiguous(), "std": torch.cat(std).float().cpu().contiguous(),
+                   "images": images.contiguous(), "labels": torch.tensor([rows[i][1] for i in idx])}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"codec": codec.name, "size": str(size)}))
+    return manifest
+
+
+class LatentCacheDataset(Dataset):
+    """A cache written by :func:`build_latent_cache`, held in memory: ``images`` (uint8, for the
+    target encoder), ``labels`` and :meth:`moments` (the stored posterior) for the trainer."""
+
+    def __init__(self, root: str | Path, size: int = 256) -> None:
+        from safetensors.torch import load_file
+
+        root = Path(root)
+        if not (root / MANIFEST).is_file():
+            raise UserError(f"no {MANIFEST} in {root}: build the cache first with python -m train.data encode --root IMAGES --out {root}")
+        shards = sorted(root.glob("shard_*.safetensors"))
+        with open(root / MANIFEST) as f:
+            n_rows = sum(1 for _ in f) - 1
+        parts = [load_file(str(p)) for p in shards]
+        self.images = torch.cat([p["images"] for p in parts]) if parts else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        if len(self.images) != n_rows:
+            raise UserError(f"the latent cache in {root} is incomplete ({len(self.images)} of {n_rows} images): rerun the same encode command to finish it")
+        self.labels = torch.cat([p["labels"] for p in parts])
+        self.mean = torch.cat([p["mean"] for p in parts])
+        self.std = torch.cat([p["std"] for p in parts])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def moments(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean[idx], self.std[idx]
+
+
+def _latents(split: str, root: str | Path, **kw) -> LatentCacheDataset:
+    return LatentCacheDataset(root, **{k: v for k, v in kw.items() if k == "size"})
+
+
+def encode_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m train.data encode --root IMAGES --out CACHE``: the SD-VAE latent cache."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m train.data encode", description=build_latent_cache.__doc__)
+    ap.add_argument("command", choices=["encode"])
+    ap.add_argument("--root", required=True, help="image folder with one subfolder per class")
+    ap.add_argument("--out", required=True, help="cache directory")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--shard-size", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="hub name or local diffusers directory")
+    ap.add_argument("--random-init-vae", action="store_true", help="random VAE weights (tests only)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    try:
+        from train.latents import SDVAECodec
+
+        codec = SDVAECodec(args.vae, args.vae, random_init=args.random_init_vae)
+        print(build_latent_cache(args.root, args.out, args.size, args.shard_size, args.batch_size, codec, args.device))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "shapes": lambda split, **kw: ShapesDataset(split, **kw),
     "digits": lambda split, **kw: DigitsDataset(split, **kw),
     "folder": _folder,
+    "latents": _latents,
 }
 
 
@@ -281,6 +404,8 @@ def build_dataset(name: str, split: str = "train", **kw) -> Dataset:
     constructor (``size`` for all, ``root`` required for ``folder``)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r} — choose one of: {', '.join(DATASETS)}")
+    if name == "latents" and "root" not in kw:
+        raise UserError("the latents dataset needs its cache directory: pass root=PATH (made by python -m train.data encode)")
     if name == "folder" and "root" not in kw:
         raise UserError("the folder dataset needs a root directory — pass root=PATH (with one subfolder per class)")
     return DATASETS[name](split, **kw)
@@ -320,3 +445,9 @@ def validate_dataset(ds: Dataset, image_size: int, num_classes: int, n_check: in
         if label >= num_classes:
             raise UserError(f"label {label} at {_describe(ds, i)} is outside [0, {num_classes}) — "
                             f"set num_classes to at least {max(label_list) + 1}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(encode_main())

@@ -220,14 +220,21 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
 
     # --- data, codec, encoders ------------------------------------------------------------------
     data_kw = {"size": cfg.data.image_size}
-    if cfg.data.dataset == "folder":
-        data_kw.update(root=cfg.data.root, hflip=cfg.data.hflip)
+    if cfg.data.dataset in ("folder", "latents"):
+        data_kw["root"] = cfg.data.root
+        if cfg.data.dataset == "folder":
+            data_kw["hflip"] = cfg.data.hflip
     elif cfg.data.n_train is not None:
         data_kw["n"] = cfg.data.n_train
     dataset = build_dataset(cfg.data.dataset, "train", **data_kw)
     validate_dataset(dataset, cfg.data.image_size, cfg.model.num_classes)
     in_memory = isinstance(getattr(dataset, "images", None), Tensor)
-    codec = build_codec(cfg.data.codec).to(device)
+    codec_kw = {}
+    if cfg.data.codec == "sd-vae":  # a local VAE directory both encodes and decodes; hub: ft-mse / ft-ema
+        codec_kw = {"encoder": cfg.data.vae, "random_init": cfg.data.random_init_vae}
+        if Path(cfg.data.vae).is_dir():
+            codec_kw["decoder"] = cfg.data.vae
+    codec = build_codec(cfg.data.codec, **codec_kw).to(device)
     latent_shape = codec.latent_shape(cfg.data.image_size)
     encoders = []
     if not cfg.vanilla:
@@ -349,7 +356,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
                 images, labels = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             t, noise, drop = t_all[sl].to(device), noise_all[sl].to(device), drop_all[sl].to(device)   # (B,), (B, C, H, W), (B,)
-            mean, std = codec.moments(images)
+            if hasattr(dataset, "moments"):  # a latent cache: the stored posterior
+                mean, std = (m.to(device) for m in dataset.moments(idx))
+            else:
+                mean, std = codec.moments(images)
             x = codec.from_moments(mean + std * post_all[sl].to(device), std, sample=False)          # (B, C, H, W)
             x_t = itp.interpolate(x, noise, t, cfg.path)
             sync = nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(train_model)
