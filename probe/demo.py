@@ -81,8 +81,8 @@ def summarise(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, align_d
         for _, r in g.sort_values("step").iterrows():
             loss = metrics[(metrics["run"] == run) & (metrics["seed"] == seed) & (metrics["step"] == r["step"])]["denoise_loss"].dropna()
             lines.append(f"| {run} | {seed} | {int(r['step'])} | {r['fd']:.2f} | {r['class_acc']:.3f} | {loss.iloc[0] if len(loss) else float('nan'):.4f} |")
-    lines += ["", f"Built-in teacher: held-out linear-probe accuracy {teacher.get('val_linear_probe_accuracy', teacher.get('linear_probe_accuracy', 'n/a'))}, "
-              f"classifier accuracy {teacher.get('val_accuracy', 'n/a')}, trained in {teacher.get('train_seconds', 'n/a')} s."]
+    lines += ["", f"Built-in teacher: held-out linear-probe accuracy {teacher['linear_probe_accuracy']:.4f}, "
+              f"classifier accuracy {teacher['val_accuracy']:.4f}, trained in {teacher['train_seconds']} s (the cached run's time)."]
     return "\n".join(lines)
 
 
