@@ -165,7 +165,7 @@ class TrainConfig:
     encoders: tuple[str, ...] = ("dinov2-vit-b",)
     encoder_weights: tuple[str, ...] = ()  # one local path per encoder ("" = hub / built-in)
     random_init_encoders: bool = False  # tests and offline demos only: random encoder weights
-    cache_targets: bool = True  # precompute encoder tokens once per image (no augmentation)
+    cache_targets: bool = True  # encoder tokens from the stored target cache, or computed once per image (and mirror); false: encoder every step
     proj_coeff: float = 0.5
     proj_loss: str = "cosine"  # "cosine" or "nt-xent"
     nt_xent_temperature: float = 0.1

@@ -8,6 +8,11 @@
 
 :func:`build_dataset` picks one by name from :data:`DATASETS`; :func:`validate_dataset` checks that a
 dataset fits a model (image size, label range) before training starts.
+
+:func:`build_latent_cache` (``python -m train.data encode``) stores the SD-VAE posterior of an image
+folder (and of its mirror images with ``--hflip``) for :class:`LatentCacheDataset`;
+:func:`build_target_cache` (``python -m train.data targets``) stores a frozen encoder's patch tokens
+of every image and its mirror image beside it, which the trainer reads instead of encoding.
 """
 
 from __future__ import annotations
@@ -277,10 +282,13 @@ MANIFEST = "manifest.csv"
 
 
 def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard_size: int = 1024,
-                       batch_size: int = 32, codec=None, device: str = "cpu", progress: bool = True) -> Path:
+                       batch_size: int = 32, codec=None, device: str = "cpu", progress: bool = True,
+                       hflip: bool = False) -> Path:
     """Encode an image folder once into ``out``: the posterior mean and std of every image (unscaled,
     as REPA's preprocessing stores them; the one scaling point stays ``Codec.from_moments``) and the
-    ``size`` px image the target encoder needs, in safetensors shards.
+    ``size`` px image the target encoder needs, in safetensors shards.  ``hflip=True`` also stores
+    the posterior of every image's mirror image (``mean_flip``, ``std_flip``), which training with
+    ``data.hflip`` needs; run again with it to add them to an existing cache.
 
     ``out/manifest.csv`` (file, label, shard, row) is written first and drives everything: shards
     already on disk are skipped, so an interrupted run resumes; a manifest from another folder is
@@ -288,7 +296,8 @@ def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard
     """
     import csv
 
-    from safetensors.torch import save_file
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
     from train.checkpoints import atomic_write
@@ -315,23 +324,40 @@ def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard
 
         codec = SDVAECodec()
     codec = codec.to(device)
+
+    def moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = zip(*(codec.moments(images[s:s + batch_size]) for s in range(0, len(images), batch_size)))
+        return torch.cat(mean).float().cpu().contiguous(), torch.cat(std).float().cpu().contiguous()
+
     n_shards = math.ceil(len(rows) / shard_size)
     for k in tqdm(range(n_shards), desc="latent cache", disable=not progress):
         path = out / f"shard_{k:05d}.safetensors"
         if path.exists():
-            continue
-        idx = range(k * shard_size, min((k + 1) * shard_size, len(rows)))
-        images = torch.stack([ds[i][0] for i in idx])
-        mean, std = zip(*(codec.moments(images[s:s + batch_size]) for s in range(0, len(images), batch_size)))
-        tensors = {"mean": torch.cat(mean).float().cpu().contiguous(), "std": torch.cat(std).float().cpu().contiguous(),
-                   "images": images.contiguous(), "labels": torch.tensor([rows[i][1] for i in idx])}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"codec": codec.name, "size": str(size)}))
+            if not hflip:
+                continue
+            with safe_open(str(path), "pt") as f:
+                if "mean_flip" in f.keys():
+                    continue
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))  # a shard made without hflip: add the mirrored posterior
+        else:
+            idx = range(k * shard_size, min((k + 1) * shard_size, len(rows)))
+            images = torch.stack([ds[i][0] for i in idx]).contiguous()
+            mean, std = moments(images)
+            tensors = {"mean": mean, "std": std, "images": images, "labels": torch.tensor([rows[i][1] for i in idx])}
+            meta = {"codec": codec.name, "size": str(size)}
+        if hflip:
+            tensors["mean_flip"], tensors["std_flip"] = moments(tensors["images"].flip(-1))
+            meta = {**meta, "hflip": "1"}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return manifest
 
 
 class LatentCacheDataset(Dataset):
     """A cache written by :func:`build_latent_cache`, held in memory: ``images`` (uint8, for the
-    target encoder), ``labels`` and :meth:`moments` (the stored posterior) for the trainer."""
+    target encoder), ``labels`` and :meth:`moments` (the stored posterior, of the mirror images
+    where asked and stored) for the trainer.  ``root`` is the cache directory; stored encoder
+    targets beside it are read by :func:`open_target_cache`."""
 
     def __init__(self, root: str | Path, size: int = 256) -> None:
         from safetensors.torch import load_file
@@ -343,12 +369,21 @@ class LatentCacheDataset(Dataset):
         with open(root / MANIFEST) as f:
             n_rows = sum(1 for _ in f) - 1
         parts = [load_file(str(p)) for p in shards]
+        self.root = root
         self.images = torch.cat([p["images"] for p in parts]) if parts else torch.empty(0, 3, size, size, dtype=torch.uint8)
         if len(self.images) != n_rows:
             raise UserError(f"the latent cache in {root} is incomplete ({len(self.images)} of {n_rows} images): rerun the same encode command to finish it")
         self.labels = torch.cat([p["labels"] for p in parts])
         self.mean = torch.cat([p["mean"] for p in parts])
         self.std = torch.cat([p["std"] for p in parts])
+        flips = bool(parts) and all("mean_flip" in p for p in parts)
+        self.mean_flip = torch.cat([p["mean_flip"] for p in parts]) if flips else None
+        self.std_flip = torch.cat([p["std_flip"] for p in parts]) if flips else None
+
+    @property
+    def has_flips(self) -> bool:
+        """Whether the posterior of every image's mirror image is stored (``encode --hflip``)."""
+        return self.mean_flip is not None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -356,35 +391,261 @@ class LatentCacheDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
-    def moments(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mean[idx], self.std[idx]
+    def moments(self, idx: torch.Tensor, flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored posterior ``(mean, std)`` of images ``idx``; where the bool ``flip`` is set, that of
+        the horizontally mirrored image."""
+        if flip is None:
+            return self.mean[idx], self.std[idx]
+        if not self.has_flips:
+            raise UserError(f"the latent cache in {self.root} has no mirrored latents for data.hflip: "
+                            "rerun its python -m train.data encode command with --hflip (it adds them)")
+        f = flip.cpu()[:, None, None, None]
+        return (torch.where(f, self.mean_flip[idx], self.mean[idx]),
+                torch.where(f, self.std_flip[idx], self.std[idx]))
 
 
 def _latents(split: str, root: str | Path, **kw) -> LatentCacheDataset:
     return LatentCacheDataset(root, **{k: v for k, v in kw.items() if k == "size"})
 
 
+# ----------------------------------------------------------------------------------------------
+# Encoder-target cache: the frozen encoder's patch tokens of every image and its mirror image
+# ----------------------------------------------------------------------------------------------
+
+TARGETS_FORMAT = "repa-targets/1"
+TARGETS_INFO = "encoder.json"
+
+
+def target_dir(root: str | Path, name: str) -> Path:
+    """Where the stored targets of encoder ``name`` live: ``<latent cache>/targets_<name>/``."""
+    return Path(root) / f"targets_{name}"
+
+
+def encoder_key(encoder) -> str:
+    """Identity of a target encoder for stored targets: ``<name>-g<grid>-<digest>``, the digest over
+    its provenance (architecture, preprocessing, target, output grid) without the path its weights
+    came from, and over the weights themselves: the same weights read from another place match,
+    other weights (another checkpoint, another random init) do not."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in encoder.provenance.items() if k != "weights"}, sort_keys=True).encode())
+    for k, v in sorted(encoder.model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{encoder.name}-g{encoder.grid}-{h.hexdigest()[:16]}"
+
+
+def _manifest_digest(root: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+def _targets_fix(root: Path, encoder) -> str:
+    return (f"rebuild it with python -m train.data targets --cache {root} --encoders {encoder.name} --grid {encoder.grid} "
+            f"(and this run's --encoder-weights), or delete {target_dir(root, encoder.name)} to encode online")
+
+
+def _check_target_info(info: dict, root: Path, encoder, key: str) -> None:
+    where = target_dir(root, encoder.name)
+    if info.get("format") != TARGETS_FORMAT:
+        raise UserError(f"{where} is not a target cache of this toolkit ({TARGETS_FORMAT}): {_targets_fix(root, encoder)}")
+    if info.get("manifest") != _manifest_digest(root):
+        raise UserError(f"{where} was made for another latent cache (its manifest differs): {_targets_fix(root, encoder)}")
+    if info.get("grid") != encoder.grid:
+        raise UserError(f"{where} holds {info.get('grid')}x{info.get('grid')} tokens but this run needs "
+                        f"{encoder.grid}x{encoder.grid}: {_targets_fix(root, encoder)}")
+    if info.get("key") != key:
+        raise UserError(f"{where} was made by another {encoder.name} encoder ({info.get('key')}, this run's is {key}: "
+                        f"other weights or preprocessing): {_targets_fix(root, encoder)}")
+
+
+def build_target_cache(root: str | Path, encoders: Sequence, batch_size: int = 64, device: str = "cpu",
+                       dtype: torch.dtype = torch.float16, progress: bool = True) -> list[Path]:
+    """Store the patch tokens of every image of the latent cache ``root`` and of its mirror image
+    (``image.flip(-1)``, what ``data.hflip`` feeds the encoder) for each of ``encoders`` (built with
+    :func:`train.encoders.load_encoder` at the grid the model needs): ``root/targets_<name>/``
+    holds ``encoder.json`` (the encoder's key and provenance, the grid, the dtype, the manifest's
+    digest; written first) and one ``shard_XXXXX.safetensors`` (``tokens``, ``tokens_flip``:
+    ``(n, grid*grid, dim)``) per latent shard.  Shards on disk are skipped, so an interrupted run
+    resumes; targets of another encoder (other weights, grid or preprocessing) or another dtype
+    are refused.  float32 stores the encoder's output as is (bitwise the online tokens when the
+    kernels see the same batch shape; other batch shapes or mixed-precision autocast can change
+    the last bits); float16 (the default) halves the disk and equals the in-memory cache the
+    trainer would otherwise compute.
+    """
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from train.checkpoints import atomic_write
+
+    root = Path(root)
+    if not (root / MANIFEST).is_file():
+        raise UserError(f"no {MANIFEST} in {root}: build the latent cache first with python -m train.data encode --root IMAGES --out {root}")
+    with open(root / MANIFEST) as f:
+        n_rows = sum(1 for _ in f) - 1
+    shards = sorted(root.glob("shard_*.safetensors"))
+    have = sum(_rows_in(p) for p in shards)
+    if have != n_rows:
+        raise UserError(f"the latent cache in {root} is incomplete ({have} of {n_rows} images): rerun its encode command to finish it first")
+    dtype_name = str(dtype).removeprefix("torch.")
+    written = []
+    for enc in encoders:
+        enc = enc.to(device)
+        key, where = encoder_key(enc), target_dir(root, enc.name)
+        info = {"format": TARGETS_FORMAT, "key": key, "encoder": enc.name, "grid": enc.grid, "dim": enc.dim,
+                "dtype": dtype_name, "manifest": _manifest_digest(root), "rows": n_rows, "provenance": enc.provenance}
+        if (where / TARGETS_INFO).is_file():
+            old = json.loads((where / TARGETS_INFO).read_text())
+            _check_target_info(old, root, enc, key)
+            if old.get("dtype") != dtype_name:
+                raise UserError(f"{where} is being built as {old.get('dtype')}: rerun with --dtype {old.get('dtype')}, or delete it to start over as {dtype_name}")
+        else:
+            atomic_write(where / TARGETS_INFO, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+
+        def tokens(images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([enc(images[s:s + batch_size].to(device)).to("cpu", dtype)
+                              for s in range(0, len(images), batch_size)]).contiguous()
+
+        for shard in tqdm(shards, desc=f"targets {enc.name}", disable=not progress):
+            path = where / shard.name
+            if path.exists():
+                continue
+            images = load_file(str(shard))["images"]
+            tensors = {"tokens": tokens(images), "tokens_flip": tokens(images.flip(-1))}
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": TARGETS_FORMAT, "key": key}))
+        written.append(where)
+    return written
+
+
+def _rows_in(path: Path, name: str = "labels") -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_slice(name).get_shape()[0]
+
+
+class StoredTargets:
+    """Stored targets of one encoder (:func:`open_target_cache`), read row by row from the shard
+    files when asked (memory-mapped: the cache need not fit in memory)."""
+
+    def __init__(self, where: Path, shard_files: list[Path], sizes: list[int]) -> None:
+        self.where, self.files = where, shard_files
+        self.starts = torch.tensor([0, *np.cumsum(sizes).tolist()])
+        self._open: dict[int, object] = {}  # shard -> safe_open handle, opened on first use
+        self._slices: dict[tuple[int, str], object] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _slice(self, k: int, name: str):
+        from safetensors import safe_open
+
+        if (k, name) not in self._slices:
+            if k not in self._open:
+                self._open[k] = safe_open(str(self.files[k]), "pt")
+            self._slices[k, name] = self._open[k].get_slice(name)
+        return self._slices[k, name]
+
+    def gather(self, idx: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 tokens ``(len(idx), T, D)`` of images ``idx``; of the mirror image where ``flip``."""
+        idx = torch.as_tensor(idx).cpu()
+        shard = torch.searchsorted(self.starts, idx, right=True) - 1
+        row = idx - self.starts[shard]
+        flips = flip.cpu().tolist() if flip is not None else [False] * len(idx)
+        rows = [self._slice(k, "tokens_flip" if f else "tokens")[r:r + 1]
+                for k, r, f in zip(shard.tolist(), row.tolist(), flips)]
+        return torch.cat(rows).float()
+
+
+def open_target_cache(root: str | Path, encoder) -> StoredTargets | None:
+    """The stored targets of ``encoder`` beside the latent cache ``root``; None when there are none.
+    Targets made by another encoder (weights, grid, preprocessing), for another latent cache, or
+    not finished raise a one-line :class:`UserError` naming the fix."""
+    import json
+
+    root = Path(root)
+    where = target_dir(root, encoder.name)
+    if not where.is_dir():
+        return None
+    if not (where / TARGETS_INFO).is_file():
+        raise UserError(f"{where} has no {TARGETS_INFO} (an unfinished target cache): {_targets_fix(root, encoder)}")
+    _check_target_info(json.loads((where / TARGETS_INFO).read_text()), root, encoder, encoder_key(encoder))
+    latent = sorted(root.glob("shard_*.safetensors"))
+    files = [where / p.name for p in latent]
+    missing = sum(not f.is_file() for f in files)
+    if missing:
+        raise UserError(f"the target cache {where} is incomplete ({missing} of {len(files)} shards missing): rerun the same "
+                        f"python -m train.data targets command to finish it, or delete {where} to encode online")
+    sizes = [_rows_in(f, "tokens") for f in files]
+    if sizes != [_rows_in(p) for p in latent]:
+        raise UserError(f"the target cache {where} does not match the latent shards of {root}: {_targets_fix(root, encoder)}")
+    return StoredTargets(where, files, sizes)
+
+
+def _load_encoders(names: Sequence[str], weights: Sequence[str] | None, grid: int | None, device: str,
+                   random_init: bool, seed: int) -> list:
+    """The encoders as the trainer builds them (random-init ones seeded the same way)."""
+    from train.encoders import load_encoder
+
+    if weights and len(weights) != len(names):
+        raise UserError(f"{len(weights)} encoder weight paths for {len(names)} encoders: give one per encoder ('' for the default)")
+    torch.manual_seed(seed)
+    return [load_encoder(n, weights=w or None, grid=grid, device=device, random_init=random_init)
+            for n, w in zip(names, weights or ("",) * len(names))]
+
+
 def encode_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.data encode --root IMAGES --out CACHE``: the SD-VAE latent cache."""
+    """``python -m train.data encode --root IMAGES --out CACHE [--hflip] [--encoders NAME ...]``: the
+    SD-VAE latent cache (and the encoder targets); ``python -m train.data targets --cache CACHE
+    --encoders NAME ...``: encoder targets for an existing latent cache."""
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m train.data encode", description=build_latent_cache.__doc__)
-    ap.add_argument("command", choices=["encode"])
-    ap.add_argument("--root", required=True, help="image folder with one subfolder per class")
-    ap.add_argument("--out", required=True, help="cache directory")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--shard-size", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="hub name or local diffusers directory")
-    ap.add_argument("--random-init-vae", action="store_true", help="random VAE weights (tests only)")
-    ap.add_argument("--device", default="cpu")
+    ap = argparse.ArgumentParser(prog="python -m train.data")
+    sub = ap.add_subparsers(dest="command", required=True)
+    enc = sub.add_parser("encode", help="the SD-VAE latent cache of an image folder", description=build_latent_cache.__doc__)
+    enc.add_argument("--root", required=True, help="image folder with one subfolder per class")
+    enc.add_argument("--out", required=True, help="cache directory")
+    enc.add_argument("--size", type=int, default=256)
+    enc.add_argument("--shard-size", type=int, default=1024)
+    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="hub name or local diffusers directory")
+    enc.add_argument("--random-init-vae", action="store_true", help="random VAE weights (tests only)")
+    enc.add_argument("--hflip", action="store_true", help="also store the latents of mirrored images (for data.hflip)")
+    tgt = sub.add_parser("targets", help="encoder targets of every image and its mirror image, beside a latent cache",
+                         description=build_target_cache.__doc__)
+    tgt.add_argument("--cache", required=True, help="latent cache directory (made by encode)")
+    tgt.add_argument("--batch-size", type=int, default=64)
+    for p, required in ((enc, False), (tgt, True)):
+        p.add_argument("--encoders", nargs="+", required=required, default=[], help="target encoders, e.g. dinov2-vit-b")
+        p.add_argument("--encoder-weights", nargs="+", help="one local weights path per encoder ('' for the default)")
+        p.add_argument("--grid", type=int, help="tokens per side the model needs (latent side / patch; default: the encoder's)")
+        p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored token precision")
+        p.add_argument("--random-init-encoders", action="store_true", help="random encoder weights (tests only)")
+        p.add_argument("--seed", type=int, default=0, help="with --random-init-encoders: the training run's seed")
+        p.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     try:
-        from train.latents import SDVAECodec
+        if args.command == "encode":
+            from train.latents import SDVAECodec
 
-        codec = SDVAECodec(args.vae, args.vae, random_init=args.random_init_vae)
-        print(build_latent_cache(args.root, args.out, args.size, args.shard_size, args.batch_size, codec, args.device))
+            codec = SDVAECodec(args.vae, args.vae, random_init=args.random_init_vae)
+            print(build_latent_cache(args.root, args.out, args.size, args.shard_size, args.batch_size, codec, args.device,
+                                     hflip=args.hflip))
+            cache, batch = args.out, 64
+        else:
+            cache, batch = args.cache, args.batch_size
+        if args.encoders:
+            encoders = _load_encoders(args.encoders, args.encoder_weights, args.grid, args.device,
+                                      args.random_init_encoders, args.seed)
+            for where in build_target_cache(cache, encoders, batch, args.device, getattr(torch, args.dtype)):
+                print(where)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

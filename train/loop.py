@@ -98,34 +98,82 @@ def keep_in_series(step: int, every: int, mode: str) -> bool:
 
 
 class TargetSource:
-    """Encoder patch tokens for dataset images: computed online, or once per image and cached.
+    """Encoder patch tokens for the images of a batch: the one place that decides where they come from.
 
-    Without augmentation the frozen encoder's tokens of image i never change, so the cache (a
-    float16 tensor per encoder, (N, T, D)) replaces the encoder forward in every step.
+    With ``cache`` on, per encoder, the first of
+
+    1. stored: ``targets_<encoder>/`` beside the latent cache ``stored_root`` (``python -m
+       train.data targets``), checked against the encoder -- targets of another encoder (weights,
+       grid, preprocessing) or unfinished ones are refused with a one-line :class:`UserError`;
+    2. in memory: for in-memory ``images``, the tokens of every image (and, with ``hflip``, of its
+       mirror image) computed once at the start as float16 (N, T, D) and kept in ``cache_file``;
+    3. online: the encoder runs on the batch's images every step (also with ``cache`` off).
+
+    The loop flips images itself (``flip``: a bool per sample); the stored and in-memory sources
+    pick the mirrored variant for exactly those samples, so every source gives the tokens of the
+    image the encoder would see online.
     """
 
     def __init__(self, encoders: list, images: Tensor | None, cache: bool, device, batch: int = 256,
-                 cache_file: Path | None = None, progress: bool = True):
+                 cache_file: Path | None = None, progress: bool = True, hflip: bool = False,
+                 stored_root: Path | None = None):
         self.encoders, self.device = encoders, device
-        self.tokens: list[Tensor] | None = None
-        if cache and images is not None and encoders:
-            if cache_file is not None and cache_file.exists():
-                self.tokens = torch.load(cache_file, weights_only=True)["tokens"]
-            else:
-                self.tokens = [self._encode_all(e, images, batch, progress) for e in encoders]
-                if cache_file is not None:
-                    atomic_save({"tokens": self.tokens, "encoders": [e.provenance for e in encoders]}, cache_file)
+        # per encoder: a StoredTargets, a (tokens, tokens_flip | None) pair held in memory, or None (online)
+        self.sources: list = [None] * len(encoders)
+        if not (cache and encoders):
+            return
+        if stored_root is not None:
+            from train.data import open_target_cache
 
-    def _encode_all(self, enc, images: Tensor, batch: int, progress: bool) -> Tensor:
+            self.sources = [open_target_cache(stored_root, e) for e in encoders]
+        todo = [j for j, src in enumerate(self.sources) if src is None]
+        if not todo or images is None:
+            return
+        saved = torch.load(cache_file, weights_only=True) if cache_file is not None and cache_file.exists() else {}
+        tokens = self._as_list(saved.get("tokens"))
+        flipped = self._as_list(saved.get("tokens_flip"))
+        if any(tokens[j] is None or (hflip and flipped[j] is None) for j in todo):
+            tokens, flipped = [None] * len(encoders), [None] * len(encoders)
+            for j in todo:
+                tokens[j] = self._encode_all(encoders[j], images, batch, progress)
+                if hflip:
+                    flipped[j] = self._encode_all(encoders[j], images, batch, progress, flip=True)
+            if cache_file is not None:
+                atomic_save({"tokens": tokens, "tokens_flip": flipped,
+                             "encoders": [e.provenance for e in encoders]}, cache_file)
+        for j in todo:
+            self.sources[j] = (tokens[j], flipped[j] if hflip else None)
+
+    def _as_list(self, saved) -> list:
+        saved = list(saved or [])
+        return (saved + [None] * len(self.encoders))[:len(self.encoders)]
+
+    def _encode_all(self, enc, images: Tensor, batch: int, progress: bool, flip: bool = False) -> Tensor:
         out = []
-        for s in tqdm(range(0, len(images), batch), desc=f"targets {enc.name}", disable=not progress, leave=False):
-            out.append(enc(images[s:s + batch].to(self.device)).to("cpu", torch.float16))
+        for s in tqdm(range(0, len(images), batch), desc=f"targets {enc.name}{' (mirrored)' if flip else ''}",
+                      disable=not progress, leave=False):
+            x = images[s:s + batch]
+            out.append(enc((x.flip(-1) if flip else x).to(self.device)).to("cpu", torch.float16))
         return torch.cat(out)
 
-    def __call__(self, idx: Tensor, images: Tensor) -> list[Tensor]:
-        if self.tokens is not None:
-            return [t[idx].to(self.device, torch.float32) for t in self.tokens]
-        return [e(images) for e in self.encoders]
+    @property
+    def kinds(self) -> list[str]:
+        """Where each encoder's targets come from: ``stored``, ``memory`` or ``online``."""
+        return ["online" if s is None else "memory" if isinstance(s, tuple) else "stored" for s in self.sources]
+
+    def __call__(self, idx: Tensor, images: Tensor, flip: Tensor | None = None) -> list[Tensor]:
+        """Tokens of the images ``idx`` as the loop passes them (``images``, already flipped where ``flip``)."""
+        out = []
+        for enc, src in zip(self.encoders, self.sources):
+            if src is None:
+                out.append(enc(images))
+            elif isinstance(src, tuple):
+                plain, mirrored = src
+                t = plain[idx] if flip is None else torch.where(flip.cpu()[:, None, None], mirrored[idx], plain[idx])
+                out.append(t.to(self.device, torch.float32))
+            else:
+                out.append(src.gather(idx, flip).to(self.device))
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,14 +269,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     # --- data, codec, encoders ------------------------------------------------------------------
     data_kw = {"size": cfg.data.image_size}
     if cfg.data.dataset in ("folder", "latents"):
-        data_kw["root"] = cfg.data.root
-        if cfg.data.dataset == "folder":
-            data_kw["hflip"] = cfg.data.hflip
+        data_kw["root"] = cfg.data.root  # data.hflip: the loop flips (below), not the dataset
     elif cfg.data.n_train is not None:
         data_kw["n"] = cfg.data.n_train
     dataset = build_dataset(cfg.data.dataset, "train", **data_kw)
     validate_dataset(dataset, cfg.data.image_size, cfg.model.num_classes)
     in_memory = isinstance(getattr(dataset, "images", None), Tensor)
+    if cfg.data.hflip and hasattr(dataset, "moments") and not dataset.has_flips:
+        raise UserError(f"data.hflip needs the latents of mirrored images, which the cache {cfg.data.root} lacks: "
+                        "rerun its python -m train.data encode command with --hflip (it adds them)")
     codec_kw = {}
     if cfg.data.codec == "sd-vae":  # a local VAE directory both encodes and decodes; hub: ft-mse / ft-ema
         codec_kw = {"encoder": cfg.data.vae, "random_init": cfg.data.random_init_vae}
@@ -267,6 +316,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
         out.mkdir(parents=True, exist_ok=True)
         check_resume_config(out, cfg)
     acc.wait_for_everyone()
+    targets = TargetSource(encoders, dataset.images if in_memory else None, cfg.cache_targets, device,
+                           cache_file=(out / "target_cache.pt") if acc.is_main_process and world == 1 else None,
+                           progress=progress and acc.is_main_process, hflip=cfg.data.hflip,
+                           stored_root=Path(cfg.data.root) if cfg.data.dataset == "latents" else None)
     if latest.exists():
         state = read_checkpoint(latest)
         model.load_state_dict(state["model"])
@@ -275,16 +328,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
         step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
     if acc.is_main_process:
-        write_run_config(out, cfg, {"world_size": world, "resumed_from": step})
+        write_run_config(out, cfg, {"world_size": world, "resumed_from": step, "target_sources": targets.kinds})
         truncate_metrics(out / "metrics.jsonl", step)
     ema_params = [p for p in ema.parameters()]
     model_params = [p for p in model.parameters()]
     train_model = torch.compile(model) if cfg.compile else model
     train_model, opt = acc.prepare(train_model, opt)
 
-    targets = TargetSource(encoders, dataset.images if in_memory else None, cfg.cache_targets and not cfg.data.hflip,
-                           device, cache_file=(out / "target_cache.pt") if acc.is_main_process and world == 1 else None,
-                           progress=progress and acc.is_main_process)
     tb = None
     if cfg.tensorboard and acc.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -346,6 +396,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
         noise_all = torch.randn(cfg.batch_size, *latent_shape, generator=g)
         post_all = torch.randn(cfg.batch_size, *latent_shape, generator=g)
         drop_all = torch.rand(cfg.batch_size, generator=g) < cfg.model.class_dropout_prob
+        # data.hflip: mirror each sample with probability 1/2, drawn from its own stream so runs
+        # without flips keep their draws; latents and targets follow the same per-sample choice
+        flip_all = (torch.rand(cfg.batch_size, generator=step_generator(cfg.seed, step, stream=1)) < 0.5
+                    if cfg.data.hflip else None)
         for k in range(cfg.grad_accum):
             sl = slice((k * world + rank) * micro, (k * world + rank + 1) * micro)
             idx = idx_all[sl]
@@ -355,9 +409,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
                 items = [dataset[int(i)] for i in idx]
                 images, labels = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            flip = flip_all[sl] if flip_all is not None else None
+            if flip is not None:
+                images = torch.where(flip.to(device)[:, None, None, None], images.flip(-1), images)
             t, noise, drop = t_all[sl].to(device), noise_all[sl].to(device), drop_all[sl].to(device)   # (B,), (B, C, H, W), (B,)
-            if hasattr(dataset, "moments"):  # a latent cache: the stored posterior
-                mean, std = (m.to(device) for m in dataset.moments(idx))
+            if hasattr(dataset, "moments"):  # a latent cache: the stored posterior (of the mirror image where flipped)
+                mean, std = (m.to(device) for m in dataset.moments(idx, flip))
             else:
                 mean, std = codec.moments(images)
             x = codec.from_moments(mean + std * post_all[sl].to(device), std, sample=False)          # (B, C, H, W)
@@ -366,7 +423,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             with sync, acc.autocast():
                 res = train_model(x_t, t, labels, return_hidden=(), project=not cfg.vanilla, drop_mask=drop)
                 den = denoising_loss(res.out, x, noise, t, cfg.path).mean()
-                proj = proj_loss_fn(res.zs, targets(idx, images)) if not cfg.vanilla else torch.zeros((), device=device)
+                proj = proj_loss_fn(res.zs, targets(idx, images, flip)) if not cfg.vanilla else torch.zeros((), device=device)
                 loss = den + cfg.proj_coeff * proj
                 acc.backward(loss / cfg.grad_accum)
             sums[:3] += torch.stack([loss.detach(), den.detach(), proj.detach()]) / cfg.grad_accum
