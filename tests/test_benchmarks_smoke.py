@@ -1,0 +1,51 @@
+"""Smoke runs of the benchmark scripts at their ``--quick`` sizes (a few seconds each): they run, check
+their own equivalences (features / probe weights) and write their JSON where told."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def keep_threads():
+    before = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == before  # the scripts restore the thread count they change
+
+
+def test_bench_layer_sweep_quick(tmp_path, keep_threads):
+    out = tmp_path / "layer_sweep.json"
+    res = _load("bench_layer_sweep").main(["--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["models"].keys() == res["models"].keys() == {"tiny"}
+    tiny = saved["models"]["tiny"]
+    layers = tiny["config"]["layers"]
+    assert tiny["features_shape"] == [layers, len(tiny["ts"]), tiny["images"], 128]
+    assert set(tiny["ways"]) == {"ours", "per-layer-truncated", "per-layer-full"}
+    assert all(d == 0.0 for d in tiny["features_identical_max_abs_diff"].values())
+    assert tiny["ways"]["per-layer-full"]["forwards"] == layers * tiny["ways"]["ours"]["forwards"]
+    assert all(w["seconds"] > 0 for w in tiny["ways"].values())
+    assert saved["machine"]["threads"] == 1 and saved["command"].endswith("--quick --json " + str(out))
+
+
+def test_bench_linear_probe_quick(tmp_path, keep_threads):
+    out = tmp_path / "linear_probe.json"
+    _load("bench_linear_probe").main(["--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    (size,) = saved["sizes"]
+    assert size["probes"] == 4 and set(size["methods"]) == {"batched", "one-at-a-time", "sklearn"}
+    assert size["batched_vs_one_at_a_time_max_abs_acc_diff"] <= 1 / size["n_test"]
+    for m in size["methods"].values():
+        assert len(m["accuracies"]) == 4 and 0 <= m["accuracy_min"] <= m["accuracy_max"] <= 1 and m["seconds"] > 0
