@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine (each creates .venv/ and installs what it needs):
 #   make demo   - the main job on the built-in default (REPA vs vanilla, probes, figures)
 #   make test   - the test suite
+#   make extended - the same study at 1000 steps per run (about 25 minutes; behind RESULTS.md)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo extended test bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m probe.demo $(DEMO_ARGS)
 
+extended: $(STAMP)
+	$(PY) -m probe.demo --steps 1000 --out runs/demo-1000 --figures figures/steps1000 $(DEMO_ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	for b in train_step metrics layer_sweep linear_probe; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, check_ts, encoder_features, extract,
-                           image_set, model_provenance, resolve_layers)
+from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, _check_choice, _model_t, check_ts, encoder_features,
+                           extract, image_noise, image_set, model_provenance, resolve_layers)
 from probe.linear import METHODS, probe_accuracy
 from probe.metrics import cka, cknna, mutual_knn, prepare
 from train.data import build_dataset
@@ -39,7 +39,8 @@ from train.checkpoints import atomic_write
 from train.errors import UserError
 from train.latents import Codec, build_codec
 from train.loop import git_revision
-from train.models import DiffusionTransformer, load
+from train.interpolants import interpolate
+from train.models import DiffusionTransformer, load, predict
 
 Checkpoint = str | os.PathLike | DiffusionTransformer
 
@@ -318,6 +319,64 @@ def compare(checkpoints: Mapping[str, Checkpoint] | str | os.PathLike, dataset: 
             raise UserError(f"no <name>/checkpoints/latest.pt under {root}: pass a side-by-side run directory or NAME=CHECKPOINT pairs")
     df = _analyse(list(checkpoints.items()), dataset, encoders, config, options)
     return _maybe_save(df, out, "compare")
+
+
+def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] = "shapes", encoder: str = "builtin-teacher",
+                         out: str | os.PathLike | None = None, labels: Sequence[str] = ("real", "null"),
+                         weights: Sequence[str] = ("ema", "model"), config: ProbeConfig | None = None,
+                         **options: Any) -> pd.DataFrame:
+    """How REPA's projected tokens match the encoder's, with the real class label and with the null one.
+
+    The value is the training objective itself (REPA eq. 8 with cosine similarity): the mean over
+    images and patch tokens of ``cos(h_phi(x_t at the aligned layer), y*)``, where ``y*`` are the
+    encoder's patch tokens of the clean image at the model's grid, here for every noise level in
+    ``ts`` (``options``), label mode and weight set of one REPA checkpoint.  A model that predicts
+    the targets from the image scores about the same with both labels; one that predicts them
+    from the class label it is conditioned on loses most of the cosine with the null label, which
+    is what the null-label probes (``layer_sweep``) see.  Rows: ``weights, label, t, model_t,
+    metric="projection_cosine", value`` plus the provenance columns.
+    """
+    cfg = dataclasses.replace(config or ProbeConfig(), **options, metrics=("linear_probe",), n_train=0,
+                              dataset=dataset if isinstance(dataset, str) else "custom")
+    if not isinstance(checkpoint, DiffusionTransformer) and not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint {checkpoint} does not exist: check the path")
+    for label in labels:
+        _check_choice(label, LABELS, "label mode")
+    codec = build_codec(cfg.codec).to(cfg.device)
+    rows: list[dict] = []
+    eval_set = enc = None
+    for w in weights:
+        model = _load_model(checkpoint, dataclasses.replace(cfg, weights=w))
+        if not model.projectors:
+            raise UserError(f"{_run_name(checkpoint)} has no projector (a vanilla or published SiT/DiT checkpoint): pass a REPA checkpoint")
+        if eval_set is None:
+            eval_set, _ = _image_sets(dataset, cfg, model, codec)
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed)
+                enc = load_encoder(encoder, (cfg.encoder_weights or ("",))[0] or None, grid=math.isqrt(model.cfg.num_tokens),
+                                   device=cfg.device, random_init=cfg.random_init_encoder)
+        shape = (model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
+        sums = {(label, t): 0.0 for label in labels for t in cfg.ts}
+        with torch.no_grad():
+            for idx, imgs, labs in eval_set.batches(cfg.batch_size):
+                target = enc(imgs.to(cfg.device))                                            # (B, T, z_dim)
+                x = codec.encode(imgs, sample=False).to(cfg.device)                          # (B, C, H, W)
+                noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
+                for t in cfg.ts:
+                    for label in labels:
+                        y = labs.to(cfg.device) if label == "real" else None
+                        z = predict(model, interpolate(x, noise, t), t, y, head=False, project=True).zs[0]
+                        cos = torch.nn.functional.cosine_similarity(z.float(), target.float(), dim=-1)  # (B, T)
+                        sums[(label, t)] += cos.mean(1).sum().item()
+        base = {"run": _run_name(checkpoint), **{k: model_provenance(model)[k] for k in ("checkpoint", "step", "flavour", "model")}}
+        rows += [{**base, "weights": w, "label": label, "t": t, "model_t": _model_t(model, t), "metric": "projection_cosine",
+                  "target": enc.name, "value": total / len(eval_set), "dataset": eval_set.name, "n_images": len(eval_set),
+                  "seed": cfg.seed, "codec": codec.name, "layer": model.cfg.encoder_depth, "code_version": git_revision()}
+                 for (label, t), total in sums.items()]
+    df = pd.DataFrame(rows)
+    df.attrs["probe"] = {"config": dataclasses.asdict(cfg), "encoder": enc.provenance, "checkpoint": str(checkpoint),
+                         "code_version": git_revision(), "torch": torch.__version__}
+    return _maybe_save(df, out, "projection_alignment")
 
 
 def save_table(df: pd.DataFrame, out: str | os.PathLike, name: str) -> list[Path]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.summary import results_markdown
 from train.config import TrainConfig, override, preset
 from train.errors import UserError
 
@@ -62,34 +63,10 @@ def read_metrics(run_dirs: dict[str, Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def summarise(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, align_depth: int) -> str:
-    """The results table (markdown) from the saved tables: final step of each run and seed."""
-    rows = probe[~probe["is_reference"].astype(bool)]
-    last = rows[rows["step"] == rows.groupby(["run", "seed_run"])["step"].transform("max")]
-    lines = ["| run | seed | t | CKNNA max over layers (layer) | CKNNA at layer %d | linear probe at layer %d | best linear probe (layer) |" % (align_depth, align_depth),
-             "|---|---|---|---|---|---|---|"]
-    for (run, seed, t), g in last.groupby(["run", "seed_run", "t"]):
-        ck = g[(g["metric"] == "cknna") & (g["layer"] > 0)]
-        lp = g[(g["metric"] == "linear_probe") & (g["layer"] > 0)]
-        best_ck, best_lp = ck.loc[ck["value"].idxmax()], lp.loc[lp["value"].idxmax()]
-        at_ck = ck[ck["layer"] == align_depth]["value"].iloc[0]
-        at_lp = lp[lp["layer"] == align_depth]["value"].iloc[0]
-        lines.append(f"| {run} | {seed} | {t:g} | {best_ck['value']:.3f} ({int(best_ck['layer'])}) | {at_ck:.3f} | {at_lp:.3f} | {best_lp['value']:.3f} ({int(best_lp['layer'])}) |")
-    lines += ["", "| run | seed | step | FD (evaluator) | class accuracy | denoising loss |", "|---|---|---|---|---|---|"]
-    ev = metrics.dropna(subset=["fd"]) if "fd" in metrics else metrics.iloc[0:0]
-    for (run, seed), g in ev.groupby(["run", "seed"]):
-        for _, r in g.sort_values("step").iterrows():
-            loss = metrics[(metrics["run"] == run) & (metrics["seed"] == seed) & (metrics["step"] == r["step"])]["denoise_loss"].dropna()
-            lines.append(f"| {run} | {seed} | {int(r['step'])} | {r['fd']:.2f} | {r['class_acc']:.3f} | {loss.iloc[0] if len(loss) else float('nan'):.4f} |")
-    lines += ["", f"Built-in teacher: held-out linear-probe accuracy {teacher['linear_probe_accuracy']:.4f}, "
-              f"classifier accuracy {teacher['val_accuracy']:.4f}, trained in {teacher['train_seconds']} s (the cached run's time)."]
-    return "\n".join(lines)
-
-
 def draw(probe: pd.DataFrame, metrics: pd.DataFrame, samples: dict[str, Path], out: Path, align_depth: int) -> list[Path]:
     from probe import plots
 
-    figs = plots.plot_all(probe[probe["seed_run"] == probe["seed_run"].min()], out, layers=(align_depth,))
+    figs = plots.plot_all(probe, out, layers=(align_depth,))  # all seeds: mean and sd band
     figs += plots.training_curves(metrics, out)
     figs += plots.sample_grids(samples, out)
     return figs
@@ -99,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m probe.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
     ap.add_argument("--figures", type=Path, default=ROOT / "figures")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, help="training steps per run (default: the tiny preset's)")
     ap.add_argument("--jobs", type=int, default=2, help="train REPA and vanilla at once (one thread each)")
     ap.add_argument("--n-images", type=int, default=500, help="images probed per checkpoint")
@@ -122,20 +99,25 @@ def main(argv: list[str] | None = None) -> int:
                 train_pair(demo_config(seed, args.steps), out, args.jobs)
                 run_dirs.update({(seed, "repa"): out / "repa", (seed, "vanilla"): out / "vanilla"})
             print("== 3/4 probing every layer x noise level of every checkpoint", flush=True)
-            from probe.analyses import save_table, training_progress
+            from probe.analyses import projection_alignment, save_table, training_progress
 
             frames = []
             for seed in args.seeds:
                 ckpts = [c for run in ("repa", "vanilla") for c in sorted((args.out / f"seed{seed}" / run / "checkpoints").glob("step_*.pt"))]
                 df = training_progress(ckpts, "shapes", encoders=("builtin-teacher",), n_images=args.n_images, n_train=1000,
-                                       probe_batch_size=256, seed=seed, store=str(args.out / "store"))
+                                       probe_batch_size=64, seed=seed, store=str(args.out / "store"))
                 frames.append(df.assign(seed_run=seed))
             probe = pd.concat(frames, ignore_index=True)
             probe.attrs = frames[0].attrs
             save_table(probe, tables, "probe")
+            print("== 3/4 REPA's projected tokens vs the teacher's, real and null label", flush=True)
+            proj = pd.concat([projection_alignment(max((args.out / f"seed{seed}" / "repa" / "checkpoints").glob("step_*.pt")),
+                                                   "shapes", n_images=args.n_images, seed=seed).assign(seed_run=seed)
+                              for seed in args.seeds], ignore_index=True)
+            save_table(proj, tables, "projection_alignment")
             metrics = read_metrics(run_dirs)
             metrics.to_csv(tables / "training_metrics.csv", index=False)
-            (tables / "results.md").write_text(summarise(probe, metrics, teacher, align) + "\n")
+            (tables / "results.md").write_text(results_markdown(probe, metrics, teacher, align, proj) + "\n")
         if not (tables / "probe.csv").is_file():  # --figures-only on a fresh clone: the committed tables
             tables = args.figures / "tables"
         if not (tables / "probe.csv").is_file():
@@ -148,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                    if (args.out / f"seed{seed}" / run / "samples").is_dir()}
         figs = draw(probe, metrics, samples, args.out / "figures", align)
         (args.figures / "tables").mkdir(parents=True, exist_ok=True)
-        for name in ("probe.csv", "probe.json", "training_metrics.csv", "results.md"):
-            if (tables / name).resolve() != (args.figures / "tables" / name).resolve():
+        for name in ("probe.csv", "probe.json", "projection_alignment.csv", "projection_alignment.json", "training_metrics.csv", "results.md"):
+            if (tables / name).is_file() and (tables / name).resolve() != (args.figures / "tables" / name).resolve():
                 shutil.copy(tables / name, args.figures / "tables" / name)
         for f in figs:
             if f.suffix == ".png":

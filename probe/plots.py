@@ -61,19 +61,21 @@ def _integer_layers(grid: sns.FacetGrid) -> None:
 
 def _title(df: pd.DataFrame, what: str) -> str:
     first = df.iloc[0]
-    return f"{what} -- {first['dataset']}, {first['n_images']} images, {first['pooling']} pooling, {first['label']} label"
+    seeds = df["seed_run"].nunique() if "seed_run" in df else 1
+    spread = f"; mean and sd band over {seeds} training seeds" if seeds > 1 else ""
+    return f"{what} -- {first['dataset']}, {first['n_images']} images, {first['pooling']} pooling, {first['label']} label{spread}"
 
 
 def layer_curves(df: pd.DataFrame, out: str | os.PathLike, metric: str = "linear_probe", target: str | None = None) -> list[Path]:
     """Metric per layer, one line per t; columns: targets, rows: runs."""
     rows = _rows(df, metric, target)
     grid = sns.relplot(data=rows, x="layer", y="value", hue="t", col="target", row="run", kind="line", marker="o",
-                       palette="viridis", height=3.2, aspect=1.3, facet_kws={"sharey": True})
-    refs = df[df["is_reference"].astype(bool) & (df["metric"] == metric)]
+                       palette="viridis", height=3.2, aspect=1.3, facet_kws={"sharey": True}, errorbar="sd")
+    refs = df[df["is_reference"].astype(bool) & (df["metric"] == metric)].groupby("target")["value"].mean()
     for ax in grid.axes.flat:
-        for _, ref in refs.iterrows():
-            ax.axhline(ref["value"], ls="--", color="grey", lw=1)
-            ax.annotate(f"{ref['target']} itself", (1, ref["value"]), xycoords=("axes fraction", "data"),
+        for name, value in refs.items():
+            ax.axhline(value, ls="--", color="grey", lw=1)
+            ax.annotate(f"{name} itself", (1, value), xycoords=("axes fraction", "data"),
                         ha="right", va="bottom", fontsize=8, color="grey")
     _integer_layers(grid)
     grid.set_axis_labels("layer (output of block L)", METRIC_LABELS[metric])
@@ -102,12 +104,12 @@ def progress_curves(df: pd.DataFrame, out: str | os.PathLike, metric: str = "ckn
                     layers: Sequence[int] = ()) -> list[Path]:
     """Metric against training step: max over layers, then each of ``layers``; one line per t and run."""
     rows = _rows(df, metric, target, last_step=False)
-    keys = ["run", "step", "t", "target"]
+    keys = ["run", "step", "t", "target"] + (["seed_run"] if "seed_run" in rows else [])
     best = rows.groupby(keys, as_index=False)["value"].max().assign(panel="max over layers")
     chosen = [rows[rows["layer"] == layer][[*keys, "value"]].assign(panel=f"layer {layer}") for layer in layers]
     data = pd.concat([best, *chosen], ignore_index=True)
     grid = sns.relplot(data=data, x="step", y="value", hue="t", style="run", col="panel", row="target", kind="line",
-                       marker="o", palette="viridis", height=3.2, aspect=1.3)
+                       marker="o", palette="viridis", height=3.2, aspect=1.3, errorbar="sd")
     grid.set_axis_labels("training step", METRIC_LABELS[metric])
     grid.set_titles("{col_name} ({row_name})")
     grid.figure.suptitle(_title(rows, f"{METRIC_LABELS[metric]} over training"), y=1.02)
@@ -118,7 +120,7 @@ def compare_panels(df: pd.DataFrame, out: str | os.PathLike, metric: str = "cknn
     """Runs side by side (e.g. REPA vs vanilla): metric per layer, one panel per t and target."""
     rows = _rows(df, metric, target)
     grid = sns.relplot(data=rows, x="layer", y="value", hue="run", col="t", row="target", kind="line", marker="o",
-                       height=3.2, aspect=1.2)
+                       height=3.2, aspect=1.2, errorbar="sd")
     _integer_layers(grid)
     grid.set_axis_labels("layer (output of block L)", METRIC_LABELS[metric])
     grid.set_titles("t = {col_name} ({row_name})")

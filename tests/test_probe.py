@@ -286,3 +286,33 @@ def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
     both = compare(tmp_path / "pair", "shapes", **opts)
     assert set(both[~both.is_reference]["run"]) == {"repa", "vanilla"}
     assert _json.loads((tmp_path / "t" / "layer_sweep.json").read_text())["config"]["k"] == 3
+    # projection alignment: the training objective's cosine, real vs null label, ema and model weights
+    from probe.analyses import projection_alignment
+    from probe.extract import image_noise, image_set
+    from train.data import build_dataset
+    from train.encoders import load_encoder
+    from train.interpolants import interpolate
+    from train.models import load, predict
+
+    ckpt = tmp_path / "pair" / "repa" / "checkpoints" / "latest.pt"
+    pa = projection_alignment(ckpt, "shapes", n_images=8, batch_size=3, ts=(0.0, 0.5), random_init_encoder=True,
+                              progress=False, out=tmp_path / "pa")
+    assert len(pa) == 8 and set(pa["metric"]) == {"projection_cosine"} and pa["value"].between(-1, 1).all()
+    assert (tmp_path / "pa" / "projection_alignment.csv").is_file()
+    model = load(ckpt, weights="ema")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        enc = load_encoder("builtin-teacher", grid=4, random_init=True)
+    imgs = image_set(build_dataset("shapes", "val", size=16), 8, 0)
+    idx, x, y = next(imgs.batches(8))
+    from train.latents import build_codec
+    latents = build_codec("identity").encode(x, sample=False)
+    with torch.no_grad():
+        z = predict(model, interpolate(latents, image_noise(idx, (3, 16, 16), 0), 0.5), 0.5, y, head=False, project=True).zs[0]
+        target = enc(x)
+    want = torch.nn.functional.cosine_similarity(z, target, dim=-1).mean().item()
+    got = pa[(pa.weights == "ema") & (pa.label == "real") & (pa.t == 0.5)]["value"].item()
+    assert got == pytest.approx(want, abs=1e-5)
+    with pytest.raises(UserError, match="no projector"):
+        projection_alignment(tmp_path / "pair" / "vanilla" / "checkpoints" / "latest.pt", "shapes", n_images=8,
+                             random_init_encoder=True, progress=False)

@@ -1,0 +1,179 @@
+"""Seed-aggregated summaries of a REPA-vs-vanilla study (the tables behind ``RESULTS.md``).
+
+Pure pandas functions of the two tables the main job writes:
+
+* ``probe``: :func:`probe.analyses.training_progress` rows of every checkpoint of both runs and
+  every seed (``seed_run`` = the training seed);
+* ``metrics``: every run's ``metrics.jsonl`` stacked, with ``run`` and ``seed`` columns; the
+  evaluation rows carry ``fd`` (Fréchet distance in the evaluator's feature space).
+
+Spread is the sample standard deviation over seeds (``ddof=1``); REPA-minus-vanilla differences
+are paired by seed (same seed: same initialisation, data order and noise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+RUNS = ("vanilla", "repa")
+
+
+def _rows(probe: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Non-reference rows of one metric, block outputs only (layer 0 is the patch embedding)."""
+    p = probe[~probe["is_reference"].astype(bool) & (probe["metric"] == metric) & (probe["layer"] > 0)]
+    return p.assign(step=p["step"].astype(int), layer=p["layer"].astype(int))
+
+
+def mean_sd(values, digits: int = 3) -> str:
+    """``mean ± sd`` over seeds (sd with ddof=1; just the mean for one seed)."""
+    v = np.asarray(list(values), dtype=float)
+    if len(v) < 2:
+        return f"{v.mean():.{digits}f}" if len(v) else "n/a"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def final_rows(probe: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric at the last checkpoint of each (run, seed): columns run, seed_run, t, layer, value."""
+    p = _rows(probe, metric)
+    last = p["step"] == p.groupby(["run", "seed_run"])["step"].transform("max")
+    return p[last][["run", "seed_run", "step", "t", "layer", "value"]]
+
+
+def peak_layers(probe: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (run, seed, t) at the final checkpoint: the best layer, its value, and whether it is interior
+    (neither the first nor the last block)."""
+    f = final_rows(probe, metric)
+    depth = int(f["layer"].max())
+    best = f.loc[f.groupby(["run", "seed_run", "t"])["value"].idxmax()]
+    return best.assign(interior=(best["layer"] > 1) & (best["layer"] < depth))
+
+
+def repa_gain(probe: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """REPA minus vanilla at every (seed, t, layer) of the final checkpoints, paired by seed."""
+    f = final_rows(probe, metric).drop(columns="step")
+    wide = f.pivot_table(index=["seed_run", "t", "layer"], columns="run", values="value").reset_index()
+    return wide.assign(gain=wide["repa"] - wide["vanilla"])
+
+
+def progress_rows(probe: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Max over layers of a metric per (run, seed, t, step): the alignment-vs-iteration curve (Fig. 3)."""
+    p = _rows(probe, metric)
+    return p.groupby(["run", "seed_run", "t", "step"], as_index=False)["value"].max()
+
+
+def fd_curves(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Evaluation rows (run, seed, step, fd, class_acc)."""
+    ev = metrics.dropna(subset=["fd"]) if "fd" in metrics else metrics.iloc[0:0]
+    return ev[["run", "seed", "step", "fd", "class_acc"]].assign(step=lambda d: d["step"].astype(int))
+
+
+def steps_to_reach(steps, fds, target: float) -> tuple[float, str]:
+    """First step at which the FD curve ``(steps, fds)`` reaches ``target`` (FD <= target).
+
+    Between evaluations the curve is interpolated linearly in log FD.  Returns ``(step, bound)``:
+    ``bound`` is ``"="`` for an interpolated crossing, ``"<="`` when the first evaluation is already
+    there (it may have got there earlier), ``">"`` with the last step when it never gets there.
+    """
+    s, f = np.asarray(steps, dtype=float), np.log(np.asarray(fds, dtype=float))
+    goal = math.log(target)
+    for i in range(len(s)):
+        if f[i] <= goal:
+            if i == 0:
+                return float(s[0]), "<="
+            w = (f[i - 1] - goal) / (f[i - 1] - f[i])
+            return float(s[i - 1] + w * (s[i] - s[i - 1])), "="
+    return float(s[-1]), ">"
+
+
+def speedup(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The analogue of the paper's 17.5x: for each seed and REPA evaluation step ``s``, the step at
+    which vanilla (same seed) first reaches REPA's FD at ``s``, and the ratio ``vanilla_step / s``."""
+    ev = fd_curves(metrics)
+    rows = []
+    for seed, g in ev.groupby("seed"):
+        van = g[g["run"] == "vanilla"].sort_values("step")
+        for _, r in g[g["run"] == "repa"].sort_values("step").iterrows():
+            v, bound = steps_to_reach(van["step"], van["fd"], r["fd"])
+            rows.append({"seed": seed, "repa_step": int(r["step"]), "repa_fd": r["fd"], "vanilla_step": v,
+                         "bound": bound, "ratio": v / r["step"]})
+    return pd.DataFrame(rows)
+
+
+def _bounded(v: float, bound: str, fmt: str) -> str:
+    return ("" if bound == "=" else bound.replace("<=", "≤ ") + ("" if bound == "<=" else " ")) + format(v, fmt)
+
+
+def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, align_depth: int,
+                     projection: pd.DataFrame | None = None) -> str:
+    """The results tables (markdown): every number is a mean ± sd over the seeds in the tables.
+    ``projection``: :func:`probe.analyses.projection_alignment` rows of the final REPA checkpoints
+    (with ``seed_run``), if measured."""
+    seeds = sorted(probe["seed_run"].dropna().unique().astype(int))
+    out = [f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over seeds; sd with ddof=1). Aligned layer: {align_depth}.", ""]
+
+    ref = probe[probe["is_reference"].astype(bool) & (probe["metric"] == "linear_probe")]
+    if len(ref):
+        out += [f"Teacher's own linear probe on the probe images (mean-pooled tokens): {mean_sd(ref['value'])}.", ""]
+
+    out += ["### Final checkpoint: alignment and linear probes by noise level", "",
+            "| metric | t | run | at layer %d | best over layers | best layer (per seed) | interior peak |" % align_depth,
+            "|---|---|---|---|---|---|---|"]
+    for metric in ("cknna", "linear_probe"):
+        f, peaks = final_rows(probe, metric), peak_layers(probe, metric)
+        for t in sorted(f["t"].unique()):
+            for run in RUNS:
+                at = f[(f["run"] == run) & (f["t"] == t) & (f["layer"] == align_depth)]["value"]
+                pk = peaks[(peaks["run"] == run) & (peaks["t"] == t)].sort_values("seed_run")
+                out.append(f"| {metric} | {t:g} | {run} | {mean_sd(at)} | {mean_sd(pk['value'])} | "
+                           f"{', '.join(str(int(x)) for x in pk['layer'])} | {int(pk['interior'].sum())}/{len(pk)} |")
+
+    out += ["", "### REPA minus vanilla at the final checkpoint (paired by seed)", "",
+            "| metric | t | " + " | ".join(f"layer {l}" for l in sorted(final_rows(probe, "cknna")["layer"].unique())) + " |",
+            "|---|---|" + "---|" * final_rows(probe, "cknna")["layer"].nunique()]
+    for metric in ("cknna", "linear_probe"):
+        g = repa_gain(probe, metric)
+        for t in sorted(g["t"].unique()):
+            cells = [mean_sd(g[(g["t"] == t) & (g["layer"] == l)]["gain"]) for l in sorted(g["layer"].unique())]
+            out.append(f"| {metric} | {t:g} | " + " | ".join(cells) + " |")
+
+    out += ["", "### Alignment over training: CKNNA max over layers (t = 0)", "",
+            "| step | vanilla | repa |", "|---|---|---|"]
+    pr = progress_rows(probe, "cknna")
+    pr0 = pr[pr["t"] == pr["t"].min()]
+    for step in sorted(pr0["step"].unique()):
+        cells = [mean_sd(pr0[(pr0["run"] == run) & (pr0["step"] == step)]["value"]) for run in RUNS]
+        out.append(f"| {step} | " + " | ".join(cells) + " |")
+
+    out += ["", "### Generation over training: FD and class accuracy of samples", "",
+            "| step | FD vanilla | FD repa | class accuracy vanilla | class accuracy repa |", "|---|---|---|---|---|"]
+    ev = fd_curves(metrics)
+    for step in sorted(ev["step"].unique()):
+        e = ev[ev["step"] == step]
+        cells = [mean_sd(e[e["run"] == run]["fd"], 1) for run in RUNS] + [mean_sd(e[e["run"] == run]["class_acc"]) for run in RUNS]
+        out.append(f"| {step} | " + " | ".join(cells) + " |")
+
+    sp = speedup(metrics)
+    if len(sp):
+        out += ["", "### Steps vanilla needs to reach REPA's FD (the analogue of the paper's 17.5x)", "",
+                "| REPA step | REPA FD | vanilla steps to reach it (per seed) | ratio (per seed) |", "|---|---|---|---|"]
+        for step, g in sp.groupby("repa_step"):
+            g = g.sort_values("seed")
+            out.append(f"| {step} | {mean_sd(g['repa_fd'], 1)} | "
+                       + ", ".join(_bounded(v, b, ".0f") for v, b in zip(g["vanilla_step"], g["bound"])) + " | "
+                       + ", ".join(_bounded(r, b, ".2f") for r, b in zip(g["ratio"], g["bound"])) + " |")
+        out += ["", "Between evaluations the vanilla FD curve is interpolated linearly in log FD; \"> N\": vanilla "
+                "did not reach that FD within its N steps; \"≤ N\": it was already there at its first evaluation."]
+
+    if projection is not None and len(projection):
+        out += ["", "### REPA's projected tokens vs the teacher's: cosine with the real and the null label (final checkpoint)", "",
+                "| weights | t | real label | null label |", "|---|---|---|---|"]
+        for (w, t), g in projection.groupby(["weights", "t"]):
+            cells = [mean_sd(g[g["label"] == label]["value"]) for label in ("real", "null")]
+            out.append(f"| {w} | {t:g} | " + " | ".join(cells) + " |")
+
+    out += ["", f"Built-in teacher: held-out linear-probe accuracy {teacher['linear_probe_accuracy']:.4f}, "
+            f"classifier accuracy {teacher['val_accuracy']:.4f} (teacher sidecar)."]
+    return "\n".join(out)
