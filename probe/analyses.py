@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -214,6 +215,11 @@ def _targets(encoders: list[Encoder], eval_set: ImageSet, train_set: ImageSet | 
 
 def _probe(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, cfg: ProbeConfig) -> Tensor:
     dev = cfg.device
+    steps = cfg.probe_epochs * math.ceil(x_train.shape[-2] / cfg.probe_batch_size)
+    if cfg.probe_method == "torch" and steps < 500:
+        warnings.warn(f"linear probes get only {steps} optimiser steps ({cfg.probe_epochs} epochs of {x_train.shape[-2]} images at "
+                      f"batch {cfg.probe_batch_size}) and may not converge: pass a smaller probe_batch_size (--probe-batch-size) "
+                      "or probe_method='sklearn'", stacklevel=3)
     return probe_accuracy(x_train.to(dev), y_train, x_test.to(dev), y_test, method=cfg.probe_method,
                           epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size, lr=cfg.probe_lr, seed=cfg.seed)
 

@@ -316,3 +316,11 @@ def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
     with pytest.raises(UserError, match="no projector"):
         projection_alignment(tmp_path / "pair" / "vanilla" / "checkpoints" / "latest.pt", "shapes", n_images=8,
                              random_init_encoder=True, progress=False)
+
+
+def test_too_few_probe_steps_warn(run_dir):
+    from probe.analyses import layer_sweep
+
+    ckpt = run_dir / "checkpoints" / "step_0000010.pt"
+    with pytest.warns(UserWarning, match="only 5 optimiser steps"):  # 5 epochs x 1 batch of 40
+        layer_sweep(ckpt, "shapes", **{**FAST, "metrics": ("linear_probe",), "probe_batch_size": 64})
