@@ -36,9 +36,13 @@ from train.errors import UserError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def demo_config(seed: int, steps: int | None) -> TrainConfig:
+def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> TrainConfig:
+    """The tiny preset with ``seed``, ``steps`` and ``FIELD=VALUE`` overrides (as ``repa-train --set``)."""
     cfg = dataclasses.replace(preset("tiny"), seed=seed)
-    return override(cfg, [f"steps={steps}"]) if steps else cfg
+    try:
+        return override(cfg, ([f"steps={steps}"] if steps else []) + list(sets or []))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"bad --set override: {e}") from None
 
 
 def teacher_report() -> dict:
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures", type=Path, default=ROOT / "figures")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, help="training steps per run (default: the tiny preset's)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="override training fields, e.g. model.class_dropout_prob=1.0 (as repa-train --set)")
     ap.add_argument("--jobs", type=int, default=2, help="train REPA and vanilla at once (one thread each)")
     ap.add_argument("--n-images", type=int, default=500, help="images probed per checkpoint")
     ap.add_argument("--figures-only", action="store_true")
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         tables = args.out / "tables"
-        cfg0 = demo_config(args.seeds[0], args.steps)
+        cfg0 = demo_config(args.seeds[0], args.steps, args.set)
         align = cfg0.model.encoder_depth
         if not args.figures_only:
             print("== 1/4 built-in teacher", flush=True)
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 print(f"== 2/4 training REPA and vanilla, seed {seed}", flush=True)
                 out = args.out / f"seed{seed}"
-                train_pair(demo_config(seed, args.steps), out, args.jobs)
+                train_pair(demo_config(seed, args.steps, args.set), out, args.jobs)
                 run_dirs.update({(seed, "repa"): out / "repa", (seed, "vanilla"): out / "vanilla"})
             print("== 3/4 probing every layer x noise level of every checkpoint", flush=True)
             from probe.analyses import projection_alignment, save_table, training_progress
