@@ -46,9 +46,11 @@ def fit_linear_probes(x: Tensor, y: Tensor, num_classes: int, epochs: int = 90, 
     """Train P probes on features ``x`` (P, N, D) with labels ``y`` (N,); returns them in eval mode.
 
     Each epoch visits a fresh permutation split into ``ceil(N / batch_size)`` near-equal batches
-    (no batch of one, which BatchNorm cannot use).  Runs on ``x``'s device.
+    (no batch of one, which BatchNorm cannot use).  Runs on ``x``'s device.  Turns on flushing of
+    denormal floats for the process (``torch.set_flush_denormal``), as the training loop does.
     """
     p, n, d = x.shape
+    torch.set_flush_denormal(True)  # as the training loop: Adam's tiny updates as denormals slow CPU steps 2-3x
     if n < 2:
         raise UserError(f"a linear probe needs at least 2 training images, got {n}: pass more images")
     y = y.to(x.device)
