@@ -329,8 +329,8 @@ def compare(checkpoints: Mapping[str, Checkpoint] | str | os.PathLike, dataset: 
 
 def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] = "shapes", encoder: str = "builtin-teacher",
                          out: str | os.PathLike | None = None, labels: Sequence[str] = ("real", "null"),
-                         weights: Sequence[str] = ("ema", "model"), config: ProbeConfig | None = None,
-                         **options: Any) -> pd.DataFrame:
+                         weights: Sequence[str] = ("ema", "model"), baseline_images: int = 2000,
+                         config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
     """How REPA's projected tokens match the encoder's, with the real class label and with the null one.
 
     The value is the training objective itself (REPA eq. 8 with cosine similarity): the mean over
@@ -341,6 +341,11 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
     from the class label it is conditioned on loses most of the cosine with the null label, which
     is what the null-label probes (``layer_sweep``) see.  Rows: ``weights, label, t, model_t,
     metric="projection_cosine", value`` plus the provenance columns.
+
+    Two baselines put the values in scale (``weights="baseline"``, no t), both predictors that never
+    look at the image, fitted on ``baseline_images`` images of the training split (0: none):
+    ``label="null"``: the per-position mean token; ``label="real"``: the per-class, per-position
+    mean token (what a model that reads only the class label can at best predict).
     """
     cfg = dataclasses.replace(config or ProbeConfig(), **options, metrics=("linear_probe",), n_train=0,
                               dataset=dataset if isinstance(dataset, str) else "custom")
@@ -379,10 +384,43 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
                   "target": enc.name, "value": total / len(eval_set), "dataset": eval_set.name, "n_images": len(eval_set),
                   "seed": cfg.seed, "codec": codec.name, "layer": model.cfg.encoder_depth, "code_version": git_revision()}
                  for (label, t), total in sums.items()]
+    if baseline_images:
+        size = cfg.image_size or model.cfg.input_size * codec.downsample
+        rows += _token_baselines(enc, dataset, eval_set, cfg, baseline_images, size, {**base, "layer": model.cfg.encoder_depth})
     df = pd.DataFrame(rows)
     df.attrs["probe"] = {"config": dataclasses.asdict(cfg), "encoder": enc.provenance, "checkpoint": str(checkpoint),
                          "code_version": git_revision(), "torch": torch.__version__}
     return _maybe_save(df, out, "projection_alignment")
+
+
+def _token_baselines(enc: Encoder, dataset: str | tuple[Any, Any], eval_set: ImageSet, cfg: ProbeConfig, n: int,
+                     size: int, base: dict) -> list[dict]:
+    """Cosine of the encoder's tokens of ``eval_set`` with image-blind predictions fitted on ``n``
+    training images: the per-position mean token, and the per-class per-position mean token."""
+    if isinstance(dataset, str):
+        kw: dict[str, Any] = {"size": size}
+        if cfg.data_root:
+            kw["root"] = cfg.data_root
+        train = image_set(build_dataset(dataset, cfg.train_split, **kw), n, cfg.seed, f"{dataset}/{cfg.train_split}")
+    else:
+        train = image_set(dataset[0], n, cfg.seed)
+
+    def tokens(images: ImageSet) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            parts = [(enc(x.to(cfg.device)).float().cpu(), y) for _, x, y in images.batches(cfg.batch_size)]
+        return torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])   # (N, T, D), (N,)
+
+    train_tokens, train_labels = tokens(train)
+    eval_tokens, eval_labels = tokens(eval_set)
+    position_mean = train_tokens.mean(0)                                                      # (T, D)
+    class_mean = torch.stack([train_tokens[train_labels == c].mean(0) if (train_labels == c).any() else position_mean
+                              for c in range(int(max(train_labels.max(), eval_labels.max())) + 1)])  # (C, T, D)
+    cos = torch.nn.functional.cosine_similarity
+    values = {"null": cos(eval_tokens, position_mean.expand_as(eval_tokens), dim=-1).mean().item(),
+              "real": cos(eval_tokens, class_mean[eval_labels], dim=-1).mean().item()}
+    return [{**base, "weights": "baseline", "label": label, "t": float("nan"), "metric": "projection_cosine",
+             "target": enc.name, "value": v, "dataset": eval_set.name, "n_images": len(eval_set), "n_train": len(train),
+             "seed": cfg.seed, "code_version": git_revision()} for label, v in values.items()]
 
 
 def save_table(df: pd.DataFrame, out: str | os.PathLike, name: str) -> list[Path]:

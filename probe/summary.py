@@ -170,9 +170,13 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
     if projection is not None and len(projection):
         out += ["", "### REPA's projected tokens vs the teacher's: cosine with the real and the null label (final checkpoint)", "",
                 "| weights | t | real label | null label |", "|---|---|---|---|"]
-        for (w, t), g in projection.groupby(["weights", "t"]):
+        for (w, t), g in projection[projection["weights"] != "baseline"].groupby(["weights", "t"]):
             cells = [mean_sd(g[g["label"] == label]["value"]) for label in ("real", "null")]
             out.append(f"| {w} | {t:g} | " + " | ".join(cells) + " |")
+        blind = projection[projection["weights"] == "baseline"]
+        if len(blind):
+            cells = [mean_sd(blind[blind["label"] == label]["value"]) for label in ("real", "null")]
+            out.append(f"| image-blind baseline | - | {cells[0]} (class-mean token) | {cells[1]} (mean token) |")
 
     out += ["", f"Built-in teacher: held-out linear-probe accuracy {teacher['linear_probe_accuracy']:.4f}, "
             f"classifier accuracy {teacher['val_accuracy']:.4f} (teacher sidecar)."]

@@ -297,7 +297,9 @@ def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
     ckpt = tmp_path / "pair" / "repa" / "checkpoints" / "latest.pt"
     pa = projection_alignment(ckpt, "shapes", n_images=8, batch_size=3, ts=(0.0, 0.5), random_init_encoder=True,
                               progress=False, out=tmp_path / "pa")
-    assert len(pa) == 8 and set(pa["metric"]) == {"projection_cosine"} and pa["value"].between(-1, 1).all()
+    assert len(pa) == 10 and set(pa["metric"]) == {"projection_cosine"} and pa["value"].between(-1, 1).all()
+    blind = pa[pa.weights == "baseline"].set_index("label")["value"]
+    assert set(blind.index) == {"real", "null"}
     assert (tmp_path / "pa" / "projection_alignment.csv").is_file()
     model = load(ckpt, weights="ema")
     with torch.random.fork_rng():
@@ -313,6 +315,17 @@ def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
     want = torch.nn.functional.cosine_similarity(z, target, dim=-1).mean().item()
     got = pa[(pa.weights == "ema") & (pa.label == "real") & (pa.t == 0.5)]["value"].item()
     assert got == pytest.approx(want, abs=1e-5)
+    # image-blind baselines, brute force: mean token and class-mean token of 2,000 training images
+    tr = image_set(build_dataset("shapes", "train", size=16), 2000, 0)
+    with torch.no_grad():
+        tt = torch.cat([enc(xb) for _, xb, _ in tr.batches(500)])
+        te = torch.cat([enc(xb) for _, xb, _ in imgs.batches(500)])
+    ytr, yte = tr.labels(), imgs.labels()
+    mean_tok = sum(tt[i] for i in range(len(tt))) / len(tt)
+    blind_null = torch.nn.functional.cosine_similarity(te, mean_tok.expand_as(te), dim=-1).mean().item()
+    cls_tok = torch.stack([tt[ytr == int(c)].mean(0) for c in yte])
+    blind_real = torch.nn.functional.cosine_similarity(te, cls_tok, dim=-1).mean().item()
+    assert blind["null"] == pytest.approx(blind_null, abs=1e-5) and blind["real"] == pytest.approx(blind_real, abs=1e-5)
     with pytest.raises(UserError, match="no projector"):
         projection_alignment(tmp_path / "pair" / "vanilla" / "checkpoints" / "latest.pt", "shapes", n_images=8,
                              random_init_encoder=True, progress=False)
