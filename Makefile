@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine (each creates .venv/ and installs what it needs):
 #   make demo   - the main job on the built-in default (REPA vs vanilla, probes, figures)
 #   make test   - the test suite
-#   make extended - the same study at 1000 steps per run (about 25 minutes; behind RESULTS.md)
+#   make extended - the same study at 1000 steps per run (about 30 minutes; behind RESULTS.md)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
