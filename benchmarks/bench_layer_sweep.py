@@ -35,29 +35,20 @@ through a pass-through codec).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import finish, header, save  # noqa: E402
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "layer_sweep_cpu.json"
 WAYS = ("ours", "per-layer-truncated", "per-layer-full")
 
 
-def cpu_model() -> str:
-    """``model name`` of the first CPU in /proc/cpuinfo (else the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_model(name: str):
@@ -258,24 +249,17 @@ def main(argv: list[str] | None = None) -> dict:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        res: dict = {"command": " ".join(["python", "benchmarks/bench_layer_sweep.py", *(sys.argv[1:] if argv is None else argv)]),
-                     "date": time.strftime("%Y-%m-%d"),
-                     "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-                                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                                 "load_average_start": [round(x, 2) for x in os.getloadavg()]},
+        res: dict = {**header("bench_layer_sweep.py", sys.argv[1:] if argv is None else argv, args.threads),
                      "protocol": "random-init model (adaLN gates redrawn), null label, mean pooling, all layers 0..depth; "
                                  "timing interleaved batch by batch and t by t; features compared before and after timing",
                      "models": {}}
         for name, n, b in zip(args.models, images, batches):
             res["models"][name] = run_model(name, n, b, tuple(args.ts), args.ways, args.check_images)
-            if args.json:  # partial results survive a later failure
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(res, indent=2))
-        res["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+            save(res, args.json)
+        finish(res)
     finally:
         torch.set_num_threads(threads_before)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
+    save(res, args.json)
     print(report(res), flush=True)
     return res
 

@@ -31,30 +31,21 @@ sklearn, repeat) while the size's time budget lasts and reports the fastest roun
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import finish, header, save  # noqa: E402
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "linear_probe_cpu.json"
 METHODS = ("batched", "one-at-a-time", "sklearn")
 
 
-def cpu_model() -> str:
-    """``model name`` of the first CPU in /proc/cpuinfo (else the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def signal(layer: int, n_layers: int, t: float) -> float:
@@ -194,25 +185,19 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     try:
         with threadpool_limits(args.threads):  # numpy / scipy BLAS under scikit-learn
-            res: dict = {"command": " ".join(["python", "benchmarks/bench_linear_probe.py", *(sys.argv[1:] if argv is None else argv)]),
-                         "date": time.strftime("%Y-%m-%d"),
-                         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-                                     "sklearn": sklearn.__version__, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                                     "load_average_start": [round(x, 2) for x in os.getloadavg()]},
+            res: dict = {**header("bench_linear_probe.py", sys.argv[1:] if argv is None else argv, args.threads,
+                                  sklearn=sklearn.__version__),
                          "protocol": "synthetic features, layers x ts probes, probe_accuracy torch (batched / one probe per call) "
                                      "and sklearn; fastest of the rounds run within the budget",
                          "layers": args.layers, "ts": list(args.ts), "sizes": []}
             for n_train, dim in sizes:
                 res["sizes"].append(run_size(args.layers, tuple(args.ts), n_train, dim, args.classes, args.epochs,
                                              args.methods, args.repeats, args.budget))
-                if args.json:  # partial results survive a later failure
-                    args.json.parent.mkdir(parents=True, exist_ok=True)
-                    args.json.write_text(json.dumps(res, indent=2))
-            res["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+                save(res, args.json)
+            finish(res)
     finally:
         torch.set_num_threads(threads_before)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
+    save(res, args.json)
     print(report(res), flush=True)
     return res
 
