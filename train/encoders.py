@@ -387,6 +387,33 @@ def augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def fit_classifier(model: nn.Module, data, cfg, gen: torch.Generator, desc: str, progress: bool = True,
+                   label_smoothing: float = 0.0, max_grad_norm: float | None = None) -> nn.Module:
+    """Train a built-in classifier (the teacher here, the evaluator in ``train.evaluate``) in place.
+
+    ``data``: a :class:`train.data.ShapesDataset` (uint8 ``images``, ``labels``); ``cfg`` gives
+    ``steps, batch_size, lr, weight_decay, warmup, shift``.  AdamW with linear warm-up then cosine
+    decay; batches drawn with replacement and shifted (:func:`augment`) from ``gen``.  Returns the
+    model in eval mode."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
+                                              * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    model.train()
+    for _ in tqdm(range(cfg.steps), desc=desc, disable=not progress):
+        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+        x = augment(data.images[idx].float() / 127.5 - 1.0, cfg.shift, gen)
+        loss = F.cross_entropy(model(x), data.labels[idx], label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
 def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str | os.PathLike | None = None,
                           progress: bool = True) -> Path:
     """Train the built-in teacher on the shapes train split unless it is cached; return its path.
@@ -396,7 +423,6 @@ def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str |
     ``<hash>.safetensors`` (config in its metadata), each atomically.
     """
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
     from train.data import ShapesDataset
 
@@ -409,22 +435,9 @@ def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str |
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = TeacherViT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
-                                              * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     start, cpu_start = time.time(), time.process_time()
-    model.train()
-    for _ in tqdm(range(cfg.steps), desc="built-in teacher", disable=not progress):
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x = augment(data.images[idx].float() / 127.5 - 1.0, cfg.shift, gen)
-        loss = F.cross_entropy(model(x), data.labels[idx], label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    fit_classifier(model, data, cfg, gen, "built-in teacher", progress, cfg.label_smoothing, max_grad_norm=1.0)
     seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
-    model.eval()
 
     val = ShapesDataset("val", size=cfg.image_size, seed=cfg.data_seed)
     encoder = Encoder(TEACHER, _teacher_spec(cfg), model, TEACHER_MEAN, TEACHER_STD, "training")

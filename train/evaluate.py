@@ -44,7 +44,7 @@ from torch import nn
 
 from train.config import TrainConfig
 from train.checkpoints import atomic_write
-from train.encoders import augment, repa_cache_dir
+from train.encoders import fit_classifier, repa_cache_dir
 from train.errors import UserError
 from train.latents import Codec, build_codec, to_float
 
@@ -437,8 +437,6 @@ def _evaluator_input(images: Tensor, size: int) -> Tensor:
 
 def _fit_evaluator(cfg: EvaluatorConfig, progress: bool) -> tuple[EvaluatorCNN, dict[str, Any]]:
     """Train an :class:`EvaluatorCNN` on the shapes train split; score it on the val split."""
-    from tqdm.auto import tqdm
-
     from train.data import ShapesDataset
 
     start, cpu_start = time.time(), time.process_time()
@@ -447,19 +445,7 @@ def _fit_evaluator(cfg: EvaluatorConfig, progress: bool) -> tuple[EvaluatorCNN, 
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = EvaluatorCNN(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
-                                              * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    model.train()
-    for _ in tqdm(range(cfg.steps), desc="built-in evaluator", disable=not progress):
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x = augment(to_float(data.images[idx]), cfg.shift, gen)
-        loss = F.cross_entropy(model(x), data.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
+    fit_classifier(model, data, cfg, gen, "built-in evaluator", progress)
     val = ShapesDataset("val", size=cfg.image_size, seed=cfg.data_seed)
     with torch.no_grad():
         pred = torch.cat([model(to_float(val.images[i:i + 500])).argmax(1) for i in range(0, len(val), 500)])
