@@ -354,73 +354,70 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
     for label in labels:
         _check_choice(label, LABELS, "label mode")
     codec = build_codec(cfg.codec).to(cfg.device)
-    rows: list[dict] = []
-    eval_set = enc = None
-    for w in weights:
-        model = _load_model(checkpoint, dataclasses.replace(cfg, weights=w))
-        if not model.projectors:
-            raise UserError(f"{_run_name(checkpoint)} has no projector (a vanilla or published SiT/DiT checkpoint): pass a REPA checkpoint")
-        if eval_set is None:
-            eval_set, _ = _image_sets(dataset, cfg, model, codec)
-            with torch.random.fork_rng():
-                torch.manual_seed(cfg.seed)
-                enc = load_encoder(encoder, (cfg.encoder_weights or ("",))[0] or None, grid=math.isqrt(model.cfg.num_tokens),
-                                   device=cfg.device, random_init=cfg.random_init_encoder)
-        shape = (model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
-        sums = {(label, t): 0.0 for label in labels for t in cfg.ts}
-        with torch.no_grad():
-            for idx, imgs, labs in eval_set.batches(cfg.batch_size):
-                target = enc(imgs.to(cfg.device))                                            # (B, T, z_dim)
-                x = codec.encode(imgs, sample=False).to(cfg.device)                          # (B, C, H, W)
-                noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
-                for t in cfg.ts:
-                    for label in labels:
-                        y = labs.to(cfg.device) if label == "real" else None
-                        z = predict(model, interpolate(x, noise, t), t, y, head=False, project=True).zs[0]
-                        cos = torch.nn.functional.cosine_similarity(z.float(), target.float(), dim=-1)  # (B, T)
-                        sums[(label, t)] += cos.mean(1).sum().item()
-        base = {"run": _run_name(checkpoint), **{k: model_provenance(model)[k] for k in ("checkpoint", "step", "flavour", "model")}}
-        rows += [{**base, "weights": w, "label": label, "t": t, "model_t": _model_t(model, t), "metric": "projection_cosine",
-                  "target": enc.name, "value": total / len(eval_set), "dataset": eval_set.name, "n_images": len(eval_set),
-                  "seed": cfg.seed, "codec": codec.name, "layer": model.cfg.encoder_depth, "code_version": git_revision()}
-                 for (label, t), total in sums.items()]
-    if baseline_images:
-        size = cfg.image_size or model.cfg.input_size * codec.downsample
-        rows += _token_baselines(enc, dataset, eval_set, cfg, baseline_images, size, {**base, "layer": model.cfg.encoder_depth})
+    models = {w: _load_model(checkpoint, dataclasses.replace(cfg, weights=w)) for w in weights}
+    model = next(iter(models.values()))
+    if not model.projectors:
+        raise UserError(f"{_run_name(checkpoint)} has no projector (a vanilla or published SiT/DiT checkpoint): pass a REPA checkpoint")
+    size = cfg.image_size or model.cfg.input_size * codec.downsample
+    eval_set, _ = _image_sets(dataset, cfg, model, codec)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        enc = load_encoder(encoder, (cfg.encoder_weights or ("",))[0] or None, grid=math.isqrt(model.cfg.num_tokens),
+                           device=cfg.device, random_init=cfg.random_init_encoder)
+    means = _mean_tokens(enc, dataset, cfg, baseline_images, size, model.cfg.num_classes) if baseline_images else None
+    shape = (model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
+    sums = {(w, label, t): 0.0 for w in models for label in labels for t in cfg.ts}
+    blind = {"null": 0.0, "real": 0.0}
+    cos = torch.nn.functional.cosine_similarity
+    with torch.no_grad():
+        for idx, imgs, labs in eval_set.batches(cfg.batch_size):                            # the encoder runs once per image
+            target = enc(imgs.to(cfg.device)).float()                                        # (B, T, z_dim)
+            x = codec.encode(imgs, sample=False).to(cfg.device)                              # (B, C, H, W)
+            noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
+            for (w, label, t) in sums:
+                y = labs.to(cfg.device) if label == "real" else None
+                z = predict(models[w], interpolate(x, noise, t), t, y, head=False, project=True).zs[0]
+                sums[(w, label, t)] += cos(z.float(), target, dim=-1).mean(1).sum().item()       # (B, T) -> ()
+            if means is not None:
+                overall, per_class = (m.to(cfg.device) for m in means)
+                blind["null"] += cos(target, overall.expand_as(target), dim=-1).mean(1).sum().item()
+                blind["real"] += cos(target, per_class[labs.to(cfg.device)], dim=-1).mean(1).sum().item()
+    common = {"run": _run_name(checkpoint), **{k: model_provenance(model)[k] for k in ("checkpoint", "step", "flavour", "model")},
+              "metric": "projection_cosine", "target": enc.name, "dataset": eval_set.name, "n_images": len(eval_set),
+              "seed": cfg.seed, "codec": codec.name, "layer": model.cfg.encoder_depth, "code_version": git_revision()}
+    rows = [{**common, "weights": w, "label": label, "t": t, "model_t": _model_t(model, t), "value": total / len(eval_set)}
+            for (w, label, t), total in sums.items()]
+    if means is not None:
+        rows += [{**common, "weights": "baseline", "label": label, "t": float("nan"), "value": total / len(eval_set),
+                  "n_train": baseline_images} for label, total in blind.items()]
     df = pd.DataFrame(rows)
     df.attrs["probe"] = {"config": dataclasses.asdict(cfg), "encoder": enc.provenance, "checkpoint": str(checkpoint),
                          "code_version": git_revision(), "torch": torch.__version__}
     return _maybe_save(df, out, "projection_alignment")
 
 
-def _token_baselines(enc: Encoder, dataset: str | tuple[Any, Any], eval_set: ImageSet, cfg: ProbeConfig, n: int,
-                     size: int, base: dict) -> list[dict]:
-    """Cosine of the encoder's tokens of ``eval_set`` with image-blind predictions fitted on ``n``
-    training images: the per-position mean token, and the per-class per-position mean token."""
+def _mean_tokens(enc: Encoder, dataset: str | tuple[Any, Any], cfg: ProbeConfig, n: int, size: int,
+                 num_classes: int) -> tuple[Tensor, Tensor]:
+    """The encoder's mean token per position (T, D) and per class and position (C, T, D) over ``n``
+    images of the training split: the image-blind predictions of :func:`projection_alignment` (a class
+    absent from those images gets the overall mean)."""
     if isinstance(dataset, str):
-        kw: dict[str, Any] = {"size": size}
-        if cfg.data_root:
-            kw["root"] = cfg.data_root
+        kw: dict[str, Any] = {"size": size, **({"root": cfg.data_root} if cfg.data_root else {})}
         train = image_set(build_dataset(dataset, cfg.train_split, **kw), n, cfg.seed, f"{dataset}/{cfg.train_split}")
     else:
         train = image_set(dataset[0], n, cfg.seed)
-
-    def tokens(images: ImageSet) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            parts = [(enc(x.to(cfg.device)).float().cpu(), y) for _, x, y in images.batches(cfg.batch_size)]
-        return torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])   # (N, T, D), (N,)
-
-    train_tokens, train_labels = tokens(train)
-    eval_tokens, eval_labels = tokens(eval_set)
-    position_mean = train_tokens.mean(0)                                                      # (T, D)
-    class_mean = torch.stack([train_tokens[train_labels == c].mean(0) if (train_labels == c).any() else position_mean
-                              for c in range(int(max(train_labels.max(), eval_labels.max())) + 1)])  # (C, T, D)
-    cos = torch.nn.functional.cosine_similarity
-    values = {"null": cos(eval_tokens, position_mean.expand_as(eval_tokens), dim=-1).mean().item(),
-              "real": cos(eval_tokens, class_mean[eval_labels], dim=-1).mean().item()}
-    return [{**base, "weights": "baseline", "label": label, "t": float("nan"), "metric": "projection_cosine",
-             "target": enc.name, "value": v, "dataset": eval_set.name, "n_images": len(eval_set), "n_train": len(train),
-             "seed": cfg.seed, "code_version": git_revision()} for label, v in values.items()]
+    total, per_class, counts = None, {}, {}
+    with torch.no_grad():
+        for _, x, y in train.batches(cfg.batch_size):
+            tokens = enc(x.to(cfg.device)).float().cpu()                                     # (B, T, D)
+            total = tokens.sum(0) if total is None else total + tokens.sum(0)
+            for c in y.unique().tolist():
+                sel = tokens[y == c].sum(0)
+                per_class[c] = per_class.get(c, 0) + sel
+                counts[c] = counts.get(c, 0) + int((y == c).sum())
+    overall = total / len(train)
+    classes = range(max(num_classes, max(per_class) + 1))
+    return overall, torch.stack([per_class[c] / counts[c] if c in per_class else overall for c in classes])
 
 
 def save_table(df: pd.DataFrame, out: str | os.PathLike, name: str) -> list[Path]:
