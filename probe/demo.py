@@ -40,9 +40,12 @@ def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> 
     """The tiny preset with ``seed``, ``steps`` and ``FIELD=VALUE`` overrides (as ``repa-train --set``)."""
     cfg = dataclasses.replace(preset("tiny"), seed=seed)
     try:
-        return override(cfg, ([f"steps={steps}"] if steps else []) + list(sets or []))
+        cfg = override(cfg, ([f"steps={steps}"] if steps else []) + list(sets or []))
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"bad --set override: {e}") from None
+    if errs := cfg.check():
+        raise UserError("; ".join(errs))
+    return cfg
 
 
 def teacher_report() -> dict:

@@ -247,3 +247,13 @@ def test_two_process_cpu_run(tmp_path):
     a, b = weights(tmp_path / "ddp" / "checkpoints" / "latest.pt")["model"], weights(tmp_path / "single" / "checkpoints" / "latest.pt")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["model.class_dropout_prob=2", "ema_decay=-0.1", "model.class_dropout_prob=\"x\""])
+def test_probabilities_are_checked_before_anything_runs(bad):
+    from probe.demo import demo_config
+    from train.errors import UserError
+
+    with pytest.raises(UserError, match="is not a probability"):
+        demo_config(0, 2, [bad])
+    assert demo_config(0, 2, ["model.class_dropout_prob=1.0"]).model.class_dropout_prob == 1.0

@@ -232,6 +232,9 @@ class TrainConfig:
             errs.append(f"model.input_size {self.model.input_size} differs from data.image_size {self.data.image_size} with the identity codec: make them equal")
         if self.steps < 1 or self.batch_size < 1:
             errs.append("steps and batch_size must be positive")
+        for name, value in (("model.class_dropout_prob", self.model.class_dropout_prob), ("ema_decay", self.ema_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                errs.append(f"{name} {value!r} is not a probability: use a number in [0, 1]")
         return errs
 
     def to_dict(self) -> dict:
