@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine (each creates .venv/ and installs what it needs):
 #   make demo   - the main job on the built-in default (REPA vs vanilla, probes, figures)
 #   make test   - the test suite
-#   make extended - the same study at 1000 steps per run (about 30 minutes; behind RESULTS.md)
+#   make extended - the same study at 2000 steps per run (about half an hour; behind RESULTS.md)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m probe.demo $(DEMO_ARGS)
 
 extended: $(STAMP)
-	$(PY) -m probe.demo --steps 1000 --out runs/demo-1000 --figures figures/steps1000 $(DEMO_ARGS)
+	$(PY) -m probe.demo --steps 2000 --set eval_every=200 --out runs/demo-2000 --figures figures/steps2000 $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,19 +1,31 @@
 """The main job (``make demo``): REPA vs vanilla on the built-in default, end to end.
 
-1. the built-in teacher (trained once, cached) and its held-out linear-probe accuracy;
-2. REPA and vanilla SiT trained side by side on the shapes set (same seed, data order, noise),
-   evaluated every ``eval_every`` steps (Fréchet distance and class accuracy of fixed-noise samples
-   in the feature space of an evaluator network independent of the teacher);
-3. every layer x noise level (t = 0, 0.25, 0.5) of every checkpoint of both runs against the teacher
+1. the built-in teacher (trained once, cached) and the built-in evaluator with its reference statistics;
+2. REPA and vanilla SiT trained on the shapes set for every seed (the two runs of a seed share the
+   initialisation, data order and noise), evaluated every ``eval_every`` steps (Fréchet distance and
+   class accuracy of fixed-noise samples in the feature space of an evaluator network independent of
+   the teacher);
+3. every layer x noise level (t = 0, 0.25, 0.5) of every checkpoint of every run against the teacher
    (CKNNA, CKA, mutual k-NN, linear probes): the layer sweep, the training-progress curve and the
-   REPA-vs-vanilla comparison are slices of that one table;
-4. tables (parquet + CSV + JSON sidecars) and figures in ``--out``, a results summary, and the
-   figures copied to ``--figures``.
+   REPA-vs-vanilla comparison are slices of that one table; and REPA's own objective on its final
+   checkpoint with the real and the null label (``projection_alignment``);
+4. tables (parquet + CSV + JSON sidecars), a seed-aggregated results summary and figures in ``--out``,
+   with the tables and figures copied to ``--figures``.
 
-A second run reuses everything already computed (trained runs, teacher, evaluator, feature store).
+Steps 1-3 are a small graph of tasks that ``--jobs`` worker processes (one thread each) take in
+order as their inputs become ready::
 
-    python -m probe.demo                       # ~10 minutes on 2 CPU cores the first time
-    python -m probe.demo --seeds 0 1 2         # the 3-seed reproduction behind RESULTS.md
+    evaluator --+--> train vanilla, seed s --> probe vanilla, seed s
+                |
+    teacher ----+--> train REPA, seed s -----> probe REPA, seed s; projection alignment, seed s
+
+so vanilla training runs while the teacher is still learning.  A second run reuses everything already
+computed: finished training runs, the teacher, the evaluator and each run's probe table (kept under
+``<out>/parts`` and keyed by its checkpoints and settings).  An interrupted run resumes: training from
+its last checkpoint, probing from the feature store.
+
+    python -m probe.demo                       # seeds 0 1 2, about 9 minutes on 2 CPU cores
+    python -m probe.demo --seeds 0             # one seed
     python -m probe.demo --figures-only        # redraw figures from the saved tables
 """
 
@@ -22,10 +34,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -34,11 +51,13 @@ from train.config import TrainConfig, override, preset
 from train.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
+RUNS = ("repa", "vanilla")
 
 
 def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> TrainConfig:
-    """The tiny preset with ``seed``, ``steps`` and ``FIELD=VALUE`` overrides (as ``repa-train --set``)."""
-    cfg = dataclasses.replace(preset("tiny"), seed=seed)
+    """The tiny preset with ``seed``, ``steps`` and ``FIELD=VALUE`` overrides (as ``repa-train --set``),
+    on one thread (each task of the graph gets one core)."""
+    cfg = dataclasses.replace(preset("tiny"), seed=seed, threads=1)
     try:
         cfg = override(cfg, ([f"steps={steps}"] if steps else []) + list(sets or []))
     except (ValueError, KeyError, TypeError) as e:
@@ -48,26 +67,189 @@ def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> 
     return cfg
 
 
-def teacher_report() -> dict:
-    """Train (or load) the built-in teacher; return its sidecar (config, time, held-out accuracy)."""
+# ----------------------------------------------------------------------------------------------
+# The tasks (module-level functions: they run in worker processes)
+# ----------------------------------------------------------------------------------------------
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # as the training loop and the probes do
+
+
+def task_teacher() -> dict:
+    """Train (or load) the built-in teacher; its sidecar (config, time, held-out accuracy)."""
     from train.encoders import TeacherConfig, train_builtin_teacher
 
-    path = train_builtin_teacher(TeacherConfig(), progress=True)
+    path = train_builtin_teacher(TeacherConfig(), progress=False)
     return json.loads(Path(path).with_suffix(".json").read_text())
 
 
-def train_pair(cfg: TrainConfig, out: Path, jobs: int) -> None:
-    from train.cli import side_by_side
+def task_evaluator(cfg: dict) -> str:
+    """Train (or load) the built-in evaluator and its reference statistics for ``cfg``'s data."""
+    from train.evaluate import build_training_evaluator
 
-    side_by_side(cfg, out, jobs=jobs, progress=True)
+    build_training_evaluator(TrainConfig.from_dict(cfg))
+    return "ready"
 
 
-def read_metrics(run_dirs: dict[str, Path]) -> pd.DataFrame:
+def task_train(cfg: dict, out: str) -> str:
+    """One training run (resumed when ``out`` holds one), evaluated as it goes."""
+    from train.cli import training_evaluator
+    from train.loop import train
+
+    cfg = TrainConfig.from_dict(cfg)
+    return str(train(cfg, out, progress=False, evaluator=training_evaluator(cfg)))
+
+
+def _cached_table(part: Path, compute: Callable[[], pd.DataFrame]) -> str:
+    """``part``'s table (``save_table`` files) unless it exists already; returns its parquet path."""
+    from probe.analyses import save_table
+
+    if not part.with_suffix(".parquet").is_file():
+        save_table(compute(), part.parent, part.name)
+    return str(part.with_suffix(".parquet"))
+
+
+def task_probe(checkpoints: list[str], seed: int, options: dict, part: str) -> str:
+    """Every layer x t of every checkpoint of one run (``training_progress``), kept in ``part``."""
+    from probe.analyses import training_progress
+
+    return _cached_table(Path(part), lambda: training_progress(checkpoints, "shapes", encoders=("builtin-teacher",),
+                                                               seed=seed, progress=False, **options).assign(seed_run=seed))
+
+
+def task_projection(checkpoint: str, seed: int, n_images: int, part: str) -> str:
+    """REPA's projected tokens vs the teacher's on one final checkpoint, kept in ``part``."""
+    from probe.analyses import projection_alignment
+
+    return _cached_table(Path(part), lambda: projection_alignment(checkpoint, "shapes", n_images=n_images, seed=seed,
+                                                                  progress=False).assign(seed_run=seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a task graph
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Task:
+    """``fn(*args)`` once every task named in ``deps`` has finished; ``status()`` says how far it is."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    deps: tuple[str, ...] = ()
+    status: Callable[[], str] | None = None
+
+
+def run_graph(tasks: list[Task], jobs: int, say: Callable[[str], None] = print, every: float = 30.0) -> dict[str, Any]:
+    """Run ``tasks`` on ``jobs`` worker processes; a free worker takes the first task (in list order)
+    whose dependencies are done.  Prints a line as each task starts and ends, and every ``every``
+    seconds the progress of the running ones.  Returns ``{name: result}``; the first failure ends the
+    graph with its error (a :class:`UserError` names the task)."""
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names) or any(d not in names for t in tasks for d in t.deps):
+        raise ValueError("task names must be unique and dependencies must name tasks of the graph")
+    results: dict[str, Any] = {}
+    pending, running = list(tasks), {}
+    t0 = time.time()
+    clock = lambda: f"[{time.time() - t0:5.0f} s]"  # noqa: E731
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        try:
+            while pending or running:
+                for task in [t for t in pending if all(d in results for d in t.deps)][:max(0, jobs - len(running))]:
+                    pending.remove(task)
+                    running[pool.submit(task.fn, *task.args)] = (task, time.time())
+                    say(f"{clock()} start  {task.name}")
+                if not running:
+                    raise ValueError("the task graph has a cycle")
+                done, _ = wait(running, timeout=every, return_when=FIRST_COMPLETED)
+                if not done:
+                    say(f"{clock()} ...    " + "; ".join(t.name + (f" {t.status()}" if t.status else "") for t, _ in running.values()))
+                for fut in done:
+                    task, start = running.pop(fut)
+                    try:
+                        results[task.name] = fut.result()
+                    except UserError as e:
+                        raise UserError(f"{task.name}: {e}") from None
+                    say(f"{clock()} done   {task.name} ({time.time() - start:.0f} s; {len(results)}/{len(tasks)} tasks)")
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise
+    return results
+
+
+def _training_status(out: Path, steps: int) -> Callable[[], str]:
+    def status() -> str:
+        log = out / "metrics.jsonl"
+        try:
+            last = json.loads(log.read_text().strip().splitlines()[-1])["step"] if log.is_file() else 0
+        except (IndexError, ValueError, KeyError):
+            last = 0
+        return f"{last}/{steps}"
+    return status
+
+
+def _key(obj: Any) -> str:
+    from probe.extract import digest
+
+    return digest(obj)
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Task], dict[tuple[int, str], Path], int]:
+    """The task graph of a demo run, the run directories by (seed, run), and the aligned depth."""
+    from train.cli import as_vanilla
+    from train.loop import keep_in_series
+
+    cfgs = {seed: demo_config(seed, args.steps, args.set) for seed in args.seeds}
+    cfg0 = cfgs[args.seeds[0]]
+    probe_opts = {"n_images": args.n_images, "n_train": args.n_train, "probe_batch_size": 64,
+                  "store": str(args.out / "store")}
+    tasks = [Task("teacher", task_teacher), Task("evaluator", task_evaluator, (cfg0.to_dict(),))]
+    run_dirs, probes = {}, []
+    for seed, cfg in cfgs.items():
+        for run, c in (("repa", cfg), ("vanilla", as_vanilla(cfg))):
+            out = args.out / f"seed{seed}" / run
+            run_dirs[(seed, run)] = out
+            deps = ("evaluator", "teacher") if run == "repa" else ("evaluator",)
+            tasks.append(Task(f"train {run} seed {seed}", task_train, (c.to_dict(), str(out)), deps,
+                              _training_status(out, c.steps)))
+            steps = [s for s in range(0, c.steps + 1) if keep_in_series(s, c.ckpt_every, c.ckpt_series) or s == c.steps]
+            ckpts = [str(out / "checkpoints" / f"step_{s:07d}.pt") for s in steps]
+            stamp = {"checkpoints": ckpts, "config": c.to_dict(), "probe": probe_opts, "seed": seed}
+            part = args.out / "parts" / f"probe_seed{seed}_{run}_{_key(stamp)}"
+            probes.append(Task(f"probe {run} seed {seed}", task_probe, (ckpts, seed, probe_opts, str(part)),
+                               (f"train {run} seed {seed}", "teacher")))
+            if run == "repa":
+                part = args.out / "parts" / f"projection_seed{seed}_{_key({**stamp, 'n': args.n_images})}"
+                probes.append(Task(f"projection seed {seed}", task_projection, (ckpts[-1], seed, args.n_images, str(part)),
+                                   (f"train {run} seed {seed}", "teacher")))
+    return tasks + probes, run_dirs, cfg0.model.encoder_depth
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures (main process)
+# ----------------------------------------------------------------------------------------------
+
+def read_metrics(run_dirs: dict[tuple[int, str], Path]) -> pd.DataFrame:
     frames = []
     for (seed, run), d in run_dirs.items():
         m = pd.read_json(d / "metrics.jsonl", lines=True)
         frames.append(m.assign(run=run, seed=seed))
     return pd.concat(frames, ignore_index=True)
+
+
+def combine(paths: list[str]) -> pd.DataFrame:
+    """Stack part tables; the JSON sidecar of the first part describes the probe configuration."""
+    from probe.analyses import load_table
+
+    frames = [load_table(p) for p in paths]
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs = frames[0].attrs
+    return df
 
 
 def draw(probe: pd.DataFrame, metrics: pd.DataFrame, samples: dict[str, Path], out: Path, align_depth: int) -> list[Path]:
@@ -87,42 +269,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="training steps per run (default: the tiny preset's)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="override training fields, e.g. model.class_dropout_prob=1.0 (as repa-train --set)")
-    ap.add_argument("--jobs", type=int, default=2, help="train REPA and vanilla at once (one thread each)")
-    ap.add_argument("--n-images", type=int, default=500, help="images probed per checkpoint")
+    ap.add_argument("--jobs", type=int, default=min(len(os.sched_getaffinity(0)), 8),
+                    help="worker processes, one thread each (default: the CPU cores, at most 8)")
+    ap.add_argument("--n-images", type=int, default=500, help="evaluation images probed per checkpoint")
+    ap.add_argument("--n-train", type=int, default=500, help="images the linear probes are fitted on")
     ap.add_argument("--figures-only", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
+        if args.jobs < 1:
+            raise UserError(f"--jobs {args.jobs} must be at least 1")
         tables = args.out / "tables"
-        cfg0 = demo_config(args.seeds[0], args.steps, args.set)
-        align = cfg0.model.encoder_depth
+        tasks, run_dirs, align = plan(args)  # checks the configuration before anything runs
         if not args.figures_only:
-            print("== 1/4 built-in teacher", flush=True)
-            teacher = teacher_report()
-            (args.out).mkdir(parents=True, exist_ok=True)
+            print(f"== {len(tasks)} tasks on {args.jobs} worker process(es): teacher, evaluator, "
+                  f"{len(run_dirs)} training runs, probes", flush=True)
+            results = run_graph(tasks, args.jobs, say=lambda line: print(line, flush=True))
+            teacher = results["teacher"]
+            args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "teacher.json").write_text(json.dumps(teacher, indent=2))
-            run_dirs = {}
-            for seed in args.seeds:
-                print(f"== 2/4 training REPA and vanilla, seed {seed}", flush=True)
-                out = args.out / f"seed{seed}"
-                train_pair(demo_config(seed, args.steps, args.set), out, args.jobs)
-                run_dirs.update({(seed, "repa"): out / "repa", (seed, "vanilla"): out / "vanilla"})
-            print("== 3/4 probing every layer x noise level of every checkpoint", flush=True)
-            from probe.analyses import projection_alignment, save_table, training_progress
+            from probe.analyses import save_table
 
-            frames = []
-            for seed in args.seeds:
-                ckpts = [c for run in ("repa", "vanilla") for c in sorted((args.out / f"seed{seed}" / run / "checkpoints").glob("step_*.pt"))]
-                df = training_progress(ckpts, "shapes", encoders=("builtin-teacher",), n_images=args.n_images, n_train=1000,
-                                       probe_batch_size=64, seed=seed, store=str(args.out / "store"))
-                frames.append(df.assign(seed_run=seed))
-            probe = pd.concat(frames, ignore_index=True)
-            probe.attrs = frames[0].attrs
+            probe = combine([results[t.name] for t in tasks if t.name.startswith("probe ")])
             save_table(probe, tables, "probe")
-            print("== 3/4 REPA's projected tokens vs the teacher's, real and null label", flush=True)
-            proj = pd.concat([projection_alignment(max((args.out / f"seed{seed}" / "repa" / "checkpoints").glob("step_*.pt")),
-                                                   "shapes", n_images=args.n_images, seed=seed).assign(seed_run=seed)
-                              for seed in args.seeds], ignore_index=True)
+            proj = combine([results[t.name] for t in tasks if t.name.startswith("projection ")])
             save_table(proj, tables, "projection_alignment")
             metrics = read_metrics(run_dirs)
             metrics.to_csv(tables / "training_metrics.csv", index=False)
@@ -133,10 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"no probe tables in {tables}: run python -m probe.demo without --figures-only first")
         probe = pd.read_csv(tables / "probe.csv", keep_default_na=False, na_values=[""])  # "null" is a label mode, not NaN
         metrics = pd.read_csv(tables / "training_metrics.csv")
-        print("== 4/4 figures", flush=True)
+        print("== figures", flush=True)
         seed = args.seeds[0]
-        samples = {run: max((args.out / f"seed{seed}" / run / "samples").glob("step_*.png")) for run in ("repa", "vanilla")
-                   if (args.out / f"seed{seed}" / run / "samples").is_dir()}
+        samples = {run: max(run_dirs[(seed, run)].glob("samples/step_*.png")) for run in RUNS
+                   if any(run_dirs[(seed, run)].glob("samples/step_*.png"))}
         figs = draw(probe, metrics, samples, args.out / "figures", align)
         (args.figures / "tables").mkdir(parents=True, exist_ok=True)
         for name in ("probe.csv", "probe.json", "projection_alignment.csv", "projection_alignment.json", "training_metrics.csv", "results.md"):
@@ -149,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done in {time.time() - t0:.0f} s: tables in {tables}, figures in {args.figures}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted: run the same command again to resume (finished work is kept)", file=sys.stderr)
         return 2
     return 0
 

@@ -167,10 +167,12 @@ def sample_grids(grids: dict[str, str | os.PathLike], out: str | os.PathLike) ->
     """The runs' final sample grids (PNG files written during training) side by side."""
     if not grids:
         return []
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
+    images = {run: plt.imread(path) for run, path in grids.items()}
+    aspect = max(im.shape[0] / im.shape[1] for im in images.values())
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.2 * aspect + 0.9), squeeze=False)
     for ax, (run, path) in zip(axes[0], grids.items()):
-        ax.imshow(plt.imread(path))
+        ax.imshow(images[run])
         ax.set_title(f"{run}: {Path(path).stem.replace('_', ' ')}")
         ax.axis("off")
-    fig.suptitle("EMA samples, same noise and labels (one class per column)")
+    fig.suptitle("EMA samples, same noise and labels (column j: class j)")
     return _save(fig, out, "samples")

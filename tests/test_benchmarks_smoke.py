@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from train.config import preset
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -32,7 +34,7 @@ def test_bench_layer_sweep_quick(tmp_path, keep_threads):
     assert saved["models"].keys() == res["models"].keys() == {"tiny"}
     tiny = saved["models"]["tiny"]
     layers = tiny["config"]["layers"]
-    assert tiny["features_shape"] == [layers, len(tiny["ts"]), tiny["images"], 128]
+    assert tiny["features_shape"] == [layers, len(tiny["ts"]), tiny["images"], preset("tiny").model.hidden_size]
     assert set(tiny["ways"]) == {"ours", "per-layer-truncated", "per-layer-full"}
     assert all(d == 0.0 for d in tiny["features_identical_max_abs_diff"].values())
     assert tiny["ways"]["per-layer-full"]["forwards"] == layers * tiny["ways"]["ours"]["forwards"]

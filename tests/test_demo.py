@@ -1,0 +1,78 @@
+"""The main job's task graph (probe.demo): order, dependencies, failures, and the plan it builds."""
+
+import argparse
+import time
+from pathlib import Path
+
+import pytest
+
+from probe.demo import Task, plan, run_graph
+from train.errors import UserError
+
+
+def stamp(path: str, name: str) -> float:
+    """Append ``name`` to ``path`` at start and end; return the end time."""
+    with open(path, "a") as f:
+        f.write(f"start {name}\n")
+    time.sleep(0.2)
+    with open(path, "a") as f:
+        f.write(f"end {name}\n")
+    return time.time()
+
+
+def fail(message: str) -> None:
+    raise UserError(message)
+
+
+def test_graph_runs_each_task_after_its_dependencies(tmp_path):
+    log = str(tmp_path / "log")
+    tasks = [Task("c", stamp, (log, "c"), ("a", "b")), Task("a", stamp, (log, "a")), Task("b", stamp, (log, "b"), ("a",)),
+             Task("d", stamp, (log, "d"))]
+    lines = []
+    results = run_graph(tasks, jobs=2, say=lines.append)
+    events = Path(log).read_text().split("\n")[:-1]
+    assert set(results) == {"a", "b", "c", "d"}
+    for before, after in (("a", "b"), ("a", "c"), ("b", "c")):
+        assert events.index(f"end {before}") < events.index(f"start {after}")
+    assert results["a"] < results["b"] < results["c"]
+    # two workers: "d" (ready at once, listed after "a") runs beside "a"
+    assert events.index("start d") < events.index("end a")
+    assert sum(" done " in line for line in lines) == 4
+
+
+def test_graph_failure_names_the_task(tmp_path):
+    tasks = [Task("ok", stamp, (str(tmp_path / "log"), "ok")), Task("bad", fail, ("no weights: pass --x",), ("ok",)),
+             Task("after", stamp, (str(tmp_path / "log"), "after"), ("bad",))]
+    with pytest.raises(UserError, match="^bad: no weights: pass --x$"):
+        run_graph(tasks, jobs=1, say=lambda line: None)
+    assert "after" not in (tmp_path / "log").read_text()
+
+
+def test_graph_rejects_unknown_dependencies_and_cycles():
+    with pytest.raises(ValueError, match="dependencies"):
+        run_graph([Task("a", time.time, (), ("missing",))], jobs=1, say=lambda line: None)
+    with pytest.raises(ValueError, match="cycle"):
+        run_graph([Task("a", time.time, (), ("b",)), Task("b", time.time, (), ("a",))], jobs=1, say=lambda line: None)
+
+
+def test_plan_probes_every_checkpoint_of_every_run(tmp_path):
+    args = argparse.Namespace(seeds=[3, 4], steps=200, set=["ckpt_every=50"], out=tmp_path, n_images=40, n_train=30)
+    tasks, run_dirs, align = plan(args)
+    by_name = {t.name: t for t in tasks}
+    assert align == 2
+    assert set(run_dirs) == {(s, r) for s in (3, 4) for r in ("repa", "vanilla")}
+    assert by_name["train repa seed 3"].deps == ("evaluator", "teacher")
+    assert by_name["train vanilla seed 3"].deps == ("evaluator",)  # vanilla does not wait for the teacher
+    ckpts, seed, options, part = by_name["probe vanilla seed 4"].args
+    assert [Path(c).name for c in ckpts] == [f"step_{s:07d}.pt" for s in (0, 50, 100, 200)]  # log series + final
+    assert Path(ckpts[0]).parent == tmp_path / "seed4" / "vanilla" / "checkpoints"
+    assert seed == 4 and options["n_images"] == 40 and options["n_train"] == 30
+    assert by_name["projection seed 3"].args[0] == str(tmp_path / "seed3" / "repa" / "checkpoints" / "step_0000200.pt")
+    cfg = by_name["train repa seed 3"].args[0]
+    assert cfg["seed"] == 3 and cfg["threads"] == 1 and cfg["steps"] == 200
+    assert by_name["train vanilla seed 3"].args[0]["proj_coeff"] == 0
+    # a probe table is reused only for the same checkpoints and settings
+    again = {t.name: t for t in plan(args)[0]}
+    assert again["probe repa seed 3"].args[3] == by_name["probe repa seed 3"].args[3]
+    other = {t.name: t for t in plan(argparse.Namespace(**{**vars(args), "n_train": 31}))[0]}
+    assert other["probe repa seed 3"].args[3] != by_name["probe repa seed 3"].args[3]
