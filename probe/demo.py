@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="training steps per run (default: the tiny preset's)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="override training fields, e.g. model.class_dropout_prob=1.0 (as repa-train --set)")
-    ap.add_argument("--jobs", type=int, default=min(len(os.sched_getaffinity(0)), 8),
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ap.add_argument("--jobs", type=int, default=min(cores, 8),
                     help="worker processes, one thread each (default: the CPU cores, at most 8)")
     ap.add_argument("--n-images", type=int, default=500, help="evaluation images probed per checkpoint")
     ap.add_argument("--n-train", type=int, default=500, help="images the linear probes are fitted on")
