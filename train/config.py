@@ -263,7 +263,7 @@ def _tiny() -> TrainConfig:
         model=ModelConfig(name="SiT-T/4", flavour="repa", input_size=32, in_channels=3, num_classes=10,
                           depth=6, hidden_size=64, num_heads=2, encoder_depth=2, z_dims=(64,), projector_dim=128),
         data=DataConfig(dataset="shapes", image_size=32, codec="identity"),
-        encoders=("builtin-teacher",), proj_coeff=0.5, lr=2e-3, batch_size=32, steps=400, ema_decay=0.99,
+        encoders=("builtin-teacher",), proj_coeff=0.5, lr=2e-3, batch_size=32, steps=300, ema_decay=0.99,
         log_every=10, ckpt_every=100, ckpt_series="log", sample_every=200, sample_steps=25, eval_every=100,
         eval_samples=128, device="cpu",
     )
