@@ -128,6 +128,38 @@ def task_projection(checkpoint: str, seed: int, n_images: int, part: str) -> str
                                                                   progress=False).assign(seed_run=seed))
 
 
+def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: list[tuple[int, str, str]],
+                align_depth: int, out: str) -> str:
+    """Stack the parts into ``<out>/tables``: probe and projection tables, every run's training log,
+    the seed-aggregated ``results.md``; and the teacher's sidecar as ``<out>/teacher.json``."""
+    from probe.analyses import save_table
+
+    out, teacher = Path(out), task_teacher()  # cached by now: reads the sidecar
+    tables = out / "tables"
+    (out / "teacher.json").write_text(json.dumps(teacher, indent=2))
+    probe, proj = combine(probe_parts), combine(projection_parts)
+    save_table(probe, tables, "probe")
+    save_table(proj, tables, "projection_alignment")
+    metrics = read_metrics({(seed, run): Path(d) for seed, run, d in run_dirs})
+    metrics.to_csv(tables / "training_metrics.csv", index=False)
+    (tables / "results.md").write_text(results_markdown(probe, metrics, teacher, align_depth, proj) + "\n")
+    return str(tables)
+
+
+def task_figures(tables: str, out: str, what: str, align_depth: int, samples: dict[str, str]) -> list[str]:
+    """Figures from the saved tables into ``out``: one probe metric's (``what``), or ``"training"``:
+    the training curves and the sample grids."""
+    from probe import plots
+
+    if what == "training":
+        metrics = pd.read_csv(Path(tables) / "training_metrics.csv")
+        paths = plots.training_curves(metrics, out) + plots.sample_grids({r: p for r, p in samples.items() if Path(p).is_file()}, out)
+    else:
+        probe = pd.read_csv(Path(tables) / "probe.csv", keep_default_na=False, na_values=[""])  # "null" is a label mode
+        paths = plots.metric_figures(probe, out, what, layers=(align_depth,))  # all seeds: mean and sd band
+    return [str(p) for p in paths]
+
+
 # ----------------------------------------------------------------------------------------------
 # Running a task graph
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +231,20 @@ def _key(obj: Any) -> str:
     return digest(obj)
 
 
-def plan(args: argparse.Namespace) -> tuple[list[Task], dict[tuple[int, str], Path], int]:
-    """The task graph of a demo run, the run directories by (seed, run), and the aligned depth."""
+@dataclass
+class Plan:
+    """A demo run: its task graph, the run directories by (seed, run), the aligned depth, and the
+    final sample grids of the first seed's runs (the samples figure)."""
+
+    tasks: list[Task]
+    run_dirs: dict[tuple[int, str], Path]
+    align_depth: int
+    samples: dict[str, str]
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """The task graph of a demo run (``args``: the command line's seeds, steps, set, out, n_images, n_train)."""
+    from probe.analyses import METRICS
     from train.cli import as_vanilla
     from train.loop import keep_in_series
 
@@ -227,7 +271,16 @@ def plan(args: argparse.Namespace) -> tuple[list[Task], dict[tuple[int, str], Pa
                 part = args.out / "parts" / f"projection_seed{seed}_{_key({**stamp, 'n': args.n_images})}"
                 probes.append(Task(f"projection seed {seed}", task_projection, (ckpts[-1], seed, args.n_images, str(part)),
                                    (f"train {run} seed {seed}", "teacher")))
-    return tasks + probes, run_dirs, cfg0.model.encoder_depth
+    align = cfg0.model.encoder_depth
+    parts = {kind: [t.args[3] + ".parquet" for t in probes if t.name.startswith(kind)] for kind in ("probe", "projection")}
+    tables = Task("tables", task_tables, (parts["probe"], parts["projection"],
+                                          [(seed, run, str(d)) for (seed, run), d in run_dirs.items()], align, str(args.out)),
+                  ("teacher", *(t.name for t in probes)))
+    samples = {run: str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{cfg0.steps:07d}.png") for run in RUNS}
+    figures = [Task(f"figures {what}", task_figures, (str(args.out / "tables"), str(args.out / "figures"), what, align,
+                                                      samples), ("tables",))
+               for what in ("training", *METRICS)]
+    return Plan(tasks + probes + [tables] + figures, run_dirs, align, samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,13 +305,11 @@ def combine(paths: list[str]) -> pd.DataFrame:
     return df
 
 
-def draw(probe: pd.DataFrame, metrics: pd.DataFrame, samples: dict[str, Path], out: Path, align_depth: int) -> list[Path]:
-    from probe import plots
+def draw(tables: Path, out: Path, align_depth: int, samples: dict[str, str]) -> list[str]:
+    """All figures from saved tables, in this process (``--figures-only``)."""
+    from probe.analyses import METRICS
 
-    figs = plots.plot_all(probe, out, layers=(align_depth,))  # all seeds: mean and sd band
-    figs += plots.training_curves(metrics, out)
-    figs += plots.sample_grids(samples, out)
-    return figs
+    return [p for what in ("training", *METRICS) for p in task_figures(str(tables), str(out), what, align_depth, samples)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,48 +325,33 @@ def main(argv: list[str] | None = None) -> int:
                     help="worker processes, one thread each (default: the CPU cores, at most 8)")
     ap.add_argument("--n-images", type=int, default=500, help="evaluation images probed per checkpoint")
     ap.add_argument("--n-train", type=int, default=500, help="images the linear probes are fitted on")
-    ap.add_argument("--figures-only", action="store_true")
+    ap.add_argument("--figures-only", action="store_true", help="redraw the figures from the saved (or committed) tables")
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
         if args.jobs < 1:
             raise UserError(f"--jobs {args.jobs} must be at least 1")
-        tables = args.out / "tables"
-        tasks, run_dirs, align = plan(args)  # checks the configuration before anything runs
-        if not args.figures_only:
-            print(f"== {len(tasks)} tasks on {args.jobs} worker process(es): teacher, evaluator, "
-                  f"{len(run_dirs)} training runs, probes", flush=True)
-            results = run_graph(tasks, args.jobs, say=lambda line: print(line, flush=True))
-            teacher = results["teacher"]
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "teacher.json").write_text(json.dumps(teacher, indent=2))
-            from probe.analyses import save_table
-
-            probe = combine([results[t.name] for t in tasks if t.name.startswith("probe ")])
-            save_table(probe, tables, "probe")
-            proj = combine([results[t.name] for t in tasks if t.name.startswith("projection ")])
-            save_table(proj, tables, "projection_alignment")
-            metrics = read_metrics(run_dirs)
-            metrics.to_csv(tables / "training_metrics.csv", index=False)
-            (tables / "results.md").write_text(results_markdown(probe, metrics, teacher, align, proj) + "\n")
-        if not (tables / "probe.csv").is_file():  # --figures-only on a fresh clone: the committed tables
-            tables = args.figures / "tables"
-        if not (tables / "probe.csv").is_file():
-            raise UserError(f"no probe tables in {tables}: run python -m probe.demo without --figures-only first")
-        probe = pd.read_csv(tables / "probe.csv", keep_default_na=False, na_values=[""])  # "null" is a label mode, not NaN
-        metrics = pd.read_csv(tables / "training_metrics.csv")
-        print("== figures", flush=True)
-        seed = args.seeds[0]
-        samples = {run: max(run_dirs[(seed, run)].glob("samples/step_*.png")) for run in RUNS
-                   if any(run_dirs[(seed, run)].glob("samples/step_*.png"))}
-        figs = draw(probe, metrics, samples, args.out / "figures", align)
+        job = plan(args)  # checks the configuration before anything runs
+        tables, figures = args.out / "tables", args.out / "figures"
+        if args.figures_only:
+            if not (tables / "probe.csv").is_file():  # on a fresh clone: the committed tables
+                tables = args.figures / "tables"
+            if not (tables / "probe.csv").is_file():
+                raise UserError(f"no probe tables in {tables}: run python -m probe.demo without --figures-only first")
+            print("== figures", flush=True)
+            paths = draw(tables, figures, job.align_depth, job.samples)
+        else:
+            print(f"== {len(job.tasks)} tasks on {args.jobs} worker process(es): teacher, evaluator, {len(job.run_dirs)} training "
+                  "runs, probes, tables, figures", flush=True)
+            results = run_graph(job.tasks, args.jobs, say=lambda line: print(line, flush=True))
+            paths = [p for t in job.tasks if t.name.startswith("figures ") for p in results[t.name]]
         (args.figures / "tables").mkdir(parents=True, exist_ok=True)
         for name in ("probe.csv", "probe.json", "projection_alignment.csv", "projection_alignment.json", "training_metrics.csv", "results.md"):
             if (tables / name).is_file() and (tables / name).resolve() != (args.figures / "tables" / name).resolve():
                 shutil.copy(tables / name, args.figures / "tables" / name)
-        for f in figs:
-            if f.suffix == ".png":
-                shutil.copy(f, args.figures / f.name)
+        for p in map(Path, paths):
+            if p.suffix == ".png":
+                shutil.copy(p, args.figures / p.name)
         print((tables / "results.md").read_text())
         print(f"done in {time.time() - t0:.0f} s: tables in {tables}, figures in {args.figures}")
     except UserError as e:

@@ -7,7 +7,8 @@ Each function writes ``<out>/<name>.png`` and ``.pdf`` and returns their paths:
 * :func:`heatmaps` -- layer x t grid per run and target;
 * :func:`progress_curves` -- metric against training step, max over layers and chosen layers (Fig. 2c);
 * :func:`compare_panels` -- runs side by side per noise level, e.g. REPA vs vanilla (Fig. 3);
-* :func:`plot_all` -- whichever of these the table supports.
+* :func:`metric_figures` -- whichever of these the table supports for one metric; :func:`plot_all`
+  -- for every metric.
 
 Tables holding several checkpoints of one run are drawn at each run's last step, except by
 :func:`progress_curves`.
@@ -128,20 +129,23 @@ def compare_panels(df: pd.DataFrame, out: str | os.PathLike, metric: str = "cknn
     return _save(grid.figure, out, f"compare_{metric}")
 
 
-def plot_all(df: pd.DataFrame, out: str | os.PathLike, layers: Sequence[int] = ()) -> list[Path]:
-    """Every figure the table supports: layer curves and heatmaps per metric, progress curves (with
+def metric_figures(df: pd.DataFrame, out: str | os.PathLike, metric: str, layers: Sequence[int] = ()) -> list[Path]:
+    """Every figure of one metric the table supports: layer curves and heatmaps, progress curves (with
     ``layers`` besides the max over layers) when a run has several steps, comparison panels when
     there are several runs."""
     measured = df[~df["is_reference"].astype(bool)]
-    several_steps = measured.groupby("run")["step"].nunique().max() > 1
-    paths = []
-    for metric in measured["metric"].unique():
-        paths += layer_curves(df, out, metric) + heatmaps(df, out, metric)
-        if several_steps:
-            paths += progress_curves(df, out, metric, layers=layers)
-        if measured["run"].nunique() > 1:
-            paths += compare_panels(df, out, metric)
+    paths = layer_curves(df, out, metric) + heatmaps(df, out, metric)
+    if measured.groupby("run")["step"].nunique().max() > 1:
+        paths += progress_curves(df, out, metric, layers=layers)
+    if measured["run"].nunique() > 1:
+        paths += compare_panels(df, out, metric)
     return paths
+
+
+def plot_all(df: pd.DataFrame, out: str | os.PathLike, layers: Sequence[int] = ()) -> list[Path]:
+    """:func:`metric_figures` for every metric of the table."""
+    measured = df[~df["is_reference"].astype(bool)]
+    return [p for metric in measured["metric"].unique() for p in metric_figures(df, out, metric, layers)]
 
 
 def training_curves(metrics: pd.DataFrame, out: str | os.PathLike) -> list[Path]:

@@ -10,11 +10,14 @@ from probe.demo import Task, plan, run_graph
 from train.errors import UserError
 
 
-def stamp(path: str, name: str) -> float:
-    """Append ``name`` to ``path`` at start and end; return the end time."""
+def stamp(path: str, name: str, wait_for: str | None = None) -> float:
+    """Append ``start name`` to ``path``; with ``wait_for``, wait (30 s at most) until that task has
+    started too; append ``end name``; return the end time."""
     with open(path, "a") as f:
         f.write(f"start {name}\n")
-    time.sleep(0.2)
+    deadline = time.time() + (30 if wait_for else 0.2)
+    while time.time() < deadline and not (wait_for and f"start {wait_for}" in Path(path).read_text()):
+        time.sleep(0.05)
     with open(path, "a") as f:
         f.write(f"end {name}\n")
     return time.time()
@@ -26,7 +29,7 @@ def fail(message: str) -> None:
 
 def test_graph_runs_each_task_after_its_dependencies(tmp_path):
     log = str(tmp_path / "log")
-    tasks = [Task("c", stamp, (log, "c"), ("a", "b")), Task("a", stamp, (log, "a")), Task("b", stamp, (log, "b"), ("a",)),
+    tasks = [Task("c", stamp, (log, "c"), ("a", "b")), Task("a", stamp, (log, "a", "d")), Task("b", stamp, (log, "b"), ("a",)),
              Task("d", stamp, (log, "d"))]
     lines = []
     results = run_graph(tasks, jobs=2, say=lines.append)
@@ -35,7 +38,7 @@ def test_graph_runs_each_task_after_its_dependencies(tmp_path):
     for before, after in (("a", "b"), ("a", "c"), ("b", "c")):
         assert events.index(f"end {before}") < events.index(f"start {after}")
     assert results["a"] < results["b"] < results["c"]
-    # two workers: "d" (ready at once, listed after "a") runs beside "a"
+    # two workers: "d" (ready at once, listed after "a") runs beside "a", which waits for it to start
     assert events.index("start d") < events.index("end a")
     assert sum(" done " in line for line in lines) == 4
 
@@ -57,10 +60,10 @@ def test_graph_rejects_unknown_dependencies_and_cycles():
 
 def test_plan_probes_every_checkpoint_of_every_run(tmp_path):
     args = argparse.Namespace(seeds=[3, 4], steps=200, set=["ckpt_every=50"], out=tmp_path, n_images=40, n_train=30)
-    tasks, run_dirs, align = plan(args)
-    by_name = {t.name: t for t in tasks}
-    assert align == 2
-    assert set(run_dirs) == {(s, r) for s in (3, 4) for r in ("repa", "vanilla")}
+    job = plan(args)
+    by_name = {t.name: t for t in job.tasks}
+    assert job.align_depth == 2
+    assert set(job.run_dirs) == {(s, r) for s in (3, 4) for r in ("repa", "vanilla")}
     assert by_name["train repa seed 3"].deps == ("evaluator", "teacher")
     assert by_name["train vanilla seed 3"].deps == ("evaluator",)  # vanilla does not wait for the teacher
     ckpts, seed, options, part = by_name["probe vanilla seed 4"].args
@@ -71,8 +74,14 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path):
     cfg = by_name["train repa seed 3"].args[0]
     assert cfg["seed"] == 3 and cfg["threads"] == 1 and cfg["steps"] == 200
     assert by_name["train vanilla seed 3"].args[0]["proj_coeff"] == 0
+    # the tables wait for every probe; the figures for the tables
+    probes = {n for n in by_name if n.startswith(("probe ", "projection "))}
+    assert len(probes) == 6 and set(by_name["tables"].deps) == {"teacher", *probes}
+    assert {n for n in by_name if n.startswith("figures ")} == {f"figures {w}" for w in ("training", "cknna", "cka", "mutual_knn", "linear_probe")}
+    assert all(by_name[n].deps == ("tables",) for n in by_name if n.startswith("figures "))
+    assert by_name["tables"].args[0] == [by_name[f"probe {r} seed {s}"].args[3] + ".parquet" for s in (3, 4) for r in ("repa", "vanilla")]
     # a probe table is reused only for the same checkpoints and settings
-    again = {t.name: t for t in plan(args)[0]}
+    again = {t.name: t for t in plan(args).tasks}
     assert again["probe repa seed 3"].args[3] == by_name["probe repa seed 3"].args[3]
-    other = {t.name: t for t in plan(argparse.Namespace(**{**vars(args), "n_train": 31}))[0]}
+    other = {t.name: t for t in plan(argparse.Namespace(**{**vars(args), "n_train": 31})).tasks}
     assert other["probe repa seed 3"].args[3] != by_name["probe repa seed 3"].args[3]
