@@ -280,6 +280,8 @@ def plan(args: argparse.Namespace) -> Plan:
     figures = [Task(f"figures {what}", task_figures, (str(args.out / "tables"), str(args.out / "figures"), what, align,
                                                       samples), ("tables",))
                for what in ("training", *METRICS)]
+    # the short projection tasks last: they fill the gaps while the last probes finish
+    probes.sort(key=lambda t: t.name.startswith("projection "))
     return Plan(tasks + probes + [tables] + figures, run_dirs, align, samples)
 
 
