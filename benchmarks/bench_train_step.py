@@ -18,12 +18,14 @@ of the SiT training computation (forward + backward FLOPs counted by torch's Flo
 against a measured bf16 matrix-product rate.
 
     python benchmarks/bench_train_step.py --models tiny SiT-S/2 --batch 8 --steps 3   # CPU
+    python benchmarks/bench_train_step.py --models tiny tiny-128 --batch 32 --threads 1  # the tiny preset now and at its former width 128
     python benchmarks/bench_train_step.py --device cuda --models SiT-B/2 SiT-XL/2 --batch 256 --bf16 --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -46,8 +48,10 @@ def build(model_name: str, device: str, variant: str, encoder_name: str):
     from train.encoders import load_encoder
     from train.models import DiffusionTransformer
 
-    if model_name == "tiny":
+    if model_name in ("tiny", "tiny-128"):
         mcfg = preset("tiny").model
+        if model_name == "tiny-128":  # the tiny preset as it was until 2026-11-29
+            mcfg = dataclasses.replace(mcfg, hidden_size=128, num_heads=4, projector_dim=256)
         images_px, encoder_name = 32, "builtin-teacher"
     else:
         mcfg = published_config(model_name, "repa", input_size=32, in_channels=4, z_dims=(768,))

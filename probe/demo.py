@@ -12,19 +12,21 @@
 4. tables (parquet + CSV + JSON sidecars), a seed-aggregated results summary and figures in ``--out``,
    with the tables and figures copied to ``--figures``.
 
-Steps 1-3 are a small graph of tasks that ``--jobs`` worker processes (one thread each) take in
-order as their inputs become ready::
+These are the tasks of one graph, which ``--jobs`` worker processes (one thread each) take in order
+as their inputs become ready::
 
-    evaluator --+--> train vanilla, seed s --> probe vanilla, seed s
-                |
-    teacher ----+--> train REPA, seed s -----> probe REPA, seed s; projection alignment, seed s
+    evaluator --+--> train vanilla, seed s --> probe vanilla, seed s --+--> tables --> figures
+                |                                                      |
+    teacher ----+--> train REPA, seed s -----> probe REPA, seed s; ----+
+                                               projection alignment, seed s
 
-so vanilla training runs while the teacher is still learning.  A second run reuses everything already
-computed: finished training runs, the teacher, the evaluator and each run's probe table (kept under
-``<out>/parts`` and keyed by its checkpoints and settings).  An interrupted run resumes: training from
-its last checkpoint, probing from the feature store.
+so vanilla training runs while the teacher is still learning, and the figures are drawn two at a
+time.  A second run reuses everything already computed: finished training runs, the teacher, the
+evaluator and each run's probe table (kept under ``<out>/parts`` and keyed by its checkpoints and
+settings).  An interrupted run resumes: training from its last checkpoint, probing from the
+feature store.
 
-    python -m probe.demo                       # seeds 0 1 2, about 9 minutes on 2 CPU cores
+    python -m probe.demo                       # seeds 0 1 2, about 8 minutes on 2 CPU cores
     python -m probe.demo --seeds 0             # one seed
     python -m probe.demo --figures-only        # redraw figures from the saved tables
 """

@@ -139,12 +139,12 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
             cells = [mean_sd(g[(g["t"] == t) & (g["layer"] == l)]["gain"]) for l in sorted(g["layer"].unique())]
             out.append(f"| {metric} | {t:g} | " + " | ".join(cells) + " |")
 
-    out += ["", "### Alignment over training: CKNNA max over layers (t = 0)", "",
-            "| step | vanilla | repa |", "|---|---|---|"]
-    pr = progress_rows(probe, "cknna")
-    pr0 = pr[pr["t"] == pr["t"].min()]
-    for step in sorted(pr0["step"].unique()):
-        cells = [mean_sd(pr0[(pr0["run"] == run) & (pr0["step"] == step)]["value"]) for run in RUNS]
+    out += ["", "### Alignment over training: max over layers (t = 0)", "",
+            "| step | CKNNA vanilla | CKNNA repa | linear probe vanilla | linear probe repa |", "|---|---|---|---|---|"]
+    pr = {metric: progress_rows(probe, metric) for metric in ("cknna", "linear_probe")}
+    pr = {metric: rows[rows["t"] == rows["t"].min()] for metric, rows in pr.items()}
+    for step in sorted(pr["cknna"]["step"].unique()):
+        cells = [mean_sd(rows[(rows["run"] == run) & (rows["step"] == step)]["value"]) for rows in pr.values() for run in RUNS]
         out.append(f"| {step} | " + " | ".join(cells) + " |")
 
     out += ["", "### Generation over training: FD and class accuracy of samples", "",

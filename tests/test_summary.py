@@ -82,6 +82,8 @@ def test_mean_sd_and_markdown():
     assert "Seeds: 0, 1, 2" in md
     assert "| cknna | 0 | vanilla |" in md and "3, 3, 3 | 3/3 |" in md
     assert "| linear_probe | 0 | 0.000 ± 0.000 | 0.100 ± 0.000 |" in md
+    # max over layers at t = 0: vanilla's layer 3, REPA's boosted layer 2 (both metrics share the formula)
+    assert "| 200 | 0.021 ± 0.001 | 0.111 ± 0.001 | 0.021 ± 0.001 | 0.111 ± 0.001 |" in md
     assert "| 100 | 5.0 ± 0.0 | 200, 200, 200 | 2.00, 2.00, 2.00 |" in md
     assert "> 400" in md
     assert not math.isnan(float(md.split("Teacher's own linear probe on the probe images (mean-pooled tokens): ")[1][:5]))
