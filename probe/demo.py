@@ -250,6 +250,7 @@ def plan(args: argparse.Namespace) -> Plan:
     from train.cli import as_vanilla
     from train.loop import keep_in_series
 
+    args = argparse.Namespace(**{**vars(args), "out": Path(args.out).resolve()})  # part keys: one spelling of each path
     cfgs = {seed: demo_config(seed, args.steps, args.set) for seed in args.seeds}
     cfg0 = cfgs[args.seeds[0]]
     probe_opts = {"n_images": args.n_images, "n_train": args.n_train, "probe_batch_size": 64,

@@ -58,7 +58,7 @@ def test_graph_rejects_unknown_dependencies_and_cycles():
         run_graph([Task("a", time.time, (), ("b",)), Task("b", time.time, (), ("a",))], jobs=1, say=lambda line: None)
 
 
-def test_plan_probes_every_checkpoint_of_every_run(tmp_path):
+def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     args = argparse.Namespace(seeds=[3, 4], steps=200, set=["ckpt_every=50"], out=tmp_path, n_images=40, n_train=30)
     job = plan(args)
     by_name = {t.name: t for t in job.tasks}
@@ -85,3 +85,6 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path):
     assert again["probe repa seed 3"].args[3] == by_name["probe repa seed 3"].args[3]
     other = {t.name: t for t in plan(argparse.Namespace(**{**vars(args), "n_train": 31})).tasks}
     assert other["probe repa seed 3"].args[3] != by_name["probe repa seed 3"].args[3]
+    monkeypatch.chdir(tmp_path.parent)  # the same directory spelt relatively: the same parts
+    relative = {t.name: t for t in plan(argparse.Namespace(**{**vars(args), "out": Path(tmp_path.name)})).tasks}
+    assert relative["probe repa seed 3"].args == by_name["probe repa seed 3"].args
