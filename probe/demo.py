@@ -34,6 +34,7 @@ feature store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -190,7 +191,7 @@ def run_graph(tasks: list[Task], jobs: int, say: Callable[[str], None] = print, 
     t0 = time.time()
     clock = lambda: f"[{time.time() - t0:5.0f} s]"  # noqa: E731
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+    with _one_thread_per_worker(), ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
         try:
             while pending or running:
                 for task in [t for t in pending if all(d in results for d in t.deps)][:max(0, jobs - len(running))]:
@@ -214,6 +215,25 @@ def run_graph(tasks: list[Task], jobs: int, say: Callable[[str], None] = print, 
                 fut.cancel()
             raise
     return results
+
+
+@contextlib.contextmanager
+def _one_thread_per_worker():
+    """One BLAS/OpenMP thread in the worker processes started inside: the variables are read when a
+    worker loads numpy/scipy (which ``_worker_init`` comes too late for); this process keeps its own."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _training_status(out: Path, steps: int) -> Callable[[], str]:

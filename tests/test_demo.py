@@ -1,6 +1,7 @@
 """The main job's task graph (probe.demo): order, dependencies, failures, and the plan it builds."""
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -41,6 +42,23 @@ def test_graph_runs_each_task_after_its_dependencies(tmp_path):
     # two workers: "d" (ready at once, listed after "a") runs beside "a", which waits for it to start
     assert events.index("start d") < events.index("end a")
     assert sum(" done " in line for line in lines) == 4
+
+
+def thread_settings() -> tuple:
+    """What a worker sees: the OpenMP variable, torch's threads, and every loaded BLAS/OpenMP pool's threads."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, as scikit-learn's probes do)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads(), {i["num_threads"] for i in threadpool_info()}
+
+
+def test_graph_workers_use_one_thread_each(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    results = run_graph([Task("threads", thread_settings)], jobs=1, say=lambda line: None)
+    assert results["threads"] == ("1", 1, {1})
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "OPENBLAS_NUM_THREADS" not in os.environ  # this process's restored
 
 
 def test_graph_failure_names_the_task(tmp_path):
