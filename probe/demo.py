@@ -107,10 +107,11 @@ def task_train(cfg: dict, out: str) -> str:
 
 
 def _cached_table(part: Path, compute: Callable[[], pd.DataFrame]) -> str:
-    """``part``'s table (``save_table`` files) unless it exists already; returns its parquet path."""
+    """``part``'s table (``save_table`` files) unless it exists already; returns its parquet path.
+    The JSON sidecar is written last, so it marks a finished table."""
     from probe.analyses import save_table
 
-    if not part.with_suffix(".parquet").is_file():
+    if not part.with_suffix(".json").is_file():
         save_table(compute(), part.parent, part.name)
     return str(part.with_suffix(".parquet"))
 
@@ -210,9 +211,14 @@ def run_graph(tasks: list[Task], jobs: int, say: Callable[[str], None] = print, 
                     except UserError as e:
                         raise UserError(f"{task.name}: {e}") from None
                     say(f"{clock()} done   {task.name} ({time.time() - start:.0f} s; {len(results)}/{len(tasks)} tasks)")
-        except BaseException:
+        except BaseException:  # a failure or Ctrl-C: stop the other tasks now rather than wait for them
             for fut in running:
                 fut.cancel()
+            # the executor has no public way to stop running work; its worker processes are kept in
+            # ``_processes`` (CPython 3.8-3.13).  Every write of a task is atomic, so a killed task
+            # leaves nothing half-written and the next run resumes it.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
             raise
     return results
 

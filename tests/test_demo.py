@@ -69,6 +69,16 @@ def test_graph_failure_names_the_task(tmp_path):
     assert "after" not in (tmp_path / "log").read_text()
 
 
+def test_graph_failure_stops_running_tasks(tmp_path):
+    log = str(tmp_path / "log")
+    tasks = [Task("slow", stamp, (log, "slow", "never")), Task("bad", fail, ("broken: fix it",))]
+    start = time.time()
+    with pytest.raises(UserError, match="^bad: broken: fix it$"):
+        run_graph(tasks, jobs=2, say=lambda line: None)
+    assert time.time() - start < 25  # "slow" would wait 30 s for a task that never starts: it was stopped
+    assert "end slow" not in Path(log).read_text()
+
+
 def test_graph_rejects_unknown_dependencies_and_cycles():
     with pytest.raises(ValueError, match="dependencies"):
         run_graph([Task("a", time.time, (), ("missing",))], jobs=1, say=lambda line: None)

@@ -113,6 +113,37 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert list(m["step"]) == [1, 2, 3, 4, 5, 6]  # lines after the resumed checkpoint were replaced
 
 
+class Killed(BaseException):
+    """Stands for the process being killed."""
+
+
+def test_killed_between_the_checkpoint_writes_keeps_the_series_complete(tmp_path, monkeypatch):
+    """A step that is both latest.pt and a series checkpoint is two writes; a run killed after the
+    first of them resumes with every series checkpoint present in the end."""
+    import train.loop as loop
+
+    real, calls = loop.atomic_save, {"n": 0}
+
+    def killed_after_one_write(state, path):
+        if state.get("step") == 4:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise Killed
+        real(state, path)
+
+    cfg = micro(steps=6)
+    monkeypatch.setattr(loop, "atomic_save", killed_after_one_write)
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(loop, "atomic_save", real)
+    train(cfg, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt")) == [f"step_{s:07d}.pt" for s in (0, 2, 4, 6)]
+    train(cfg, tmp_path / "straight", progress=False)
+    for s in (4, 6):
+        a, b = (weights(tmp_path / r / "checkpoints" / f"step_{s:07d}.pt")["model"] for r in ("run", "straight"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_kill_9_then_same_command_gives_identical_weights(tmp_path):
     args = ["--preset", "tiny", "--steps", "40", "--ckpt-every", "5", "--no-progress", "--threads", "1",
             "--set", "random_init_encoders=true", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",

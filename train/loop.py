@@ -355,9 +355,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             "rng": {"torch": torch.get_rng_state()}, "data": {"images_seen": step * cfg.batch_size},
             "git_revision": git_revision(),
         }
-        atomic_save(state, latest)
+        # the series file first: a run killed between the two writes resumes from the previous
+        # latest.pt and writes this step's file again, rather than never writing it
         if keep_in_series(step, cfg.ckpt_every, cfg.ckpt_series) or step == cfg.steps:
             atomic_save(state, ckpt_dir / f"step_{step:07d}.pt")
+        atomic_save(state, latest)
 
     def log(record: dict) -> None:
         if acc.is_main_process:
