@@ -195,7 +195,11 @@ def test_progress_on_toolkit_checkpoints(run_dir, tmp_path):
     per_cell = measured.groupby(["step", "layer", "t"])["metric"].apply(sorted)
     assert all(m == ["cka", "cknna", "linear_probe", "mutual_knn"] for m in per_cell)
     assert len(refs) == 1 and refs.iloc[0]["layer"] == -1 and refs.iloc[0]["target"] == "builtin-teacher"
-    assert df["value"].between(-1, 1).all() and df["value"].notna().all()
+    assert df["value"].notna().all()
+    # CKNNA's three HSIC terms use different k-NN masks (K's, L's and their product) and the unbiased
+    # estimator, so unlike CKA its ratio is not bounded by 1 (1.0002 seen here at random weights)
+    bounded = df["metric"] != "cknna"
+    assert df.loc[bounded, "value"].between(-1, 1).all() and df.loc[~bounded, "value"].abs().max() < 1.01
     first = df.iloc[0]
     assert (first["preprocessing"], first["pooling"], first["label"], first["k"], first["n_images"]) == ("clip0.95+l2", "mean", "null", 10, 24)
     assert set(measured["flavour"]) == {"repa"} and set(measured["dataset"]) == {"shapes/val"}
