@@ -101,6 +101,10 @@ class ProbeConfig:
                     raise UserError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
         if self.k < 2:
             raise UserError(f"k={self.k} is too small: pass k >= 2 (the paper uses 10)")
+        if self.n_images is not None and any(m in ALIGNMENT for m in self.metrics) and self.n_images <= self.k:
+            raise UserError(f"n_images={self.n_images} evaluation images for k={self.k} nearest neighbours: pass more than {self.k} images or a smaller k")
+        if self.n_train is not None and self.n_train == 1:
+            raise UserError("n_train=1: a linear probe needs at least 2 training images (0 skips the probes)")
 
     @property
     def preprocessing(self) -> str:

@@ -26,7 +26,7 @@ evaluator and each run's probe table (kept under ``<out>/parts`` and keyed by it
 settings).  An interrupted run resumes: training from its last checkpoint, probing from the
 feature store.
 
-    python -m probe.demo                       # seeds 0 1 2, about 8 minutes on 2 CPU cores
+    python -m probe.demo                       # seeds 0 1 2, about 7 minutes on 2 CPU cores
     python -m probe.demo --seeds 0             # one seed
     python -m probe.demo --figures-only        # redraw figures from the saved tables
 """
@@ -62,7 +62,7 @@ def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> 
     on one thread (each task of the graph gets one core)."""
     cfg = dataclasses.replace(preset("tiny"), seed=seed, threads=1)
     try:
-        cfg = override(cfg, ([f"steps={steps}"] if steps else []) + list(sets or []))
+        cfg = override(cfg, ([f"steps={steps}"] if steps is not None else []) + list(sets or []))
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"bad --set override: {e}") from None
     if errs := cfg.check():
@@ -272,7 +272,7 @@ class Plan:
 
 def plan(args: argparse.Namespace) -> Plan:
     """The task graph of a demo run (``args``: the command line's seeds, steps, set, out, n_images, n_train)."""
-    from probe.analyses import METRICS
+    from probe.analyses import METRICS, ProbeConfig
     from train.cli import as_vanilla
     from train.loop import keep_in_series
 
@@ -283,6 +283,7 @@ def plan(args: argparse.Namespace) -> Plan:
     # (README, "Probing"), a standardised logistic regression (lbfgs) is not, and is as fast here
     probe_opts = {"n_images": args.n_images, "n_train": args.n_train, "probe_method": "sklearn",
                   "store": str(args.out / "store")}
+    ProbeConfig(**probe_opts)  # bad probe settings fail here, not after the training runs
     tasks = [Task("teacher", task_teacher), Task("evaluator", task_evaluator, (cfg0.to_dict(),))]
     run_dirs, probes = {}, []
     for seed, cfg in cfgs.items():

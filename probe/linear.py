@@ -87,6 +87,8 @@ def probe_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Ten
     if x_train.ndim != 3 or x_test.ndim != 3 or x_train.shape[::2] != x_test.shape[::2]:
         raise ValueError(f"expected (P, N, D) train and (P, M, D) test features, got {tuple(x_train.shape)} and {tuple(x_test.shape)}")
     y_test = y_test.to(x_test.device)
+    if y_train.unique().numel() < 2:
+        raise UserError("the linear probe's training images hold a single class: pass more training images (n_train)")
     if method == "sklearn":
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline

@@ -116,3 +116,15 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)  # the same directory spelt relatively: the same parts
     relative = {t.name: t for t in plan(argparse.Namespace(**{**vars(args), "out": Path(tmp_path.name)})).tasks}
     assert relative["probe repa seed 3"].args == by_name["probe repa seed 3"].args
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": 0}, "steps and batch_size must be positive"),  # 0 is not "the preset's default"
+    ({"n_images": 10}, "n_images=10 evaluation images for k=10"),
+    ({"n_train": 1}, "n_train=1"),
+])
+def test_plan_rejects_bad_settings_before_anything_runs(tmp_path, change, message):
+    args = argparse.Namespace(**{**dict(seeds=[0], steps=20, set=[], out=tmp_path, n_images=40, n_train=30), **change})
+    with pytest.raises(UserError, match=message):
+        plan(args)
+    assert not any(tmp_path.iterdir())

@@ -167,6 +167,13 @@ def separable(p=3, n=300, d=16, c=4, seed=0):
     return x, y
 
 
+@pytest.mark.parametrize("method", ["torch", "sklearn"])
+def test_linear_probe_rejects_a_single_training_class(method):
+    x = torch.randn(1, 8, 4)
+    with pytest.raises(UserError, match="single class"):
+        probe_accuracy(x, torch.zeros(8, dtype=torch.long), x, torch.zeros(8, dtype=torch.long), method=method)
+
+
 def test_linear_probe_separable_and_batched_equals_single():
     x, y = separable()
     tr, te = slice(0, 200), slice(200, None)
