@@ -23,7 +23,8 @@ as their inputs become ready::
 so vanilla training runs while the teacher is still learning, and the figures are drawn two at a
 time.  A second run reuses everything already computed: finished training runs, the teacher, the
 evaluator and each run's probe table (kept under ``<out>/parts`` and keyed by its checkpoints and
-settings).  An interrupted run resumes: training from its last checkpoint, probing from the
+settings; recomputed when a checkpoint file has changed, e.g. a run retrained in place).  An
+interrupted run resumes: training from its last checkpoint, probing from the
 feature store.
 
     python -m probe.demo                       # seeds 0 1 2, about 7 minutes on 2 CPU cores
@@ -106,13 +107,18 @@ def task_train(cfg: dict, out: str) -> str:
     return str(train(cfg, out, progress=False, evaluator=training_evaluator(cfg)))
 
 
-def _cached_table(part: Path, compute: Callable[[], pd.DataFrame]) -> str:
-    """``part``'s table (``save_table`` files) unless it exists already; returns its parquet path.
-    The JSON sidecar is written last, so it marks a finished table."""
+def _cached_table(part: Path, compute: Callable[[], pd.DataFrame], inputs: list[str]) -> str:
+    """``part``'s table (``save_table`` files), computed unless it was computed from the same
+    ``inputs`` files (size and modification time: a run retrained in place is recomputed); returns
+    its parquet path.  The ``.inputs`` file is written last, so it marks a finished table."""
     from probe.analyses import save_table
+    from train.checkpoints import atomic_write
 
-    if not part.with_suffix(".json").is_file():
-        save_table(compute(), part.parent, part.name)
+    stamp = part.with_suffix(".inputs")
+    files = lambda: _key([(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs])  # noqa: E731
+    if not (stamp.is_file() and part.with_suffix(".json").is_file() and stamp.read_text() == files()):
+        save_table(compute(), part.parent, part.name)  # a missing input fails in here, with its own message
+        atomic_write(stamp, lambda tmp: Path(tmp).write_text(files()))
     return str(part.with_suffix(".parquet"))
 
 
@@ -121,7 +127,8 @@ def task_probe(checkpoints: list[str], seed: int, options: dict, part: str) -> s
     from probe.analyses import training_progress
 
     return _cached_table(Path(part), lambda: training_progress(checkpoints, "shapes", encoders=("builtin-teacher",),
-                                                               seed=seed, progress=False, **options).assign(seed_run=seed))
+                                                               seed=seed, progress=False, **options).assign(seed_run=seed),
+                         checkpoints)
 
 
 def task_projection(checkpoint: str, seed: int, n_images: int, part: str) -> str:
@@ -129,7 +136,7 @@ def task_projection(checkpoint: str, seed: int, n_images: int, part: str) -> str
     from probe.analyses import projection_alignment
 
     return _cached_table(Path(part), lambda: projection_alignment(checkpoint, "shapes", n_images=n_images, seed=seed,
-                                                                  progress=False).assign(seed_run=seed))
+                                                                  progress=False).assign(seed_run=seed), [checkpoint])
 
 
 def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: list[tuple[int, str, str]],

@@ -14,8 +14,9 @@ that change the numbers (REPA-NOTES section 5) are explicit parameters recorded 
 * pooling: mean over patch tokens (the paper's) or all tokens kept.
 
 The optional store is a directory with one safetensors shard per (checkpoint config, t, image chunk)
-under ``<store>/<key>/``; ``key`` hashes the provenance, which each shard also carries in its
-metadata.  Writes are atomic, finished shards are skipped (resume) and ``<store>/index.parquet``
+under ``<store>/<key>/``; ``key`` hashes the provenance (which includes the checkpoint file's size
+and modification time, so a run retrained in place is extracted again), which each shard also
+carries in its metadata.  Writes are atomic, finished shards are skipped (resume) and ``<store>/index.parquet``
 lists every shard with its provenance (:func:`read_index`).  Target-encoder features are cached the
 same way by :func:`encoder_features`, keyed by the encoder's provenance and the image set.
 """
@@ -195,9 +196,11 @@ def resolve_layers(model: DiffusionTransformer, layers: str | Sequence[int]) -> 
 
 
 def model_provenance(model: DiffusionTransformer) -> dict:
-    """Checkpoint path, weights, step, flavour and model name (``"in-memory"`` for a built model)."""
+    """Checkpoint path and file identity (size and modification time), weights, step, flavour and
+    model name (``"in-memory"`` for a built model).  The file identity keeps the feature store from
+    serving a run retrained at the same path."""
     src = getattr(model, "source", {})
-    return {"checkpoint": src.get("path", "in-memory"), "weights": src.get("weights"), "step": src.get("step"),
+    return {"checkpoint": src.get("path", "in-memory"), "checkpoint_file": src.get("file"), "weights": src.get("weights"), "step": src.get("step"),
             "flavour": model.flavour, "model": model.cfg.name}
 
 

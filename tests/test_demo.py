@@ -5,6 +5,7 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from probe.demo import Task, plan, run_graph
@@ -128,3 +129,22 @@ def test_plan_rejects_bad_settings_before_anything_runs(tmp_path, change, messag
     with pytest.raises(UserError, match=message):
         plan(args)
     assert not any(tmp_path.iterdir())
+
+
+def test_cached_part_is_reused_for_the_same_input_files_only(tmp_path):
+    from probe.demo import _cached_table
+
+    ckpt = tmp_path / "step_0000100.pt"
+    ckpt.write_bytes(b"first run")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return pd.DataFrame({"value": [float(len(calls))]})
+
+    part = tmp_path / "parts" / "probe_seed0_repa_abc"
+    first = _cached_table(part, compute, [str(ckpt)])
+    assert _cached_table(part, compute, [str(ckpt)]) == first and len(calls) == 1  # reused
+    ckpt.write_bytes(b"retrained in place")  # same path, another file
+    _cached_table(part, compute, [str(ckpt)])
+    assert len(calls) == 2 and pd.read_parquet(first)["value"].tolist() == [2.0]

@@ -132,6 +132,11 @@ def test_store_round_trip_and_resume(tmp_path, images, monkeypatch):
     assert len(calls) == 1 and torch.equal(again.values, first.values)
     changed = extract(model, images, ts=TS, batch_size=8, store=store, shard_size=16, seed=1, progress=False)
     assert len(calls) > 1 and not torch.equal(changed.values, first.values)
+    # a run retrained in place: same path and step, another file -> not served from the store
+    retrained = load(save_ckpt(tiny(seed=1), tmp_path / "ckpt.pt", 5))
+    fresh = extract(retrained, images, ts=TS, batch_size=8, store=store, shard_size=16, progress=False)
+    assert not torch.equal(fresh.values, first.values)
+    torch.testing.assert_close(fresh.values, extract(retrained, images, ts=TS, batch_size=8, progress=False).values)
 
 
 

@@ -450,7 +450,9 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint does not fit {cfg.name}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}: pass the matching name/flavour or a checkpoint of this model")
-    model.source = {"path": str(FsPath(path).resolve()), "weights": meta["weights"], "step": meta.get("step"), "flavour": cfg.flavour, "name": cfg.name}
+    st = os.stat(path)  # "file": which file was at that path (a run retrained in place is another one)
+    model.source = {"path": str(FsPath(path).resolve()), "file": f"{st.st_size}:{st.st_mtime_ns}", "weights": meta["weights"],
+                    "step": meta.get("step"), "flavour": cfg.flavour, "name": cfg.name}
     return model.to(device).eval()
 
 
