@@ -22,6 +22,12 @@ import torch
 from train.errors import UserError
 
 
+def repa_cache_dir() -> Path:
+    """Where the toolkit caches what it trains or computes once (built-in teachers and evaluator,
+    reference statistics, encoder features): ``$REPA_CACHE``, default ``~/.cache/repa-toolkit``."""
+    return Path(os.environ.get("REPA_CACHE", "~/.cache/repa-toolkit")).expanduser()
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Load a ``.pt``/``.pth``/``.bin`` (torch) or ``.safetensors`` file without executing code."""
     path = Path(path)

@@ -20,27 +20,16 @@ and the server answers; otherwise one :class:`~train.errors.UserError` line come
 resampled to the encoder's resolution by timm). ``random_init=True`` gives random weights of the
 same architecture (tests, notebooks). Each encoder carries a ``provenance`` dict for results.
 
-Built-in teacher (``builtin-teacher``, :class:`TeacherViT`): a small ViT with a convolutional stem
-(two stride-2 convs: patch 4 on 32 px -> 8 x 8 tokens), width 64, depth 2, 2 heads (124k
-parameters), sized so that training takes about two and a half minutes of one CPU core (a third
-block costs 30 % more time for the same accuracy, measured); this project trains
-it on :class:`~train.data.ShapesDataset` (held-out linear-probe accuracy about 95 %). It is trained
-*supervised*: the linear head reads the mean of the final-norm patch tokens (no class token), so
-the patch tokens themselves must carry the class; random translations and horizontal flips
-(all ten classes are flip-invariant) augment the data. Supervised training is the simplest way
-to get a reliable, fast-to-train target whose tokens are linearly decodable; the cost is that the
-tokens carry little besides class and position. It is trained on first use and cached as
-``$REPA_CACHE/teacher/<config-hash>.safetensors`` (default ``~/.cache/repa-toolkit``) with a
-JSON sidecar (config, seed, training time, held-out accuracies).
+Built-in teachers (:data:`train.teacher.TEACHERS`: ``builtin-dense``, ``builtin-ssl``,
+``builtin-supervised``, ``builtin-teacher``): small ViTs with 8 x 8 tokens of width 64 that this
+project trains on its built-in data on first use and caches (:mod:`train.teacher`); their target is
+the final-norm patch tokens.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.checkpoints import atomic_write
+from train.checkpoints import repa_cache_dir  # noqa: F401 (re-exported)
 from train.errors import UserError
 from train.latents import HF_ENDPOINT, download_possible, hf_cached_file
+from train.teacher import (TEACHER_MEAN, TEACHER_STD, TEACHERS, TeacherConfig, TeacherViT,  # noqa: F401 (re-exported)
+                           fit_classifier, linear_probe_accuracy, load_teacher, teacher_path, train_builtin_teacher)
 
 # ----------------------------------------------------------------------------------------------
 # Registry
@@ -85,7 +76,7 @@ def _dinov2(size: str, reg: bool) -> EncoderSpec:
     return EncoderSpec(f"vit_{size}_patch14_{'reg4_' if reg else ''}dinov2.lvd142m", 14, 224)
 
 
-TEACHER = "builtin-teacher"
+TEACHER = "builtin-teacher"  # the first built-in teacher (supervised, on shapes); the others in TEACHERS
 ENCODERS: dict[str, EncoderSpec] = {
     **{f"dinov2-vit-{s[0]}{'-reg' if reg else ''}": _dinov2(s, reg)
        for reg in (False, True) for s in ("small", "base", "large", "giant")},
@@ -97,7 +88,7 @@ ENCODERS: dict[str, EncoderSpec] = {
     "clip-vit-l": EncoderSpec("vit_large_patch14_clip_quickgelu_224.openai", 14, 224, target="prenorm"),
     "siglip-vit-b": EncoderSpec("vit_base_patch16_siglip_256.webli", 16, 256),
     "ijepa-vit-h": EncoderSpec("vit_huge_patch14_gap_224.in1k_ijepa", 14, 224),
-    TEACHER: EncoderSpec("repa-builtin-teacher", 4, 32, hub=False),
+    **{name: EncoderSpec(f"repa-{name}", cfg.patch, cfg.image_size, hub=False) for name, cfg in TEACHERS.items()},
 }
 
 # ----------------------------------------------------------------------------------------------
@@ -278,9 +269,11 @@ def load_encoder(name: str, weights: str | os.PathLike | None = None, grid: int 
     spec = ENCODERS[name]
     if grid is not None and grid < 1:
         raise UserError(f"encoder grid {grid} must be positive — pass the SiT token grid (image/latent side / patch)")
-    if name == TEACHER:
-        model, source, cfg = _load_teacher(weights, random_init)
-        encoder = Encoder(name, _teacher_spec(cfg), model, TEACHER_MEAN, TEACHER_STD, source, grid)
+    if name in TEACHERS:
+        model, source = load_teacher(TEACHERS[name], weights, random_init)
+        cfg = model.cfg
+        encoder = Encoder(name, EncoderSpec(spec.arch, cfg.patch, cfg.image_size, hub=False), model, TEACHER_MEAN,
+                          TEACHER_STD, source, grid)
         encoder.provenance["teacher_config"] = asdict(cfg)
         return encoder.to(device)
     from timm.data import resolve_data_config
@@ -288,219 +281,3 @@ def load_encoder(name: str, weights: str | os.PathLike | None = None, grid: int 
     model, source = _build_timm(name, spec, weights, random_init)
     data_cfg = resolve_data_config({}, model=model)
     return Encoder(name, spec, model, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), source, grid).to(device)
-
-
-# ----------------------------------------------------------------------------------------------
-# Built-in teacher
-# ----------------------------------------------------------------------------------------------
-
-TEACHER_MEAN = TEACHER_STD = (0.5, 0.5, 0.5)
-_TEACHER_FORMAT = "repa-builtin-teacher/1"
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """Architecture, data and optimisation of the built-in teacher (hashed into its cache name)."""
-
-    image_size: int = 32
-    patch: int = 4
-    width: int = 64
-    depth: int = 2
-    heads: int = 2
-    num_classes: int = 10
-    n_train: int = 10_000
-    steps: int = 1600
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    warmup: int = 100
-    shift: int = 3  # max random translation in pixels
-    label_smoothing: float = 0.1
-    seed: int = 0
-    data_seed: int = 0
-
-    def key(self) -> str:
-        blob = json.dumps({"format": _TEACHER_FORMAT, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def repa_cache_dir() -> Path:
-    """``$REPA_CACHE``, default ``~/.cache/repa-toolkit``."""
-    return Path(os.environ.get("REPA_CACHE", "~/.cache/repa-toolkit")).expanduser()
-
-
-def teacher_path(cfg: TeacherConfig, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the teacher of ``cfg`` is cached: ``<cache_dir>/teacher/<hash>.safetensors``."""
-    return Path(cache_dir or repa_cache_dir()) / "teacher" / f"{cfg.key()}.safetensors"
-
-
-def _teacher_spec(cfg: TeacherConfig) -> EncoderSpec:
-    return EncoderSpec(ENCODERS[TEACHER].arch, cfg.patch, cfg.image_size, hub=False)
-
-
-class TeacherViT(nn.Module):
-    """The built-in teacher: a ViT with a convolutional stem (``log2(patch)`` stride-2 3x3 convs
-    instead of one linear patchify, which makes a small ViT learn much faster on little data),
-    learned position embeddings, pre-norm transformer blocks and a final LayerNorm on every token.
-    There is no class token: the head reads the mean of the normalised patch tokens."""
-
-    num_prefix_tokens = 0
-
-    def __init__(self, cfg: TeacherConfig) -> None:
-        super().__init__()
-        n_down = int(math.log2(cfg.patch))
-        if 2**n_down != cfg.patch or cfg.image_size % cfg.patch:
-            raise UserError(f"teacher patch {cfg.patch} must be a power of two dividing the image size "
-                            f"{cfg.image_size} — change the TeacherConfig")
-        w = self.embed_dim = cfg.width
-        chans = [3] + [max(w >> (n_down - 1 - i), 16) for i in range(n_down - 1)] + [w]
-        stem: list[nn.Module] = []
-        for i in range(n_down):
-            stem.append(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1))
-            if i < n_down - 1:
-                stem.append(nn.GELU())
-        self.stem = nn.Sequential(*stem)
-        self.pos_embed = nn.Parameter(torch.randn(1, (cfg.image_size // cfg.patch) ** 2, w) * 0.02)
-        self.blocks = nn.Sequential(*[
-            nn.TransformerEncoderLayer(w, cfg.heads, 4 * w, dropout=0.0, activation="gelu", batch_first=True,
-                                       norm_first=True)
-            for _ in range(cfg.depth)])
-        self.norm = nn.LayerNorm(w)
-        self.head = nn.Linear(w, cfg.num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised patch tokens ``(B, T, width)``."""
-        tokens = self.stem(x).flatten(2).transpose(1, 2) + self.pos_embed
-        return self.norm(self.blocks(tokens))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(1))
-
-
-def augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to ``shift`` pixels (edge padding) and horizontal flips."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (shift,) * 4, mode="replicate")
-    dy, dx = (torch.randint(0, 2 * shift + 1, (2, b, 1), generator=gen))
-    rows, cols = dy + torch.arange(h), dx + torch.arange(w)
-    x = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def fit_classifier(model: nn.Module, data, cfg, gen: torch.Generator, desc: str, progress: bool = True,
-                   label_smoothing: float = 0.0, max_grad_norm: float | None = None) -> nn.Module:
-    """Train a built-in classifier (the teacher here, the evaluator in ``train.evaluate``) in place.
-
-    ``data``: a :class:`train.data.ShapesDataset` (uint8 ``images``, ``labels``); ``cfg`` gives
-    ``steps, batch_size, lr, weight_decay, warmup, shift``.  AdamW with linear warm-up then cosine
-    decay; batches drawn with replacement and shifted (:func:`augment`) from ``gen``.  Returns the
-    model in eval mode."""
-    from tqdm.auto import tqdm
-
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
-                                              * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    model.train()
-    for _ in tqdm(range(cfg.steps), desc=desc, disable=not progress):
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x = augment(data.images[idx].float() / 127.5 - 1.0, cfg.shift, gen)
-        loss = F.cross_entropy(model(x), data.labels[idx], label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
-def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str | os.PathLike | None = None,
-                          progress: bool = True) -> Path:
-    """Train the built-in teacher on the shapes train split unless it is cached; return its path.
-
-    Deterministic given ``cfg`` (and the thread count). Writes ``<hash>.json`` (config, seed,
-    training seconds, head accuracy and linear-probe accuracy on the shapes val split) and then
-    ``<hash>.safetensors`` (config in its metadata), each atomically.
-    """
-    from safetensors.torch import save_file
-
-    from train.data import ShapesDataset
-
-    path = teacher_path(cfg, cache_dir)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = ShapesDataset("train", n=cfg.n_train, size=cfg.image_size, seed=cfg.data_seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        model = TeacherViT(cfg)
-    start, cpu_start = time.time(), time.process_time()
-    fit_classifier(model, data, cfg, gen, "built-in teacher", progress, cfg.label_smoothing, max_grad_norm=1.0)
-    seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
-
-    val = ShapesDataset("val", size=cfg.image_size, seed=cfg.data_seed)
-    encoder = Encoder(TEACHER, _teacher_spec(cfg), model, TEACHER_MEAN, TEACHER_STD, "training")
-    with torch.no_grad():
-        logits = torch.cat([model(encoder.preprocess(val.images[i:i + 500])) for i in range(0, len(val), 500)])
-    sidecar = {
-        "config": asdict(cfg), "seed": cfg.seed, "train_seconds": round(seconds, 1),
-        "train_cpu_seconds": round(cpu_seconds, 1),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "val_accuracy": (logits.argmax(1) == val.labels).float().mean().item(),
-        "linear_probe_accuracy": linear_probe_accuracy(encoder, data, val, n_train=5000, n_val=len(val)),
-    }
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": _TEACHER_FORMAT, "config": json.dumps(asdict(cfg))}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
-    return path
-
-
-def _load_teacher(weights: str | os.PathLike | None, random_init: bool) -> tuple[nn.Module, str, TeacherConfig]:
-    """Teacher model, source description and config: random, from a file, or cached/trained."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    if random_init:
-        cfg = TeacherConfig()
-        return TeacherViT(cfg), "random-init", cfg
-    path = Path(weights).expanduser() if weights is not None else train_builtin_teacher()
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != _TEACHER_FORMAT:
-            raise ValueError("no built-in teacher metadata")
-        cfg = TeacherConfig(**json.loads(meta["config"]))
-        model = TeacherViT(cfg)
-        model.load_state_dict(load_file(str(path)))
-    except (OSError, ValueError, SafetensorError, RuntimeError) as e:
-        raise UserError(f"{path} is not a built-in teacher checkpoint ({e}) — pass a file written by "
-                        "train_builtin_teacher, or no weights to use the cached one") from e
-    return model.eval(), f"builtin:{path.resolve()}", cfg
-
-
-def linear_probe_accuracy(encoder: Encoder, train_ds, val_ds, n_train: int = 5000, n_val: int = 2000,
-                          batch_size: int = 256) -> float:
-    """Held-out accuracy of a logistic regression on mean-pooled tokens: fitted on the first
-    ``n_train`` images of ``train_ds`` (standardised features), scored on the first ``n_val`` of
-    ``val_ds``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    def features(ds, n: int) -> tuple[Any, Any]:
-        n = min(n, len(ds))
-        if hasattr(ds, "images"):
-            images, labels = ds.images[:n], ds.labels[:n]
-        else:
-            items = [ds[i] for i in range(n)]
-            images, labels = torch.stack([im for im, _ in items]), torch.tensor([lb for _, lb in items])
-        feats = torch.cat([encoder(images[i:i + batch_size]).mean(1).cpu() for i in range(0, n, batch_size)])
-        return feats.numpy(), labels.numpy()
-
-    x_train, y_train = features(train_ds, n_train)
-    x_val, y_val = features(val_ds, n_val)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, tol=1e-6))
-    return float(clf.fit(x_train, y_train).score(x_val, y_val))

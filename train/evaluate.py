@@ -44,7 +44,8 @@ from torch import nn
 
 from train.config import TrainConfig
 from train.checkpoints import atomic_write
-from train.encoders import fit_classifier, repa_cache_dir
+from train.checkpoints import repa_cache_dir
+from train.teacher import fit_classifier
 from train.errors import UserError
 from train.latents import Codec, build_codec, to_float
 
@@ -368,6 +369,7 @@ class EvaluatorConfig:
 
     ``seed`` differs from the teacher's (0), so even the data order and augmentation differ."""
 
+    dataset: str = "shapes"  # the built-in dataset it classifies: "shapes" or "scenes"
     image_size: int = 32
     widths: tuple[int, ...] = (16, 32, 64)
     num_classes: int = 10
@@ -382,7 +384,10 @@ class EvaluatorConfig:
     data_seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps({"format": _EVALUATOR_FORMAT, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if self.dataset == "shapes":  # the key of the evaluator from before the field existed
+            fields.pop("dataset")
+        blob = json.dumps({"format": _EVALUATOR_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -422,6 +427,20 @@ class EvaluatorCNN(nn.Module):
         return self.head(self.features(x))
 
 
+EVALUATORS: dict[str, EvaluatorConfig] = {
+    "shapes": EvaluatorConfig(),
+    "scenes": EvaluatorConfig(dataset="scenes", num_classes=8, steps=600, warmup=60),
+}
+
+
+def evaluator_config(dataset: str) -> EvaluatorConfig:
+    """The built-in evaluator of a built-in dataset (:data:`EVALUATORS`)."""
+    if dataset not in EVALUATORS:
+        raise UserError(f"the built-in evaluator classifies {' or '.join(EVALUATORS)} images, not {dataset!r}: "
+                        "pass --feature inception or an encoder name for other data")
+    return EVALUATORS[dataset]
+
+
 def evaluator_path(cfg: EvaluatorConfig, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the evaluator of ``cfg`` is cached: ``<cache_dir>/evaluator/<hash>.pt``."""
     return Path(cache_dir or repa_cache_dir()) / "evaluator" / f"{cfg.key()}.pt"
@@ -436,17 +455,17 @@ def _evaluator_input(images: Tensor, size: int) -> Tensor:
 
 
 def _fit_evaluator(cfg: EvaluatorConfig, progress: bool) -> tuple[EvaluatorCNN, dict[str, Any]]:
-    """Train an :class:`EvaluatorCNN` on the shapes train split; score it on the val split."""
-    from train.data import ShapesDataset
+    """Train an :class:`EvaluatorCNN` on its dataset's train split; score it on the val split."""
+    from train.data import build_dataset
 
     start, cpu_start = time.time(), time.process_time()
-    data = ShapesDataset("train", n=cfg.n_train, size=cfg.image_size, seed=cfg.data_seed)
+    data = build_dataset(cfg.dataset, "train", n=cfg.n_train, size=cfg.image_size, seed=cfg.data_seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = EvaluatorCNN(cfg)
     fit_classifier(model, data, cfg, gen, "built-in evaluator", progress)
-    val = ShapesDataset("val", size=cfg.image_size, seed=cfg.data_seed)
+    val = build_dataset(cfg.dataset, "val", size=cfg.image_size, seed=cfg.data_seed)
     with torch.no_grad():
         pred = torch.cat([model(to_float(val.images[i:i + 500])).argmax(1) for i in range(0, len(val), 500)])
     return model, {
@@ -499,6 +518,7 @@ class BuiltinEvaluator(FeatureNet):
             raise UserError(f"{path} is not a built-in evaluator file: pass one written by train_builtin_evaluator, "
                             "or no weights to use the cached one")
         self.cfg = EvaluatorConfig(**{**state["config"], "widths": tuple(state["config"]["widths"])})
+        self.classes_of = self.cfg.dataset
         self.net = EvaluatorCNN(self.cfg)
         self.net.load_state_dict(state["model"])
         sidecar = path.with_suffix(".json")
@@ -619,13 +639,15 @@ class InceptionFeatures(FeatureNet):
 
 
 def load_feature_net(name: str = EVALUATOR, weights: str | os.PathLike | None = None,
-                     device: str | torch.device = "cpu", progress: bool = True) -> FeatureNet:
-    """``builtin-evaluator`` (trained and cached on first use), ``inception`` (local weights only) or
-    any :data:`train.encoders.ENCODERS` name; ``weights`` is a local file for any of them."""
+                     device: str | torch.device = "cpu", progress: bool = True, dataset: str = "shapes") -> FeatureNet:
+    """``builtin-evaluator`` (the one of ``dataset``, trained and cached on first use), ``inception``
+    (local weights only) or any :data:`train.encoders.ENCODERS` name; ``weights`` is a local file for
+    any of them."""
     from train.encoders import ENCODERS
 
     if name == EVALUATOR:
-        net: FeatureNet = BuiltinEvaluator(weights=weights, progress=progress)
+        cfg = evaluator_config(dataset) if weights is None else EvaluatorConfig()
+        net: FeatureNet = BuiltinEvaluator(cfg, weights=weights, progress=progress)
     elif name == INCEPTION:
         net = InceptionFeatures(weights)
     elif name in ENCODERS:
@@ -670,7 +692,7 @@ def real_images(dataset: str, split: str, n: int, size: int, root: str | None = 
     from train.data import build_dataset
 
     kw: dict[str, Any] = {"size": size}
-    if dataset == "shapes":
+    if dataset in ("shapes", "scenes"):
         kw["n"] = n
     if dataset == "folder":
         kw["root"] = root
@@ -749,7 +771,7 @@ def evaluate_model(model: nn.Module, spec: SampleSpec, codec: Codec, feature: st
     (``model.source``) and every sampling setting."""
     images, labels = generate_spec(model, spec, codec, progress)
     device = next(model.parameters()).device
-    net = load_feature_net(feature, feature_weights, device, progress)
+    net = load_feature_net(feature, feature_weights, device, progress, dataset)
     ref = reference(net, dataset, ref_split, ref_n, images.shape[-1], root, progress=progress)
     return {**evaluate_samples(images, labels, net, ref, k), **asdict(spec), "codec": codec.name,
             "checkpoint": getattr(model, "source", None)}
@@ -790,7 +812,7 @@ def build_training_evaluator(cfg: TrainConfig, feature: str = EVALUATOR, feature
     spec = SampleSpec(cfg.eval_samples, "euler", steps or cfg.sample_steps, seed=cfg.seed,
                       labels=tuple(range(cfg.model.num_classes)), path=cfg.path)
     codec = build_codec(cfg.data.codec)
-    net = load_feature_net(feature, feature_weights, progress=progress)
+    net = load_feature_net(feature, feature_weights, progress=progress, dataset=cfg.data.dataset)
     ref = reference(net, cfg.data.dataset, "train", ref_n, cfg.data.image_size, cfg.data.root, progress=progress)
 
     def evaluate(ema: nn.Module, step: int) -> dict[str, Any]:
@@ -887,7 +909,7 @@ def fid_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feature", default=EVALUATOR, help=f"{EVALUATOR} (default), {INCEPTION} or an encoder name")
     ap.add_argument("--feature-weights", help="local weights of the feature network")
     ap.add_argument("--inception-weights", help=f"local {INCEPTION_FILE} (implies --feature {INCEPTION})")
-    ap.add_argument("--dataset", choices=["shapes", "digits", "folder"], default="shapes", help="reference data")
+    ap.add_argument("--dataset", choices=["scenes", "shapes", "digits", "folder"], default="shapes", help="reference data")
     ap.add_argument("--root", help="reference image folder (with --dataset folder)")
     ap.add_argument("--ref-split", default="train")
     ap.add_argument("--ref-n", type=int, default=10_000, help="number of reference images")
@@ -902,7 +924,7 @@ def fid_main(argv: list[str] | None = None) -> int:
         res = evaluate_model(model, spec, codec, feature, args.dataset, weights, **ref_kw)
     else:
         images, labels = load_samples(args.samples)
-        net = load_feature_net(feature, weights, _device(args.device), progress)
+        net = load_feature_net(feature, weights, _device(args.device), progress, args.dataset)
         ref = reference(net, args.dataset, args.ref_split, args.ref_n, images.shape[-1], args.root, progress=progress)
         res = evaluate_samples(images, labels, net, ref, args.k)
         cfg_file = (args.samples if args.samples.is_dir() else args.samples.parent) / "sample_config.json"

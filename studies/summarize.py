@@ -1,0 +1,86 @@
+"""Tables of the study's runs: FD and class accuracy against step, and steps to vanilla's final FD.
+
+    python studies/summarize.py [runs/study] [--out studies/results]
+
+Reads every ``<root>/<variant>/seed<k>/metrics.jsonl``; writes ``evals.csv`` (one row per variant x
+seed x evaluated step) and ``summary.csv`` (per variant x seed: final FD and class accuracy, the
+first step at which the run reaches its seed's vanilla final FD -- linear interpolation between
+evaluations -- and that step over vanilla's steps), and prints both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def read_evals(root: Path) -> pd.DataFrame:
+    rows = []
+    for f in sorted(root.glob("*/seed*/metrics.jsonl")):
+        variant, seed = f.parent.parent.name, int(f.parent.name[4:])
+        cfg_file = f.parent / "config.json"
+        steps_cfg = json.loads(cfg_file.read_text())["config"]["steps"] if cfg_file.exists() else None
+        for line in f.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "fd" in rec:
+                rows.append({"variant": variant, "seed": seed, "step": rec["step"], "fd": rec["fd"],
+                             "class_acc": rec.get("class_acc", np.nan), "eval_n": rec.get("eval_n"),
+                             "planned_steps": steps_cfg})
+    return pd.DataFrame(rows)
+
+
+def first_step_below(steps: np.ndarray, fds: np.ndarray, target: float) -> float:
+    """The first step at which the FD curve reaches ``target`` (linear between evaluations); NaN if never."""
+    for i, (s, v) in enumerate(zip(steps, fds)):
+        if v <= target:
+            if i == 0:
+                return float(s)
+            s0, v0 = steps[i - 1], fds[i - 1]
+            return float(s0 + (s - s0) * (v0 - target) / (v0 - v))
+    return float("nan")
+
+
+def summary(evals: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:
+    rows = []
+    for (variant, seed), g in evals.groupby(["variant", "seed"]):
+        g = g.sort_values("step")
+        base = evals[(evals.variant == baseline) & (evals.seed == seed)].sort_values("step")
+        row = {"variant": variant, "seed": seed, "last_step": int(g.step.max()), "final_fd": g.fd.iloc[-1],
+               "final_class_acc": g.class_acc.iloc[-1], "min_fd": g.fd.min()}
+        if len(base) and base.step.max() >= g.step.max():
+            common = base[base.step <= g.step.max()]
+            target = common.fd.iloc[-1]
+            reach = first_step_below(g.step.to_numpy(), g.fd.to_numpy(), target)
+            row.update(vanilla_fd_at_last=target, steps_to_vanilla_fd=reach, ratio=reach / common.step.max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("root", nargs="?", default="runs/study", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    evals = read_evals(args.root)
+    if evals.empty:
+        raise SystemExit(f"no evaluations under {args.root}")
+    table = summary(evals)
+    pivot = evals.pivot_table(index=["variant", "seed"], columns="step", values="fd").round(1)
+    acc = evals.pivot_table(index=["variant", "seed"], columns="step", values="class_acc").round(2)
+    print("FD by step\n" + pivot.to_string() + "\n\nclass accuracy by step\n" + acc.to_string())
+    print("\n" + table.round(3).to_string(index=False))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        evals.to_csv(args.out / "evals.csv", index=False)
+        table.to_csv(args.out / "summary.csv", index=False)
+
+
+if __name__ == "__main__":
+    main()
