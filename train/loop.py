@@ -189,11 +189,15 @@ def write_run_config(out: Path, cfg: TrainConfig, extra: dict | None = None) -> 
 
 
 def check_resume_config(out: Path, cfg: TrainConfig) -> None:
-    """A run directory belongs to one configuration (the step count may grow)."""
+    """A run directory belongs to one configuration (the step count may grow).  Fields added to the
+    config after the run started count as their defaults (a run from before they existed resumes)."""
     f = out / "config.json"
     if not f.exists():
         return
-    old = json.loads(f.read_text())["config"]
+    try:
+        old = json.loads(json.dumps(TrainConfig.from_dict(json.loads(f.read_text())["config"]).to_dict()))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{out} holds a run whose config.json this version cannot read ({e}): use a new --out directory") from None
     new = json.loads(json.dumps(cfg.to_dict()))
     ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "threads", "device", "tensorboard"}
     diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
