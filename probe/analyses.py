@@ -39,7 +39,8 @@ from train.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resa
 from train.checkpoints import atomic_write
 from train.errors import UserError
 from train.latents import Codec, build_codec
-from train.loop import git_revision
+from train.config import TrainConfig
+from train.loop import git_revision, training_targets
 from train.interpolants import interpolate
 from train.models import DiffusionTransformer, load, predict
 
@@ -350,6 +351,11 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
     look at the image, fitted on ``baseline_images`` images of the training split (0: none):
     ``label="null"``: the per-position mean token; ``label="real"``: the per-class, per-position
     mean token (what a model that reads only the class label can at best predict).
+
+    The targets are those the run trained on: with the run's ``TrainConfig.target_norm = "spatial"``
+    (from the checkpoint; a model passed in memory may carry it as ``model.train_config``) the
+    encoder's tokens are spatially normalised (iREPA) before the cosine and the baselines, and the
+    rows record ``target_norm`` and ``target_norm_gamma``.  The run's own projector (MLP or conv) is used.
     """
     cfg = dataclasses.replace(config or ProbeConfig(), **options, metrics=("linear_probe",), n_train=0,
                               dataset=dataset if isinstance(dataset, str) else "custom")
@@ -368,14 +374,19 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
         torch.manual_seed(cfg.seed)
         enc = load_encoder(encoder, (cfg.encoder_weights or ("",))[0] or None, grid=math.isqrt(model.cfg.num_tokens),
                            device=cfg.device, random_init=cfg.random_init_encoder)
-    means = _mean_tokens(enc, dataset, cfg, baseline_images, size, model.cfg.num_classes) if baseline_images else None
+    run_cfg = TrainConfig.from_dict(getattr(model, "train_config", None) or {"target_norm": "none"})
+
+    def trained_on(x: Tensor) -> Tensor:  # the targets the run trained on: (B, 3, H, W) -> (B, T, z_dim)
+        return training_targets([enc(x).float()], run_cfg)[0]
+
+    means = _mean_tokens(trained_on, dataset, cfg, baseline_images, size, model.cfg.num_classes) if baseline_images else None
     shape = (model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
     sums = {(w, label, t): 0.0 for w in models for label in labels for t in cfg.ts}
     blind = {"null": 0.0, "real": 0.0}
     cos = torch.nn.functional.cosine_similarity
     with torch.no_grad():
         for idx, imgs, labs in eval_set.batches(cfg.batch_size):                            # the encoder runs once per image
-            target = enc(imgs.to(cfg.device)).float()                                        # (B, T, z_dim)
+            target = trained_on(imgs.to(cfg.device))                                         # (B, T, z_dim)
             x = codec.encode(imgs, sample=False).to(cfg.device)                              # (B, C, H, W)
             noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
             for (w, label, t) in sums:
@@ -388,7 +399,9 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
                 blind["real"] += cos(target, per_class[labs.to(cfg.device)], dim=-1).mean(1).sum().item()
     common = {"run": _run_name(checkpoint), **{k: model_provenance(model)[k] for k in ("checkpoint", "step", "flavour", "model")},
               "metric": "projection_cosine", "target": enc.name, "dataset": eval_set.name, "n_images": len(eval_set),
-              "seed": cfg.seed, "codec": codec.name, "layer": model.cfg.encoder_depth, "code_version": git_revision()}
+              "seed": cfg.seed, "codec": codec.name, "layer": model.cfg.encoder_depth, "code_version": git_revision(),
+              "target_norm": run_cfg.target_norm,
+              "target_norm_gamma": run_cfg.target_norm_gamma if run_cfg.target_norm != "none" else float("nan")}
     rows = [{**common, "weights": w, "label": label, "t": t, "model_t": _model_t(model, t), "value": total / len(eval_set)}
             for (w, label, t), total in sums.items()]
     if means is not None:

@@ -17,9 +17,12 @@ flavour    prediction                       time input
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 FLAVOURS = ("repa", "sit", "dit")
+PROJECTORS = ("mlp", "conv")
+TARGET_NORMS = ("none", "spatial")
 
 # size -> (depth, hidden size, heads); mlp ratio 4 for all.  "T" is this toolkit's tiny CPU size.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -55,6 +58,10 @@ class ModelConfig:
     (the tiny preset does).  ``learn_sigma`` doubles the output channels (published DiT and SiT).
     ``z_dims`` holds one projector per target encoder width; empty means vanilla (no projector).
     ``null_class`` adds the extra label row that classifier-free guidance uses (id ``num_classes``).
+    ``projector`` picks the projector form: ``"mlp"`` (REPA: a 3-layer token-wise MLP of width
+    ``projector_dim``) or ``"conv"`` (iREPA: one ``projector_kernel`` x ``projector_kernel``
+    convolution with same padding on the token grid; ``projector_dim`` is then unused).  iREPA's
+    README uses kernel 3 (its LDM script's default is 1).
     """
 
     name: str = "SiT-XL/2"
@@ -68,6 +75,8 @@ class ModelConfig:
     encoder_depth: int | None = None
     z_dims: tuple[int, ...] = ()
     projector_dim: int = 2048
+    projector: str = "mlp"  # "mlp" (REPA) or "conv" (iREPA)
+    projector_kernel: int = 3  # conv projector: odd kernel size k (padding k // 2 keeps the grid)
     qk_norm: bool = False
     depth: int | None = None
     hidden_size: int | None = None
@@ -87,6 +96,11 @@ class ModelConfig:
             raise ValueError(f"unknown flavour {self.flavour!r}: use one of {FLAVOURS}")
         if self.attn_impl not in ("sdpa", "math"):
             raise ValueError(f"unknown attn_impl {self.attn_impl!r}: use 'sdpa' or 'math'")
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"unknown projector {self.projector!r}: use 'mlp' (REPA) or 'conv' (iREPA)")
+        k = self.projector_kernel
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"projector_kernel {k!r} is not an odd positive integer: use 1, 3, 5 or 7")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.input_size % patch:
@@ -137,6 +151,11 @@ def published_config(name: str, flavour: str | None = None, **overrides) -> Mode
 # ------------------------------------------------------------------------------------------------
 
 
+def _finite(value) -> bool:
+    """A real number (not a bool, not a string), finite."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 @dataclass
 class DataConfig:
     """What the model trains on: a built-in dataset (``shapes``, ``digits``), an image ``folder``, or
@@ -158,6 +177,10 @@ class TrainConfig:
     """One training run.  ``proj_coeff = 0`` is the vanilla baseline (no projector, no encoder).
 
     Defaults are REPA's ImageNet settings (REPA-NOTES section 2); presets below size them.
+    iREPA's two changes are options: ``target_norm="spatial"`` (with ``target_norm_gamma``,
+    ``target_norm_eps``) normalises each image's target tokens over space before the projection
+    loss, and ``model.projector="conv"`` (``model.projector_kernel``) swaps the MLP projector for a
+    convolution on the token grid.
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -169,6 +192,11 @@ class TrainConfig:
     proj_coeff: float = 0.5
     proj_loss: str = "cosine"  # "cosine" or "nt-xent"
     nt_xent_temperature: float = 0.1
+    # iREPA spatial normalisation of each image's target tokens before the projection loss
+    # (train.losses.spatial_normalize): "none" or "spatial"; gamma: 0.6 latent SiT, 0.8 pixel JiT
+    target_norm: str = "none"
+    target_norm_gamma: float = 0.6
+    target_norm_eps: float = 1e-6  # added to the (unbiased) std, as the official code
     path: str = "linear"
     time_sampling: str = "uniform"
     lr: float = 1e-4
@@ -224,6 +252,12 @@ class TrainConfig:
             errs.append(f"mixed_precision {self.mixed_precision!r} is unknown: use no, bf16 or fp16")
         if self.proj_loss not in ("cosine", "nt-xent"):
             errs.append(f"proj_loss {self.proj_loss!r} is unknown: use cosine or nt-xent")
+        if self.target_norm not in TARGET_NORMS:
+            errs.append(f"target_norm {self.target_norm!r} is unknown: use none or spatial (iREPA)")
+        if not _finite(self.target_norm_gamma):
+            errs.append(f"target_norm_gamma {self.target_norm_gamma!r} is not a finite number: use 0.6 (latent SiT) or 0.8 (pixel JiT)")
+        if not (_finite(self.target_norm_eps) and self.target_norm_eps > 0):
+            errs.append(f"target_norm_eps {self.target_norm_eps!r} is not a positive finite number (a constant channel divides by it): use 1e-6")
         if self.ckpt_series not in ("all", "log"):
             errs.append(f"ckpt_series {self.ckpt_series!r} is unknown: use all or log")
         if self.data.codec == "identity" and self.model.in_channels != 3:

@@ -35,7 +35,7 @@ from train import interpolants as itp
 from train.checkpoints import atomic_save, read_checkpoint
 from train.config import TrainConfig
 from train.errors import UserError
-from train.losses import PROJECTION_LOSSES, denoising_loss
+from train.losses import PROJECTION_LOSSES, denoising_loss, spatial_normalize
 from train.models import DiffusionTransformer
 
 Tensor = torch.Tensor
@@ -95,6 +95,18 @@ def keep_in_series(step: int, every: int, mode: str) -> bool:
         return False
     k = step // every
     return mode == "all" or (k & (k - 1)) == 0
+
+
+def training_targets(raw: list[Tensor], cfg: TrainConfig) -> list[Tensor]:
+    """The encoder tokens (B, T, D) the projection loss compares against, from the raw ones.
+
+    ``target_norm="none"``: the raw tokens; ``"spatial"``: iREPA's per-image spatial normalisation
+    (:func:`train.losses.spatial_normalize`, float32).  Applied after the :class:`TargetSource`
+    read, so stored and in-memory target caches hold raw tokens and serve runs of either setting.
+    """
+    if cfg.target_norm == "none":
+        return raw
+    return [spatial_normalize(y, cfg.target_norm_gamma, cfg.target_norm_eps) for y in raw]  # (B, T, D) each
 
 
 class TargetSource:
@@ -189,11 +201,15 @@ def write_run_config(out: Path, cfg: TrainConfig, extra: dict | None = None) -> 
 
 
 def check_resume_config(out: Path, cfg: TrainConfig) -> None:
-    """A run directory belongs to one configuration (the step count may grow)."""
+    """A run directory belongs to one configuration (the step count may grow).  Fields added to the
+    config after the run started count as their defaults (a run from before they existed resumes)."""
     f = out / "config.json"
     if not f.exists():
         return
-    old = json.loads(f.read_text())["config"]
+    try:
+        old = json.loads(json.dumps(TrainConfig.from_dict(json.loads(f.read_text())["config"]).to_dict()))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{out} holds a run whose config.json this version cannot read ({e}): use a new --out directory") from None
     new = json.loads(json.dumps(cfg.to_dict()))
     ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "threads", "device", "tensorboard"}
     diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
@@ -425,7 +441,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             with sync, acc.autocast():
                 res = train_model(x_t, t, labels, return_hidden=(), project=not cfg.vanilla, drop_mask=drop)
                 den = denoising_loss(res.out, x, noise, t, cfg.path).mean()
-                proj = proj_loss_fn(res.zs, targets(idx, images, flip)) if not cfg.vanilla else torch.zeros((), device=device)
+                if cfg.vanilla:
+                    proj = torch.zeros((), device=device)
+                else:  # raw targets [(B, T, z_dim)] -> training targets (spatially normalised if asked)
+                    proj = proj_loss_fn(res.zs, training_targets(targets(idx, images, flip), cfg))
                 loss = den + cfg.proj_coeff * proj
                 acc.backward(loss / cfg.grad_accum)
             sums[:3] += torch.stack([loss.detach(), den.detach(), proj.detach()]) / cfg.grad_accum

@@ -11,6 +11,9 @@ Every function takes explicit ``t`` and ``noise`` so a result is reproducible an
 * NT-Xent alternative (REPA ablation; temperature not published): for every token position, an
   InfoNCE over the batch: the prediction for image i must pick image i's target among all images'
   targets at that position, logits = cosine / temperature.
+* Spatial normalisation of the targets (iREPA, arXiv 2512.10794): each image's encoder tokens are
+  standardised per channel over the token positions before either loss sees them
+  (:func:`spatial_normalize`; ``TrainConfig.target_norm = "spatial"``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,30 @@ def nt_xent_loss(zs_pred: Sequence[Tensor], zs_target: Sequence[Tensor], tempera
             labels = torch.arange(p.shape[1], device=p.device).expand(p.shape[0], -1)
             terms.append(F.cross_entropy(logits.flatten(0, 1), labels.flatten()))
     return torch.stack(terms).mean()
+
+
+def spatial_normalize(y: Tensor, gamma: float = 0.6, eps: float = 1e-6) -> Tensor:
+    """iREPA's spatial normalisation of target tokens (arXiv 2512.10794), per image and channel.
+
+    ``z = (y - gamma * mean_t y) / (std_t y + eps)``: for each image b and channel d, the mean and
+    standard deviation run over the T token positions of ``y`` (B, T, D).  ``gamma = 1`` is a plain
+    z-score over space; ``gamma < 1`` keeps part of the per-image mean token (the component that all
+    positions share and that spatial normalisation is meant to damp); ``gamma = 0`` only rescales.
+    iREPA uses 0.6 for latent SiT and 0.8 for pixel JiT.
+
+    As the official code (End2End-Diffusion/iREPA, ``ldm/utils.py`` and ``jit/spnorm.py``,
+    ``spatial_zscore``): ``std`` is torch's default, the unbiased estimate (divides by T - 1), and
+    ``eps = 1e-6`` is added to the std, not to the variance; a constant channel becomes
+    ``(1 - gamma) * y / eps`` there, finite.  Computed in float32 (autocast off); returns float32
+    (B, T, D).  A pure function of ``y``.
+    """
+    if y.ndim != 3 or y.shape[1] < 2:
+        raise ValueError(f"spatial_normalize expects (B, T, D) tokens with T >= 2, got shape {tuple(y.shape)}")
+    with torch.autocast(device_type=y.device.type, enabled=False):
+        y = y.float()
+        mean = y.mean(dim=1, keepdim=True)            # (B, 1, D)
+        std = y.std(dim=1, keepdim=True)              # (B, 1, D), unbiased (T - 1)
+        return (y - gamma * mean) / (std + eps)       # (B, T, D)
 
 
 PROJECTION_LOSSES = {"cosine": projection_loss, "nt-xent": nt_xent_loss}

@@ -185,8 +185,44 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (N, T, p*p*C_out)
 
 
-def build_projector(dim: int, projector_dim: int, z_dim: int) -> nn.Sequential:
-    """REPA's projector: Linear(D, P) - SiLU - Linear(P, P) - SiLU - Linear(P, z_dim), token-wise."""
+class ConvProjector(nn.Module):
+    """iREPA's projector: one ``Conv2d(D, z_dim, k, padding=k // 2)`` on the token grid.
+
+    As the official code (End2End-Diffusion/iREPA ``ldm/models/sit.py`` and ``jit/projectors.py``,
+    ``ProjectionLayer`` with ``projection_layer_type="conv"``): a single convolution with bias, no
+    activation and no MLP.  The tokens (N, T, D) are laid out on the H x W grid, H = W = sqrt(T), in
+    row-major order (token n = row * W + col, the order of :class:`PatchEmbed`), convolved with zero
+    "same" padding, and read back in that order.  The attribute is named ``projection_layer`` as in
+    the official code, so a projector's weights are ``projectors.{i}.projection_layer.weight``
+    (z_dim, D, k, k).
+    """
+
+    def __init__(self, dim: int, z_dim: int, kernel: int):
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"conv projector kernel {kernel} is not odd: padding k // 2 keeps the grid only for odd k")
+        self.projection_layer = nn.Conv2d(dim, z_dim, kernel_size=kernel, padding=kernel // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, d = x.shape
+        h = w = math.isqrt(t)
+        if h * w != t:
+            raise ValueError(f"the conv projector needs a square token grid, got {t} tokens")
+        grid = x.reshape(n, h, w, d).permute(0, 3, 1, 2)   # (N, T, D) -> (N, H, W, D) -> (N, D, H, W)
+        z = self.projection_layer(grid)                    # (N, D, H, W) -> (N, z_dim, H, W)
+        return z.flatten(2).transpose(1, 2)                # (N, z_dim, H, W) -> (N, T, z_dim), row-major
+
+
+def build_projector(dim: int, projector_dim: int, z_dim: int, kind: str = "mlp", kernel: int = 3) -> nn.Module:
+    """A projector from hidden tokens (N, T, D) to target tokens (N, T, z_dim).
+
+    ``kind="mlp"``: REPA's Linear(D, P) - SiLU - Linear(P, P) - SiLU - Linear(P, z_dim), token-wise;
+    ``kind="conv"``: iREPA's :class:`ConvProjector` (``projector_dim`` unused).
+    """
+    if kind == "conv":
+        return ConvProjector(dim, z_dim, kernel)
+    if kind != "mlp":
+        raise ValueError(f"unknown projector {kind!r}: use 'mlp' or 'conv'")
     return nn.Sequential(
         nn.Linear(dim, projector_dim), nn.SiLU(),
         nn.Linear(projector_dim, projector_dim), nn.SiLU(),
@@ -228,15 +264,19 @@ class DiffusionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             [Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attn_impl) for _ in range(cfg.depth)]
         )
-        self.projectors = nn.ModuleList([build_projector(d, cfg.projector_dim, z) for z in cfg.z_dims])
+        self.projectors = nn.ModuleList([build_projector(d, cfg.projector_dim, z, cfg.projector, cfg.projector_kernel)
+                                         for z in cfg.z_dims])
         self.final_layer = FinalLayer(d, p, cfg.out_channels)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """The published initialisation: xavier linears, sin-cos positions, adaLN-Zero, zero output.
 
-        The projectors are initialised last, so that after the same seed a REPA model and its
-        vanilla twin draw identical backbone weights.
+        The projectors are initialised last, so that after the same seed a REPA model (either
+        projector) and its vanilla twin draw identical backbone weights.  MLP projectors get xavier
+        weights and zero biases; a conv projector keeps PyTorch's default Conv2d initialisation
+        (kaiming-uniform, a = sqrt(5), and a uniform bias), redrawn here, as in the official iREPA code,
+        whose initialisation touches only linear layers.
         """
         projector_linears = {id(m) for m in self.projectors.modules()}
         for m in self.modules():
@@ -261,6 +301,8 @@ class DiffusionTransformer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                m.reset_parameters()
 
     @property
     def time_convention(self) -> str:
@@ -349,6 +391,7 @@ def _unwrap(obj, weights: str) -> tuple[dict, dict]:
     meta: dict = {}
     if "model_config" in obj:  # this toolkit's checkpoints
         meta["model_config"] = obj["model_config"]
+        meta["train_config"] = obj.get("train_config")
         meta["step"] = obj.get("step")
     if "args" in obj:
         args = obj["args"]
@@ -373,6 +416,9 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
                  filename: str = "", **overrides) -> ModelConfig:
     """Size, patch, channels, classes, projectors and flavour from the tensors themselves.
 
+    Projectors: REPA's MLP (``projectors.{i}.{0,2,4}.weight``) or iREPA's conv
+    (``projectors.{i}.projection_layer.weight``, 4-D: its kernel size is read from the shape).
+
     What tensors cannot tell: the head count (taken from the published size of that width), the
     alignment depth (from the checkpoint's ``args.encoder_depth``, else the paper's default for the
     size) and DiT vs SiT for 8-channel outputs (``flavour=``, the ``args.model`` name, or a file name
@@ -387,8 +433,18 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
     out_ch = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
     n_proj = len({k.split(".")[1] for k in sd if k.startswith("projectors.")})
-    z_dims = tuple(sd[f"projectors.{i}.4.weight"].shape[0] for i in range(n_proj))
-    proj_dim = sd["projectors.0.0.weight"].shape[0] if n_proj else 2048
+    conv = [sd.get(f"projectors.{i}.projection_layer.weight") for i in range(n_proj)]  # iREPA: (z_dim, D, k, k)
+    conv = [w if w is not None and w.ndim == 4 else None for w in conv]
+    if any(w is None for w in conv) and any(w is not None for w in conv):
+        raise UserError("checkpoint mixes conv and MLP projectors, which one ModelConfig cannot describe: pass a checkpoint with one projector kind")
+    projector = "conv" if n_proj and conv[0] is not None else "mlp"
+    if projector == "conv":
+        if len({w.shape[-1] for w in conv}) > 1 or any(w.shape[-1] != w.shape[-2] for w in conv):
+            raise UserError(f"checkpoint's conv projectors have kernels {[tuple(w.shape[-2:]) for w in conv]}: one square kernel size is supported")
+        z_dims, proj_dim, kernel = tuple(w.shape[0] for w in conv), 2048, conv[0].shape[-1]
+    else:
+        z_dims = tuple(sd[f"projectors.{i}.4.weight"].shape[0] for i in range(n_proj))
+        proj_dim, kernel = (sd["projectors.0.0.weight"].shape[0] if n_proj else 2048), 3
     qk_norm = any(".attn.q_norm." in k for k in sd)
     size = _WIDTH_TO_SIZE.get(width)
     if size is None and name is None:
@@ -416,7 +472,8 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
     kw = dict(
         name=name or inferred, flavour=flavour, input_size=grid * patch, in_channels=in_ch,
         learn_sigma=out_ch == 2 * in_ch, num_classes=num_classes, null_class=null_class,
-        z_dims=z_dims, projector_dim=proj_dim, qk_norm=qk_norm, depth=depth, hidden_size=width,
+        z_dims=z_dims, projector_dim=proj_dim, projector=projector, projector_kernel=kernel, qk_norm=qk_norm,
+        depth=depth, hidden_size=width,
     )
     if "encoder_depth" in args:
         kw["encoder_depth"] = int(args["encoder_depth"])
@@ -432,7 +489,9 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
     (the released ``DiT-XL-2-256x256.pt``, ``SiT-XL-2-256x256.pt``, REPA's ``last.pt``) are used as
     they are.  Legacy checkpoints that pickle an ``argparse.Namespace`` load with
     ``weights_only=True`` and that one class allow-listed: no code from the file runs.  The model
-    carries ``flavour`` and ``time_convention``; :func:`predict` converts REPA time for it.
+    carries ``flavour`` and ``time_convention``; :func:`predict` converts REPA time for it, and
+    ``train_config``: the run's TrainConfig as a dict for this toolkit's checkpoints, else None (the
+    probes read the target normalisation the run trained with from it).
     """
     from train.checkpoints import read_checkpoint
 
@@ -453,6 +512,7 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
     st = os.stat(path)  # "file": which file was at that path (a run retrained in place is another one)
     model.source = {"path": str(FsPath(path).resolve()), "file": f"{st.st_size}:{st.st_mtime_ns}", "weights": meta["weights"],
                     "step": meta.get("step"), "flavour": cfg.flavour, "name": cfg.name}
+    model.train_config = meta.get("train_config")
     return model.to(device).eval()
 
 
