@@ -82,12 +82,14 @@ def _worker_init() -> None:
     torch.set_flush_denormal(True)  # as the training loop and the probes do
 
 
-def task_teacher() -> dict:
-    """Train (or load) the built-in teacher; its sidecar (config, time, held-out accuracy)."""
-    from train.encoders import TeacherConfig, train_builtin_teacher
+def task_teacher(name: str) -> dict:
+    """Train (or load) the built-in teacher ``name``; its sidecar (config, time, held-out accuracy)."""
+    from train.teacher import TEACHERS, train_builtin_teacher
 
-    path = train_builtin_teacher(TeacherConfig(), progress=False)
-    return json.loads(Path(path).with_suffix(".json").read_text())
+    if name not in TEACHERS:
+        return {"name": name}  # a published encoder: nothing to train
+    path = train_builtin_teacher(TEACHERS[name], progress=False)
+    return {"name": name, **json.loads(Path(path).with_suffix(".json").read_text())}
 
 
 def task_evaluator(cfg: dict) -> str:
@@ -122,30 +124,30 @@ def _cached_table(part: Path, compute: Callable[[], pd.DataFrame], inputs: list[
     return str(part.with_suffix(".parquet"))
 
 
-def task_probe(checkpoints: list[str], seed: int, options: dict, part: str) -> str:
-    """Every layer x t of every checkpoint of one run (``training_progress``), kept in ``part``."""
+def task_probe(checkpoints: list[str], seed: int, options: dict, part: str, dataset: str, encoder: str) -> str:
+    """Every layer x t of every checkpoint of one run (``training_progress``) against ``encoder``, kept in ``part``."""
     from probe.analyses import training_progress
 
-    return _cached_table(Path(part), lambda: training_progress(checkpoints, "shapes", encoders=("builtin-teacher",),
+    return _cached_table(Path(part), lambda: training_progress(checkpoints, dataset, encoders=(encoder,),
                                                                seed=seed, progress=False, **options).assign(seed_run=seed),
                          checkpoints)
 
 
-def task_projection(checkpoint: str, seed: int, n_images: int, part: str) -> str:
+def task_projection(checkpoint: str, seed: int, n_images: int, part: str, dataset: str, encoder: str) -> str:
     """REPA's projected tokens vs the teacher's on one final checkpoint, kept in ``part``."""
     from probe.analyses import projection_alignment
 
-    return _cached_table(Path(part), lambda: projection_alignment(checkpoint, "shapes", n_images=n_images, seed=seed,
-                                                                  progress=False).assign(seed_run=seed), [checkpoint])
+    return _cached_table(Path(part), lambda: projection_alignment(checkpoint, dataset, encoder=encoder, n_images=n_images,
+                                                                  seed=seed, progress=False).assign(seed_run=seed), [checkpoint])
 
 
 def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: list[tuple[int, str, str]],
-                align_depth: int, out: str) -> str:
+                align_depth: int, out: str, encoder: str) -> str:
     """Stack the parts into ``<out>/tables``: probe and projection tables, every run's training log,
     the seed-aggregated ``results.md``; and the teacher's sidecar as ``<out>/teacher.json``."""
     from probe.analyses import save_table
 
-    out, teacher = Path(out), task_teacher()  # cached by now: reads the sidecar
+    out, teacher = Path(out), task_teacher(encoder)  # cached by now: reads the sidecar
     tables = out / "tables"
     (out / "teacher.json").write_text(json.dumps(teacher, indent=2))
     probe, proj = combine(probe_parts), combine(projection_parts)
@@ -291,7 +293,8 @@ def plan(args: argparse.Namespace) -> Plan:
     probe_opts = {"n_images": args.n_images, "n_train": args.n_train, "probe_method": "sklearn",
                   "store": str(args.out / "store")}
     ProbeConfig(**probe_opts)  # bad probe settings fail here, not after the training runs
-    tasks = [Task("teacher", task_teacher), Task("evaluator", task_evaluator, (cfg0.to_dict(),))]
+    encoder, dataset = cfg0.encoders[0], cfg0.data.dataset
+    tasks = [Task("teacher", task_teacher, (encoder,)), Task("evaluator", task_evaluator, (cfg0.to_dict(),))]
     run_dirs, probes = {}, []
     for seed, cfg in cfgs.items():
         for run, c in (("repa", cfg), ("vanilla", as_vanilla(cfg))):
@@ -304,16 +307,18 @@ def plan(args: argparse.Namespace) -> Plan:
             ckpts = [str(out / "checkpoints" / f"step_{s:07d}.pt") for s in steps]
             stamp = {"checkpoints": ckpts, "config": c.to_dict(), "probe": probe_opts, "seed": seed}
             part = args.out / "parts" / f"probe_seed{seed}_{run}_{_key(stamp)}"
-            probes.append(Task(f"probe {run} seed {seed}", task_probe, (ckpts, seed, probe_opts, str(part)),
+            probes.append(Task(f"probe {run} seed {seed}", task_probe, (ckpts, seed, probe_opts, str(part), dataset, encoder),
                                (f"train {run} seed {seed}", "teacher")))
             if run == "repa":
                 part = args.out / "parts" / f"projection_seed{seed}_{_key({**stamp, 'n': args.n_images})}"
-                probes.append(Task(f"projection seed {seed}", task_projection, (ckpts[-1], seed, args.n_images, str(part)),
+                probes.append(Task(f"projection seed {seed}", task_projection,
+                                   (ckpts[-1], seed, args.n_images, str(part), dataset, encoder),
                                    (f"train {run} seed {seed}", "teacher")))
     align = cfg0.model.encoder_depth
     parts = {kind: [t.args[3] + ".parquet" for t in probes if t.name.startswith(kind)] for kind in ("probe", "projection")}
     tables = Task("tables", task_tables, (parts["probe"], parts["projection"],
-                                          [(seed, run, str(d)) for (seed, run), d in run_dirs.items()], align, str(args.out)),
+                                          [(seed, run, str(d)) for (seed, run), d in run_dirs.items()], align, str(args.out),
+                                          encoder),
                   ("teacher", *(t.name for t in probes)))
     samples = {run: str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{cfg0.steps:07d}.png") for run in RUNS}
     figures = [Task(f"figures {what}", task_figures, (str(args.out / "tables"), str(args.out / "figures"), what, align,

@@ -15,11 +15,7 @@ from pathlib import Path
 
 from train.config import PRESETS, TrainConfig, override, preset
 from train.errors import UserError
-
-
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+from train.errors import fail as _fail
 
 
 def train_parser() -> argparse.ArgumentParser:

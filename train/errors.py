@@ -8,3 +8,11 @@ The command-line entry points catch it and print that line instead of a tracebac
 
 class UserError(Exception):
     """A problem with the user's input; the message is one line: what is wrong, and the fix."""
+
+
+def fail(msg: str) -> int:
+    """Print ``error: msg`` on stderr and return the exit status of a refused command (2)."""
+    import sys
+
+    print(f"error: {msg}", file=sys.stderr)
+    return 2

@@ -936,7 +936,7 @@ def fid_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m train.evaluate {sample,fid} ...``; user errors end in one line and exit status 2."""
-    from train.cli import _fail
+    from train.errors import fail as _fail
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"sample": sample_main, "fid": fid_main}
