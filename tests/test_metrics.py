@@ -173,6 +173,9 @@ def test_cuda_matches_cpu(pair) -> None:
     assert cka(ac, bc, unbiased=True) == pytest.approx(cka(a, b, unbiased=True), abs=1e-10)
     assert mutual_knn(ac, bc, 10) == pytest.approx(mutual_knn(a, b, 10), abs=1e-12)
     torch.testing.assert_close(prepare(ac.float()).cpu(), prepare(a.float()))
+    tokens = torch.randn(5, 64, 16, dtype=torch.float64)
+    for name, value in spatial_metrics(tokens.cuda()).items():
+        torch.testing.assert_close(value.cpu(), spatial_metrics(tokens)[name])
 
 
 # --- spatial metrics (iREPA) ---------------------------------------------------------------------
