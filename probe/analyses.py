@@ -12,6 +12,9 @@ the evaluation images with the target encoder's, both passed through ``probe.met
 evaluation images; each encoder's own probe accuracy is a reference row (``is_reference``,
 ``layer = -1``).  With ``pooling="tokens"`` the metrics compare whole token maps (each image's
 tokens concatenated, the encoder's resampled to the model's grid) and probes read the token mean.
+The opt-in token-level metrics (``probe.tokens``: ``cknna_token``, and iREPA's spatial ``lds``,
+``cds``, ``rmsc`` of the model's tokens and, as reference rows, of each encoder's) come from the
+same extraction, reduced batch by batch; their rows have ``pooling = "tokens"``.
 :func:`save_table` writes parquet, CSV and a JSON sidecar with the full configuration.
 """
 
@@ -34,6 +37,7 @@ from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, _check_choice
                            extract, image_noise, image_set, model_provenance, resolve_layers)
 from probe.linear import METHODS, probe_accuracy
 from probe.metrics import cka, cknna, mutual_knn, prepare
+from probe.tokens import TOKEN_METRICS, TokenPlan, encoder_tokens, reference_rows, token_plan, token_rows
 from train.data import build_dataset
 from train.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resample_tokens
 from train.checkpoints import atomic_write
@@ -55,7 +59,9 @@ class ProbeConfig:
     ``n_train=0`` or no ``"linear_probe"`` in ``metrics`` skips the probes; ``q=None`` disables
     clipping; ``cknna_mode`` is the score mode of CKNNA and CKA (``probe.metrics``); ``store``
     keeps extracted features (``<store>/features``) and encoder features (``<store>/encoders``;
-    without a store they are cached under ``$REPA_CACHE/encoder-features``).
+    without a store they are cached under ``$REPA_CACHE/encoder-features``).  Token-level metrics
+    (``probe.tokens``): ``token_samples`` (image, token) pairs for ``cknna_token``; ``r_near`` and
+    ``r_far`` for ``lds`` (``r_far=None``: scaled to the grid, ``probe.metrics.default_r_far``).
     """
 
     dataset: str = "shapes"
@@ -73,6 +79,9 @@ class ProbeConfig:
     q: float | None = 0.95
     normalize: bool = True
     pooling: str = "mean"
+    token_samples: int = 2000
+    r_near: int = 1
+    r_far: int | None = None
     label: str = "null"
     seed: int = 0
     codec: str = "identity"
@@ -104,6 +113,10 @@ class ProbeConfig:
             raise UserError(f"k={self.k} is too small: pass k >= 2 (the paper uses 10)")
         if self.n_images is not None and any(m in ALIGNMENT for m in self.metrics) and self.n_images <= self.k:
             raise UserError(f"n_images={self.n_images} evaluation images for k={self.k} nearest neighbours: pass more than {self.k} images or a smaller k")
+        if "cknna_token" in self.metrics and not self.token_samples > self.k:
+            raise UserError(f"token_samples={self.token_samples} token pairs for k={self.k} nearest neighbours: pass more than {self.k} (e.g. 2000)")
+        if not (self.r_near >= 1 and (self.r_far is None or self.r_far > self.r_near)):
+            raise UserError(f"lds radii r_near={self.r_near}, r_far={self.r_far}: pass 1 <= r_near < r_far (or r_far=None, scaled to the grid)")
         if self.n_train is not None and self.n_train == 1:
             raise UserError("n_train=1: a linear probe needs at least 2 training images (0 skips the probes)")
 
@@ -123,7 +136,7 @@ ALIGNMENT: dict[str, Callable[[Tensor, Tensor, ProbeConfig], float]] = {
     "cka": lambda a, b, c: cka(a, b, mode=c.cknna_mode),
     "mutual_knn": lambda a, b, c: mutual_knn(a, b, k=c.k),
 }
-METRICS = (*ALIGNMENT, "linear_probe")
+METRICS = (*ALIGNMENT, "linear_probe", *TOKEN_METRICS)  # the token-level ones are opt-in (not in the defaults)
 COLUMNS = ["run", "checkpoint", "step", "flavour", "model", "weights", "layer", "t", "model_t", "metric", "target",
            "value", "is_reference", "pooling", "preprocessing", "k", "cknna_mode", "seed", "n_images", "n_train",
            "label", "dataset", "codec", "probe_method", "code_version"]
@@ -203,15 +216,19 @@ def _probe_input(values: Tensor) -> Tensor:
     return (values.mean(-2) if values.ndim == 5 else values).flatten(0, 1)
 
 
-def _targets(encoders: list[Encoder], eval_set: ImageSet, train_set: ImageSet | None, cfg: ProbeConfig) -> tuple[dict, list[dict]]:
-    """Encoder features {name: (eval, train or None)} and their reference linear-probe rows."""
+def _targets(encoders: list[Encoder], eval_set: ImageSet, train_set: ImageSet | None, cfg: ProbeConfig,
+             plan: TokenPlan | None) -> tuple[dict, list[dict]]:
+    """Encoder features {name: (eval, train or None, token values or None)} and their reference rows
+    (linear probe; spatial metrics)."""
     cache = Path(cfg.store) / "encoders" if cfg.store else repa_cache_dir() / "encoder-features"
     kw = dict(pooling=cfg.pooling, batch_size=cfg.batch_size, cache_dir=cache, progress=cfg.progress)
     targets, rows = {}, []
     for enc in encoders:
         feats = encoder_features(enc, eval_set, **kw)
         train = encoder_features(enc, train_set, **kw) if train_set is not None else None
-        targets[enc.name] = (feats, train)
+        tokens = encoder_tokens(enc, eval_set, plan, cfg.batch_size, cache, cfg.progress) if plan is not None else None
+        targets[enc.name] = (feats, train, tokens)
+        rows += reference_rows(enc.name, tokens) if tokens is not None else []
         if train is not None:
             acc = _probe(_probe_input(train[None, None]), train_set.labels(), _probe_input(feats[None, None]), eval_set.labels(), cfg)
             rows.append({"layer": -1, "metric": "linear_probe", "target": enc.name, "value": acc[0].item(), "is_reference": True})
@@ -230,12 +247,16 @@ def _probe(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, cfg
 
 
 def _measure(model: DiffusionTransformer, eval_set: ImageSet, train_set: ImageSet | None, targets: dict,
-             codec: Codec, cfg: ProbeConfig) -> list[dict]:
-    """Rows of one model: alignment metrics per layer x t x target, linear probes per layer x t."""
+             codec: Codec, cfg: ProbeConfig, plan: TokenPlan | None) -> list[dict]:
+    """Rows of one model: alignment metrics per layer x t x target, linear probes per layer x t, and
+    the token-level metrics of ``plan``."""
     store = str(Path(cfg.store) / "features") if cfg.store and hasattr(model, "source") else None
     kw = dict(ts=cfg.ts, layers=cfg.layers, codec=codec, pooling=cfg.pooling, label=cfg.label, seed=cfg.seed,
               batch_size=cfg.batch_size, store=store, progress=cfg.progress)
-    feats = extract(model, eval_set, **kw)
+    if plan is not None and model.cfg.num_tokens != plan.grid**2:
+        raise UserError(f"{model.cfg.name} has {model.cfg.num_tokens} tokens where the first checkpoint has {plan.grid**2}: "
+                        "token-level metrics need every checkpoint of an analysis on one token grid (probe them separately)")
+    feats = extract(model, eval_set, **kw, tokens=plan)
     prov = feats.provenance
     grid = math.isqrt(model.cfg.num_tokens)
     base = {key: prov[key] for key in ("checkpoint", "step", "flavour", "model", "weights")}
@@ -243,12 +264,14 @@ def _measure(model: DiffusionTransformer, eval_set: ImageSet, train_set: ImageSe
              for layer in feats.layers for ti, t in enumerate(feats.ts)]
     rows = []
     wanted = [m for m in cfg.metrics if m in ALIGNMENT]
-    for name, (target, _) in (targets.items() if wanted else ()):
+    for name, (target, _, _) in (targets.items() if wanted else ()):
         b = target if cfg.pooling == "mean" else resample_tokens(target, grid)
         b = prepare(b.flatten(1).to(cfg.device), cfg.q, cfg.normalize)  # token maps: (N, T * D)
         for cell in cells:
             a = prepare(feats.get(cell["layer"], cell["t"]).flatten(1).to(cfg.device), cfg.q, cfg.normalize)
             rows += [{**cell, "metric": m, "target": name, "value": ALIGNMENT[m](a, b, cfg)} for m in wanted]
+    if plan is not None:
+        rows += token_rows(feats, cells, {name: tokens for name, (_, _, tokens) in targets.items()}, cfg)
     if train_set is not None:
         train = extract(model, train_set, **kw)
         acc = _probe(_probe_input(train.values), train.labels, _probe_input(feats.values), feats.labels, cfg)
@@ -270,11 +293,12 @@ def _analyse(runs: Sequence[tuple[str, Checkpoint]], dataset: str | tuple[Any, A
     model = _load_model(runs[0][1], cfg)
     resolve_layers(model, cfg.layers)  # fail before any encoding
     eval_set, train_set = _image_sets(dataset, cfg, model, codec)
+    plan = token_plan(cfg, len(eval_set), model.cfg.num_tokens)  # None unless a token-level metric is asked for
     loaded = _load_encoders(encoders, cfg)
-    targets, rows = _targets(loaded, eval_set, train_set, cfg)
+    targets, rows = _targets(loaded, eval_set, train_set, cfg, plan)
     for i, (run, ckpt) in enumerate(runs):
         model = _load_model(ckpt, cfg) if i else model
-        rows += [{"run": run, **row} for row in _measure(model, eval_set, train_set, targets, codec, cfg)]
+        rows += [{"run": run, **row} for row in _measure(model, eval_set, train_set, targets, codec, cfg, plan)]
     common = {"pooling": cfg.pooling, "preprocessing": cfg.preprocessing, "k": cfg.k, "cknna_mode": cfg.cknna_mode,
               "seed": cfg.seed, "n_images": len(eval_set), "n_train": len(train_set) if train_set else 0,
               "label": cfg.label, "dataset": eval_set.name, "codec": codec.name, "probe_method": cfg.probe_method,

@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("measurement")
     g.add_argument("--t", nargs="+", type=float, default=list(DEFAULT_TS), help="noise levels in REPA time, 0 = clean (default: 0 0.25 0.5)")
     g.add_argument("--layers", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers")
-    g.add_argument("--metrics", nargs="+", default=list(d.metrics), choices=METRICS)
+    g.add_argument("--metrics", nargs="+", default=list(d.metrics), choices=METRICS,
+                   help="default: %(default)s; opt-in: cknna_token (patch tokens as samples), lds, cds, rmsc (iREPA's spatial metrics)")
+    g.add_argument("--token-samples", type=int, default=d.token_samples, help="(image, token) pairs for cknna_token (default: %(default)s)")
+    g.add_argument("--r-near", type=int, default=d.r_near, help="lds: near pairs at Manhattan distance 1..R (default: %(default)s)")
+    g.add_argument("--r-far", type=int, default=d.r_far, help="lds: far pairs at distance >= R (default: iREPA's 6 on 16x16, scaled to the grid)")
     g.add_argument("--k", type=int, default=d.k, help="neighbours for CKNNA / mutual k-NN (default: %(default)s)")
     g.add_argument("--cknna-mode", default=d.cknna_mode, choices=["reference", "exact"])
     g.add_argument("--q", type=float, default=d.q, help="outlier clipping quantile; 1 disables (default: %(default)s)")
@@ -108,7 +112,8 @@ def _config(args: argparse.Namespace) -> ProbeConfig:
         dataset=args.dataset, data_root=args.data_root, image_size=args.image_size, split=args.split,
         n_images=args.n_images, train_split=args.train_split, n_train=args.n_train, ts=tuple(args.t),
         layers=_layers(args.layers), metrics=tuple(args.metrics), k=args.k, cknna_mode=args.cknna_mode,
-        q=args.q, normalize=not args.no_normalize, pooling=args.pooling, label=args.label, seed=args.seed,
+        q=args.q, normalize=not args.no_normalize, pooling=args.pooling, token_samples=args.token_samples,
+        r_near=args.r_near, r_far=args.r_far, label=args.label, seed=args.seed,
         codec=args.codec, weights=args.weights, encoder_weights=tuple(args.encoder_weights),
         random_init_encoder=args.random_init_encoder, probe_method=args.probe_method, probe_epochs=args.probe_epochs,
         probe_batch_size=args.probe_batch_size, probe_lr=args.probe_lr, batch_size=args.batch_size,

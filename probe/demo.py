@@ -281,7 +281,7 @@ class Plan:
 
 def plan(args: argparse.Namespace) -> Plan:
     """The task graph of a demo run (``args``: the command line's seeds, steps, set, out, n_images, n_train)."""
-    from probe.analyses import METRICS, ProbeConfig
+    from probe.analyses import ProbeConfig
     from train.cli import as_vanilla
     from train.loop import keep_in_series
 
@@ -292,7 +292,9 @@ def plan(args: argparse.Namespace) -> Plan:
     # (README, "Probing"), a standardised logistic regression (lbfgs) is not, and is as fast here
     probe_opts = {"n_images": args.n_images, "n_train": args.n_train, "probe_method": "sklearn",
                   "store": str(args.out / "store")}
-    ProbeConfig(**probe_opts)  # bad probe settings fail here, not after the training runs
+    if getattr(args, "metrics", None):  # only when asked: the default's part keys stay as they were
+        probe_opts["metrics"] = tuple(args.metrics)
+    metrics = ProbeConfig(**probe_opts).metrics  # bad probe settings fail here, not after the training runs
     encoder, dataset = cfg0.encoders[0], cfg0.data.dataset
     tasks = [Task("teacher", task_teacher, (encoder,)), Task("evaluator", task_evaluator, (cfg0.to_dict(),))]
     run_dirs, probes = {}, []
@@ -323,7 +325,7 @@ def plan(args: argparse.Namespace) -> Plan:
     samples = {run: str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{cfg0.steps:07d}.png") for run in RUNS}
     figures = [Task(f"figures {what}", task_figures, (str(args.out / "tables"), str(args.out / "figures"), what, align,
                                                       samples), ("tables",))
-               for what in ("training", *METRICS)]
+               for what in ("training", *metrics)]
     # the short projection tasks last: they fill the gaps while the last probes finish
     probes.sort(key=lambda t: t.name.startswith("projection "))
     return Plan(tasks + probes + [tables] + figures, run_dirs, align, samples)
@@ -352,10 +354,10 @@ def combine(paths: list[str]) -> pd.DataFrame:
 
 
 def draw(tables: Path, out: Path, align_depth: int, samples: dict[str, str]) -> list[str]:
-    """All figures from saved tables, in this process (``--figures-only``)."""
-    from probe.analyses import METRICS
-
-    return [p for what in ("training", *METRICS) for p in task_figures(str(tables), str(out), what, align_depth, samples)]
+    """All figures from saved tables, in this process (``--figures-only``): every metric the probe table holds."""
+    probe = pd.read_csv(tables / "probe.csv", usecols=["metric", "is_reference"])
+    metrics = list(dict.fromkeys(probe.loc[~probe["is_reference"].astype(bool), "metric"]))
+    return [p for what in ("training", *metrics) for p in task_figures(str(tables), str(out), what, align_depth, samples)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="worker processes, one thread each (default: the CPU cores, at most 8)")
     ap.add_argument("--n-images", type=int, default=500, help="evaluation images probed per checkpoint")
     ap.add_argument("--n-train", type=int, default=500, help="images the linear probes are fitted on")
+    ap.add_argument("--metrics", nargs="+", help="probe metrics (default: repa-probe's; add e.g. cknna_token lds cds rmsc)")
     ap.add_argument("--figures-only", action="store_true", help="redraw the figures from the saved (or committed) tables")
     args = ap.parse_args(argv)
     t0 = time.time()

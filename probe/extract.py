@@ -11,7 +11,9 @@ that change the numbers (REPA-NOTES section 5) are explicit parameters recorded 
   checkpoint, layer AND t (curves over t differ by noise level only, never by the draw);
 * latents: the codec's posterior mean (deterministic; SD-VAE's posterior std is tiny);
 * label: the null class (the paper's choice, no label leak) or the real label;
-* pooling: mean over patch tokens (the paper's) or all tokens kept.
+* pooling: mean over patch tokens (the paper's) or all tokens kept;
+* ``tokens`` (a ``probe.tokens.TokenPlan``): besides the pooled features, a seeded sample of
+  (image, token) pairs and each image's spatial metrics, reduced batch by batch (never all tokens).
 
 The optional store is a directory with one safetensors shard per (checkpoint config, t, image chunk)
 under ``<store>/<key>/``; ``key`` hashes the provenance (which includes the checkpoint file's size
@@ -26,9 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -43,6 +45,9 @@ from train.interpolants import interpolate
 from train.latents import Codec, build_codec
 from train.loop import git_revision
 from train.models import DiffusionTransformer, model_time, predict
+
+if TYPE_CHECKING:
+    from probe.tokens import TokenPlan
 
 DEFAULT_TS = (0.0, 0.25, 0.5)
 POOLINGS = ("mean", "tokens")
@@ -168,7 +173,9 @@ def image_noise(indices: Tensor, shape: Sequence[int], seed: int) -> Tensor:
 @dataclass
 class Features:
     """Hidden states ``values``: (layers, ts, N, D) float32 (``(layers, ts, N, T, D)`` for tokens),
-    with the ``layers``, REPA times ``ts``, dataset ``indices`` and ``labels`` (N,) and provenance."""
+    with the ``layers``, REPA times ``ts``, dataset ``indices`` and ``labels`` (N,) and provenance;
+    with a token plan also the sampled ``tokens`` (layers, ts, M, D) and the per-image ``spatial``
+    metrics ``{name: (layers, ts, N)}``."""
 
     values: Tensor
     layers: list[int]
@@ -176,6 +183,8 @@ class Features:
     indices: Tensor
     labels: Tensor
     provenance: dict
+    tokens: Tensor | None = None
+    spatial: dict[str, Tensor] = field(default_factory=dict)
 
     def get(self, layer: int, t: float) -> Tensor:
         """Features of one layer at one noise level: (N, D) or (N, T, D)."""
@@ -233,12 +242,14 @@ def extract(
     store: str | os.PathLike | None = None,
     shard_size: int = 4096,
     progress: bool = True,
+    tokens: TokenPlan | None = None,
 ) -> Features:
     """Hidden states of ``model`` for every layer x t on ``images`` (see the module docstring).
 
     ``images``: anything :func:`image_set` takes.  With ``store``, chunks of ``shard_size`` images
     are written per t as they finish and shards already there (same provenance) are read instead of
-    recomputed; the result is the same either way.
+    recomputed; the result is the same either way.  ``tokens``: a ``probe.tokens.TokenPlan`` whose
+    pairs index positions in ``images`` (kept in the shards too; part of the store key).
     """
     ts, layers = check_ts(ts), resolve_layers(model, layers)
     _check_choice(pooling, POOLINGS, "pooling")
@@ -251,6 +262,8 @@ def extract(
     prov = {**model_provenance(model), "layers": layers, "pooling": pooling, "label": label, "seed": seed,
             "n_images": len(images), "codec": codec.name, "dataset": images.name, "data_identity": images.identity,
             "path": "linear"}
+    if tokens is not None:
+        prov["tokens"] = tokens.provenance
     if store is not None and prov["checkpoint"] == "in-memory":
         raise UserError("a feature store needs a model loaded from a checkpoint (train.models.load): save the model or pass store=None")
     key, prov_json = digest(prov), json.dumps(prov, sort_keys=True)
@@ -262,12 +275,14 @@ def extract(
         return Path(store) / key / f"t{t:.4f}_{start:07d}-{stop:07d}.safetensors"
 
     bar = tqdm(total=len(images) * len(ts), unit="img", desc=f"extract {cfg.name}", disable=not progress)
-    parts: dict[float, list[Tensor]] = {t: [] for t in ts}
+    parts: dict[float, list[dict[str, Tensor]]] = {t: [] for t in ts}
     for start, stop in chunks:
         done = {t for t in ts if store is not None and (_shard_meta(shard(t, start, stop)) or {}).get("provenance") == prov_json}
         todo = [t for t in ts if t not in done]
         bar.update((stop - start) * len(done))
         got: dict[float, list[Tensor]] = {t: [] for t in todo}
+        kept: dict[float, list[list[tuple[Tensor, Tensor]]]] = {t: [] for t in todo}
+        pos = start
         for idx, imgs, labs in (images.batches(batch_size, start, stop) if todo else ()):
             if label == "real" and not (0 <= labs.min() and labs.max() < cfg.num_classes):
                 raise UserError(f"label mode 'real' needs labels in 0..{cfg.num_classes - 1}, got {labs.min().item()}..{labs.max().item()}: pass labelled images or label='null'")
@@ -279,23 +294,32 @@ def extract(
             for t in todo:
                 out = predict(model, interpolate(x, noise, t), t, y, return_hidden=layers, head=False)
                 got[t].append(torch.stack([pool(out.hidden[layer], pooling).float().cpu() for layer in layers]))
+                if tokens is not None:
+                    kept[t].append([tokens.reduce(out.hidden[layer], pos) for layer in layers])
                 bar.update(len(idx))
+            pos += len(idx)
         for t in ts:
             if t in done:
                 tensors = load_file(str(shard(t, start, stop)))
             else:
                 tensors = {"features": torch.cat(got[t], dim=1), "indices": images.indices[start:stop].clone()}
+                if tokens is not None:  # (L, m, D) sampled tokens, (L, S, n) per-image spatial metrics
+                    tensors["tokens"] = torch.cat([torch.stack([s for s, _ in b]) for b in kept[t]], dim=1)
+                    tensors["spatial"] = torch.cat([torch.stack([v for _, v in b]) for b in kept[t]], dim=2)
                 if store is not None:
                     meta = {"provenance": prov_json, "t": str(t), "model_t": str(model_ts[t]), "start": str(start),
                             "stop": str(stop), "code_version": version}
                     atomic_write(shard(t, start, stop), lambda tmp: save_file(tensors, tmp, metadata=meta))
-            parts[t].append(tensors["features"])
+            parts[t].append(tensors)
     bar.close()
     if store is not None:
         atomic_write(Path(store) / "index.parquet", read_index(store).to_parquet)
-    values = torch.stack([torch.cat(parts[t], dim=1) for t in ts], dim=1)  # (L, T, N, D)
+    joined = lambda name, dim: torch.stack([torch.cat([p[name] for p in parts[t]], dim) for t in ts], dim=1)  # noqa: E731
+    values = joined("features", 1)  # (L, T, N, D)
+    sampled, per_image = (joined("tokens", 1), joined("spatial", 2)) if tokens is not None else (None, None)  # (L, T, M, D), (L, T, S, N)
+    spatial = {m: per_image[:, :, i] for i, m in enumerate(tokens.spatial)} if tokens is not None else {}
     prov.update(ts=list(ts), model_ts=[model_ts[t] for t in ts], code_version=version)
-    return Features(values, layers, list(ts), images.indices, images.labels(), prov)
+    return Features(values, layers, list(ts), images.indices, images.labels(), prov, sampled, spatial)
 
 
 def read_index(store: str | os.PathLike) -> pd.DataFrame:
@@ -306,6 +330,8 @@ def read_index(store: str | os.PathLike) -> pd.DataFrame:
         if meta and "provenance" in meta:
             prov = json.loads(meta["provenance"])
             prov["layers"] = json.dumps(prov["layers"])
+            if "tokens" in prov:
+                prov["tokens"] = json.dumps(prov["tokens"])
             rows.append({"file": str(path.relative_to(store)), "t": float(meta["t"]), "model_t": float(meta["model_t"]),
                          "start": int(meta["start"]), "stop": int(meta["stop"]), "code_version": meta["code_version"], **prov})
     return pd.DataFrame(rows)

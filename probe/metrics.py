@@ -1,4 +1,5 @@
-"""Representation-alignment metrics: CKNNA, linear CKA and mutual k-NN, without N x N matrices.
+"""Representation-alignment metrics: CKNNA, linear CKA and mutual k-NN, without N x N matrices;
+and the spatial-structure metrics of iREPA (LDS, CDS, RMSC) of patch tokens on a grid.
 
 Definitions follow the reference implementation of Huh et al. 2024, "The Platonic Representation
 Hypothesis" (github.com/minyoungg/platonic-rep, ``metrics.py`` and ``measure_alignment.py``,
@@ -24,16 +25,23 @@ Conventions shared by all public metrics:
 * Ties in top-k: neighbour sets come from ``torch.topk`` on the same row values as the reference,
   so they agree on data without tied similarities; with exact ties, which tied column is kept is
   implementation-defined (in the reference too) and results may differ.
+
+The spatial metrics (:func:`lds`, :func:`cds`, :func:`rmsc`, :func:`spatial_metrics`) take the
+tokens ``(N, T, D)`` of N images on a square grid instead; see :func:`spatial_metrics`.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Literal
+from functools import lru_cache
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from train.errors import UserError
 
 Mode = Literal["reference", "exact"]
 
@@ -176,6 +184,117 @@ def mutual_knn(
     keys_a = _keys(_gram_topk(a, k, rows, -1e8)[1])
     keys_b = _keys(_gram_topk(b, k, rows, -1e8)[1])
     return torch.isin(keys_a, keys_b).sum().item() / (n * k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spatial structure of patch tokens (iREPA)
+
+SPATIAL = ("lds", "cds", "rmsc")
+_SPATIAL_CHUNK = 1 << 24  # Gram entries (images x T x T) formed at once: 64 MiB in float32
+
+
+def spatial_metrics(tokens: Tensor, metrics: Sequence[str] = SPATIAL, r_near: int = 1,
+                    r_far: int | None = None) -> dict[str, Tensor]:
+    """Per-image spatial-structure metrics of patch tokens: ``{name: (N,) float64}``.
+
+    Singh et al. 2025, "What matters for representation alignment" (iREPA, arXiv 2512.10794;
+    github.com/End2End-Diffusion/iREPA, ``metrics/spatial_metrics.py``, commit 99ad4ac).
+    ``tokens``: ``(N, T, D)``, T = g * g tokens of each image in row-major order (token index
+    ``row * g + col``). With ``x^_t = x_t / |x_t|`` (``F.normalize``, eps 1e-8, as the reference),
+    ``K(t, t') = <x^_t, x^_t'>`` and ``d(t, t')`` the Manhattan distance of the grid positions:
+
+    * ``lds`` (local vs distant similarity): ``mean K over pairs with 0 < d <= r_near`` minus
+      ``mean K over pairs with d >= r_far``. The reference averages each set over all its pairs of
+      an image pooled (not per distance): the near set is its 4-neighbour pairs, each unordered
+      pair once (``r_near = 1`` fixed there), the far set is every ordered pair ``t != t'`` of the
+      T x T Gram matrix; K is symmetric, so ordered and unordered means agree, and self-pairs never
+      qualify. Its ``far_dist`` is 6 on 16 x 16 grids; ``r_far=None`` scales that to the grid:
+      ``max(r_near + 1, 6 g / 16 rounded half up)`` (16 -> 6, 8 -> 3, 4 -> 2, 32 -> 12).
+    * ``cds`` (correlation-decay slope): minus the least-squares slope of ``S(d) = mean K over
+      pairs at distance d`` against d = 1 .. g // 2 (the reference's ``dmax`` is 8 on 16 x 16).
+    * ``rmsc`` (RMS spatial contrast): ``sqrt(mean_t |x^_t - mean_s x^_s|^2)`` per image; as in the
+      reference, the square root is taken per image and the images' values are then averaged.
+
+    Each value is per image; the public :func:`lds`, :func:`cds`, :func:`rmsc` average them over
+    images (equally weighted, as the reference's ``per_image.mean()``). Computed in float32 (float64
+    for float64 input) from batched Gram matrices and a precomputed distance matrix.
+    """
+    names = tuple(metrics)
+    if any(m not in SPATIAL for m in names):
+        raise UserError(f"unknown spatial metric in {list(names)}: use {', '.join(SPATIAL)}")
+    g = _check_tokens(tokens)
+    near, far = _lds_radii(g, r_near, r_far) if "lds" in names else (1, 2)
+    if "cds" in names and g < 4:
+        raise UserError(f"cds fits a slope over distances 1..g//2 and needs a grid of at least 4 x 4 tokens, got {g} x {g}: drop cds or use more tokens")
+    x = F.normalize(tokens.to(torch.float64 if tokens.dtype == torch.float64 else torch.float32), dim=-1, eps=1e-8)
+    out: dict[str, Tensor] = {}
+    if "rmsc" in names:
+        out["rmsc"] = (x - x.mean(1, keepdim=True)).square().sum(-1).mean(1).sqrt().double()
+    if "lds" in names or "cds" in names:
+        weights, ds = _pair_weights(g, near, far, str(x.device))     # (T*T, 2 + g//2): columns average pairs
+        per = max(1, _SPATIAL_CHUNK // g**4)
+        means = torch.cat([(x[i:i + per] @ x[i:i + per].transpose(1, 2)).flatten(1) @ weights.to(x.dtype)
+                           for i in range(0, x.shape[0], per)]).double()  # (N, 2 + g//2)
+        if "lds" in names:
+            out["lds"] = means[:, 0] - means[:, 1]
+        if "cds" in names:
+            s, d = means[:, 2:], ds.double() - ds.double().mean()
+            out["cds"] = -((s - s.mean(1, keepdim=True)) @ d) / (d @ d)
+    return {m: out[m] for m in names}
+
+
+def lds(tokens: Tensor, r_near: int = 1, r_far: int | None = None) -> float:
+    """Local-vs-distant similarity, averaged over images (see :func:`spatial_metrics`)."""
+    return spatial_metrics(tokens, ("lds",), r_near, r_far)["lds"].mean().item()
+
+
+def cds(tokens: Tensor) -> float:
+    """Correlation-decay slope, averaged over images (see :func:`spatial_metrics`)."""
+    return spatial_metrics(tokens, ("cds",))["cds"].mean().item()
+
+
+def rmsc(tokens: Tensor) -> float:
+    """RMS spatial contrast, averaged over images (see :func:`spatial_metrics`)."""
+    return spatial_metrics(tokens, ("rmsc",))["rmsc"].mean().item()
+
+
+def default_r_far(grid: int, r_near: int = 1) -> int:
+    """The far radius of :func:`lds` when none is given: iREPA's 6 on 16 x 16, scaled to the grid."""
+    return max(r_near + 1, (6 * grid + 8) // 16)
+
+
+def _check_tokens(tokens: Tensor) -> int:
+    """The grid side of ``(N, T, D)`` tokens on a square grid, else a UserError."""
+    if not isinstance(tokens, Tensor) or tokens.ndim != 3 or 0 in tokens.shape:
+        raise UserError(f"spatial metrics take tokens (N, T, D) of N images, got shape {tuple(getattr(tokens, 'shape', ()))}: pass a non-empty 3-d tensor")
+    t = tokens.shape[1]
+    g = math.isqrt(t)
+    if t < 2 or g * g != t:
+        raise UserError(f"{t} tokens per image do not form a square grid of at least 2 x 2: pass T = g * g tokens in row-major order (patch tokens only, no class token)")
+    if not torch.isfinite(tokens).all():
+        raise UserError("the tokens hold NaN or infinite values: check the model or encoder that produced them")
+    return g
+
+
+def _lds_radii(g: int, r_near: int, r_far: int | None) -> tuple[int, int]:
+    far = default_r_far(g, r_near) if r_far is None and isinstance(r_near, int) else r_far
+    ok = all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in (r_near, far))
+    if not ok or not 1 <= r_near < far <= 2 * (g - 1):
+        raise UserError(f"lds radii r_near={r_near}, r_far={far} must be ints with 1 <= r_near < r_far <= {2 * (g - 1)} "
+                        f"(the largest distance on a {g} x {g} grid): pass e.g. r_near=1, r_far=None (scaled to the grid)")
+    return int(r_near), int(far)
+
+
+@lru_cache(maxsize=16)
+def _pair_weights(g: int, r_near: int, r_far: int, device: str) -> tuple[Tensor, Tensor]:
+    """Columns that average a flattened T x T Gram matrix over pairs: LDS near, LDS far, then one per
+    distance d = 1 .. max(g // 2, 1) (CDS); and those distances."""
+    pos = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1).reshape(-1, 2)
+    dist = (pos[:, None] - pos[None]).abs().sum(-1).flatten()    # (T*T,) Manhattan
+    ds = torch.arange(1, max(g // 2, 1) + 1)
+    masks = [(dist > 0) & (dist <= r_near), dist >= r_far, *(dist == d for d in ds)]
+    w = torch.stack([m.double() / m.sum() for m in masks], 1)
+    return w.to(device), ds.to(device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from train.errors import UserError  # noqa: E402
 
-METRIC_LABELS = {"cknna": "CKNNA", "cka": "linear CKA", "mutual_knn": "mutual k-NN", "linear_probe": "linear-probe accuracy"}
+METRIC_LABELS = {"cknna": "CKNNA", "cka": "linear CKA", "mutual_knn": "mutual k-NN", "linear_probe": "linear-probe accuracy",
+                 "cknna_token": "token-level CKNNA", "lds": "LDS (local - distant cosine)", "cds": "CDS (cosine decay slope)",
+                 "rmsc": "RMSC (RMS spatial contrast)"}
+UNPAIRED = ("lds", "cds", "rmsc")  # spatial metrics describe the model alone: no target in the titles
+
+
+def _label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
 
 
 def _save(fig: plt.Figure, out: str | os.PathLike, name: str) -> list[Path]:
@@ -79,10 +86,10 @@ def layer_curves(df: pd.DataFrame, out: str | os.PathLike, metric: str = "linear
             ax.annotate(f"{name} itself", (1, value), xycoords=("axes fraction", "data"),
                         ha="right", va="bottom", fontsize=8, color="grey")
     _integer_layers(grid)
-    grid.set_axis_labels("layer (output of block L)", METRIC_LABELS[metric])
-    grid.set_titles("{row_name}" if metric == "linear_probe" else "{row_name} vs {col_name}")
+    grid.set_axis_labels("layer (output of block L)", _label(metric))
+    grid.set_titles("{row_name}" if metric in ("linear_probe", *UNPAIRED) else "{row_name} vs {col_name}")
     grid.legend.set_title("noise level t")
-    grid.figure.suptitle(_title(rows, f"{METRIC_LABELS[metric]} per layer"), y=1.02)
+    grid.figure.suptitle(_title(rows, f"{_label(metric)} per layer"), y=1.02)
     return _save(grid.figure, out, f"layers_{metric}")
 
 
@@ -95,9 +102,9 @@ def heatmaps(df: pd.DataFrame, out: str | os.PathLike, metric: str = "cknna", ta
     for ax, ((run, tgt), group) in zip(axes[0], panels):
         table = group.pivot_table(index="layer", columns="t", values="value")
         sns.heatmap(table, ax=ax, annot=len(table) <= 30, fmt=".2f", cmap="viridis", vmin=rows["value"].min(),
-                    vmax=rows["value"].max(), cbar_kws={"label": METRIC_LABELS[metric]})
-        ax.set(title=f"{run} vs {tgt}", xlabel="noise level t", ylabel="layer")
-    fig.suptitle(_title(rows, f"{METRIC_LABELS[metric]}, layer x noise level"))
+                    vmax=rows["value"].max(), cbar_kws={"label": _label(metric)})
+        ax.set(title=run if metric in UNPAIRED else f"{run} vs {tgt}", xlabel="noise level t", ylabel="layer")
+    fig.suptitle(_title(rows, f"{_label(metric)}, layer x noise level"))
     return _save(fig, out, f"heatmap_{metric}")
 
 
@@ -111,9 +118,9 @@ def progress_curves(df: pd.DataFrame, out: str | os.PathLike, metric: str = "ckn
     data = pd.concat([best, *chosen], ignore_index=True)
     grid = sns.relplot(data=data, x="step", y="value", hue="t", style="run", col="panel", row="target", kind="line",
                        marker="o", palette="viridis", height=3.2, aspect=1.3, errorbar="sd")
-    grid.set_axis_labels("training step", METRIC_LABELS[metric])
-    grid.set_titles("{col_name} ({row_name})")
-    grid.figure.suptitle(_title(rows, f"{METRIC_LABELS[metric]} over training"), y=1.02)
+    grid.set_axis_labels("training step", _label(metric))
+    grid.set_titles("{col_name}" if metric in UNPAIRED else "{col_name} ({row_name})")
+    grid.figure.suptitle(_title(rows, f"{_label(metric)} over training"), y=1.02)
     return _save(grid.figure, out, f"progress_{metric}")
 
 
@@ -123,9 +130,9 @@ def compare_panels(df: pd.DataFrame, out: str | os.PathLike, metric: str = "cknn
     grid = sns.relplot(data=rows, x="layer", y="value", hue="run", col="t", row="target", kind="line", marker="o",
                        height=3.2, aspect=1.2, errorbar="sd")
     _integer_layers(grid)
-    grid.set_axis_labels("layer (output of block L)", METRIC_LABELS[metric])
-    grid.set_titles("t = {col_name} ({row_name})")
-    grid.figure.suptitle(_title(rows, f"{METRIC_LABELS[metric]}: " + " vs ".join(rows["run"].unique())), y=1.02)
+    grid.set_axis_labels("layer (output of block L)", _label(metric))
+    grid.set_titles("t = {col_name}" if metric in UNPAIRED else "t = {col_name} ({row_name})")
+    grid.figure.suptitle(_title(rows, f"{_label(metric)}: " + " vs ".join(rows["run"].unique())), y=1.02)
     return _save(grid.figure, out, f"compare_{metric}")
 
 

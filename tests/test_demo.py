@@ -119,6 +119,18 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     assert relative["probe repa seed 3"].args == by_name["probe repa seed 3"].args
 
 
+def test_plan_asks_for_token_level_metrics_only_when_told(tmp_path):
+    base = dict(seeds=[0], steps=20, set=[], out=tmp_path, n_images=40, n_train=30)
+    default = {t.name: t for t in plan(argparse.Namespace(**base)).tasks}
+    assert "metrics" not in default["probe repa seed 0"].args[2]  # the default's part keys are unchanged
+    asked = {t.name: t for t in plan(argparse.Namespace(**base, metrics=["cknna", "linear_probe", "lds", "cknna_token"])).tasks}
+    assert asked["probe repa seed 0"].args[2]["metrics"] == ("cknna", "linear_probe", "lds", "cknna_token")
+    assert asked["probe repa seed 0"].args[3] != default["probe repa seed 0"].args[3]
+    assert {n for n in asked if n.startswith("figures ")} == {f"figures {w}" for w in ("training", "cknna", "linear_probe", "lds", "cknna_token")}
+    with pytest.raises(UserError, match="unknown metric 'srss'"):
+        plan(argparse.Namespace(**base, metrics=["srss"]))
+
+
 @pytest.mark.parametrize("change, message", [
     ({"steps": 0}, "steps and batch_size must be positive"),  # 0 is not "the preset's default"
     ({"n_images": 10}, "n_images=10 evaluation images for k=10"),

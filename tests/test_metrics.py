@@ -1,15 +1,20 @@
 """probe.metrics: equality with the reference implementation (fixture), with dense brute-force
-forms, and the identities / invariances the metrics must satisfy."""
+forms, and the identities / invariances the metrics must satisfy; the spatial metrics against
+double loops in numpy and on constructed token fields."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from probe.metrics import _cka_dense, _cknna_dense, _mutual_knn_dense, cka, cknna, mutual_knn, prepare
+from probe.metrics import (_cka_dense, _cknna_dense, _mutual_knn_dense, cds, cka, cknna, default_r_far, lds, mutual_knn,
+                           prepare, rmsc, spatial_metrics)
+from train.errors import UserError
 
 REFERENCE = torch.load(Path(__file__).parent / "fixtures" / "metrics_reference.pt", weights_only=True)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -168,3 +173,117 @@ def test_cuda_matches_cpu(pair) -> None:
     assert cka(ac, bc, unbiased=True) == pytest.approx(cka(a, b, unbiased=True), abs=1e-10)
     assert mutual_knn(ac, bc, 10) == pytest.approx(mutual_knn(a, b, 10), abs=1e-12)
     torch.testing.assert_close(prepare(ac.float()).cpu(), prepare(a.float()))
+    tokens = torch.randn(5, 64, 16, dtype=torch.float64)
+    for name, value in spatial_metrics(tokens.cuda()).items():
+        torch.testing.assert_close(value.cpu(), spatial_metrics(tokens)[name])
+
+
+# --- spatial metrics (iREPA) ---------------------------------------------------------------------
+
+
+def _spatial_loops(tokens: np.ndarray, r_near: int, r_far: int) -> dict[str, float]:
+    """LDS, CDS and RMSC by double loops over token pairs, per image, then averaged over images."""
+    n, t, _ = tokens.shape
+    g = math.isqrt(t)
+    values = {"lds": [], "cds": [], "rmsc": []}
+    for img in tokens:
+        x = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-8)
+        near, far, by_d = [], [], {d: [] for d in range(1, g // 2 + 1)}
+        for i in range(t):
+            for j in range(t):
+                if i == j:
+                    continue
+                d = abs(i // g - j // g) + abs(i % g - j % g)
+                k = float(x[i] @ x[j])
+                if d <= r_near:
+                    near.append(k)
+                if d >= r_far:
+                    far.append(k)
+                if d in by_d:
+                    by_d[d].append(k)
+        values["lds"].append(np.mean(near) - np.mean(far))
+        ds = np.array(list(by_d), dtype=float)
+        s = np.array([np.mean(v) for v in by_d.values()])
+        values["cds"].append(-np.polyfit(ds, s, 1)[0] if len(ds) > 1 else np.nan)
+        center = x.mean(0)
+        values["rmsc"].append(math.sqrt(np.mean([np.sum((x[i] - center) ** 2) for i in range(t)])))
+    return {m: float(np.mean(v)) for m, v in values.items()}
+
+
+@pytest.mark.parametrize("g, r_near, r_far", [(4, 1, None), (5, 2, 4), (6, 1, 7), (8, 1, None)])
+def test_spatial_metrics_equal_double_loops(g: int, r_near: int, r_far: int | None) -> None:
+    gen = torch.Generator().manual_seed(g)
+    tokens = torch.randn(3, g * g, 5, generator=gen, dtype=torch.float64) + 0.5  # not unit norm, not centred
+    expected = _spatial_loops(tokens.numpy(), r_near, r_far or default_r_far(g, r_near))
+    assert lds(tokens, r_near, r_far) == pytest.approx(expected["lds"], abs=1e-10)
+    assert cds(tokens) == pytest.approx(expected["cds"], abs=1e-10)
+    assert rmsc(tokens) == pytest.approx(expected["rmsc"], abs=1e-10)
+    assert lds(tokens.float(), r_near, r_far) == pytest.approx(expected["lds"], abs=1e-5)
+    per_image = spatial_metrics(tokens, r_near=r_near, r_far=r_far)
+    assert list(per_image) == ["lds", "cds", "rmsc"] and all(v.shape == (3,) for v in per_image.values())
+    assert per_image["lds"][1].item() == pytest.approx(_spatial_loops(tokens[1:2].numpy(), r_near, r_far or default_r_far(g, r_near))["lds"], abs=1e-10)
+
+
+def test_spatial_metrics_on_tiny_grids_and_in_chunks(monkeypatch) -> None:
+    tokens = torch.randn(4, 4, 3, dtype=torch.float64)  # 2 x 2: distances 1 and 2 only
+    expected = _spatial_loops(tokens.numpy(), 1, 2)
+    assert lds(tokens) == pytest.approx(expected["lds"], abs=1e-10) and rmsc(tokens) == pytest.approx(expected["rmsc"], abs=1e-10)
+    import probe.metrics as pm
+
+    many = torch.randn(7, 16, 4, dtype=torch.float64)
+    whole = spatial_metrics(many)
+    monkeypatch.setattr(pm, "_SPATIAL_CHUNK", 2 * 16 * 16)  # two images per Gram batch
+    for name, value in spatial_metrics(many).items():
+        torch.testing.assert_close(value, whole[name])
+
+
+def test_default_far_radius_scales_with_the_grid() -> None:
+    assert [default_r_far(g) for g in (2, 4, 8, 12, 16, 32)] == [2, 2, 3, 5, 6, 12]
+    assert default_r_far(16, r_near=6) == 7
+
+
+def _smooth_field(n: int, g: int, seed: int) -> torch.Tensor:
+    """Tokens that vary slowly over the grid: random low-frequency Fourier features of the position."""
+    gen = torch.Generator().manual_seed(seed)
+    pos = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1).reshape(-1, 2).double()
+    freq = torch.randn(n, 2, 16, generator=gen, dtype=torch.float64) * 1.5 / g
+    phase = torch.rand(n, 1, 16, generator=gen, dtype=torch.float64) * 2 * math.pi
+    angle = pos @ freq + phase                                  # (n, T, 16)
+    return torch.cat([angle.cos(), angle.sin()], -1)
+
+
+def test_spatial_metrics_on_constructed_fields() -> None:
+    smooth = _smooth_field(6, 16, seed=0)
+    assert lds(smooth) > 0.2 and cds(smooth) > 0.01 and rmsc(smooth) > 0.2
+    shuffled = smooth[:, torch.randperm(256, generator=torch.Generator().manual_seed(2))]  # same tokens, no layout
+    assert abs(lds(shuffled)) < 0.02 and abs(cds(shuffled)) < 0.005
+    assert rmsc(shuffled) == pytest.approx(rmsc(smooth), abs=1e-12)  # RMSC ignores the layout
+    iid = torch.randn(20, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert abs(lds(iid)) < 0.02 and abs(cds(iid)) < 0.005
+    assert rmsc(iid) == pytest.approx(1, abs=0.02)  # nearly orthogonal unit tokens: |x^ - mean|^2 = 1 - 1/T
+    same = torch.randn(3, 1, 8).expand(3, 36, 8) * (torch.rand(3, 36, 1) + 0.5)  # one direction per image, any norms (float32)
+    assert rmsc(same) == pytest.approx(0, abs=1e-6)
+    assert lds(same) == pytest.approx(0, abs=1e-5) and cds(same) == pytest.approx(0, abs=1e-5)
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (torch.randn(2, 15, 4), "square grid"),
+    (torch.randn(2, 1, 4), "square grid"),
+    (torch.randn(2, 16), "3-d"),
+    (torch.full((2, 16, 4), float("nan")), "NaN"),
+    (torch.tensor([[[float("inf")]] * 4] * 2), "NaN or infinite"),
+])
+def test_spatial_metrics_reject_bad_tokens(tokens: torch.Tensor, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        lds(tokens)
+
+
+def test_spatial_metrics_reject_bad_radii_and_small_grids() -> None:
+    x = torch.randn(2, 16, 4)
+    for r_near, r_far in ((0, None), (2, 2), (1, 7), (1.5, None)):
+        with pytest.raises(UserError, match="r_near"):
+            lds(x, r_near, r_far)
+    with pytest.raises(UserError, match="at least 4 x 4"):
+        cds(torch.randn(2, 9, 4))
+    with pytest.raises(UserError, match="unknown spatial metric"):
+        spatial_metrics(x, ("lds", "srss"))

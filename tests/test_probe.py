@@ -16,8 +16,11 @@ from probe.analyses import load_table, training_progress
 from probe.cli import main
 from probe.extract import extract, image_noise, image_set, read_index
 from probe.linear import fit_linear_probes, probe_accuracy
+from probe.metrics import spatial_metrics
+from probe.tokens import TokenPlan, encoder_tokens, token_pairs
 from train import interpolants as itp
 from train.data import build_dataset
+from train.encoders import load_encoder, resample_tokens
 from train.errors import UserError
 from train.models import build, load
 
@@ -161,6 +164,57 @@ def test_tokens_pooling_and_real_labels(images):
     assert torch.equal(real.values[0], mean.values[0]) and not torch.allclose(real.values[DEPTH], mean.values[DEPTH])
 
 
+def test_token_plan_keeps_sampled_tokens_and_spatial_metrics(tmp_path, images, monkeypatch):
+    """A token plan in extract: the pooled features as before, plus exactly the planned tokens of the
+    full token maps and each image's spatial metrics; stored in the shards and served on resume."""
+    model = load(save_ckpt(tiny(), tmp_path / "ckpt.pt", 5))
+    grid = SIZE // 2
+    pairs = token_pairs(len(images), grid * grid, 50, seed=0)
+    plan = TokenPlan(grid, pairs, ("lds", "cds", "rmsc"), 1, 2)
+    full = extract(model, images, ts=(0.0, 0.5), pooling="tokens", progress=False)
+    store = tmp_path / "store"
+    kept = extract(model, images, ts=(0.0, 0.5), batch_size=7, store=store, shard_size=16, tokens=plan, progress=False)
+    torch.testing.assert_close(kept.values, full.values.mean(-2))
+    assert kept.tokens.shape == (DEPTH + 1, 2, 50, 32) and set(kept.spatial) == {"lds", "cds", "rmsc"}
+    for li in range(DEPTH + 1):
+        for ti in range(2):
+            maps = full.values[li, ti]                                          # (N, T, D)
+            torch.testing.assert_close(kept.tokens[li, ti], maps[pairs[:, 0], pairs[:, 1]])
+            for name, value in spatial_metrics(maps, r_near=1, r_far=2).items():
+                torch.testing.assert_close(kept.spatial[name][li, ti], value, rtol=1e-5, atol=1e-6)
+    plain = extract(model, images, ts=(0.0, 0.5), store=store, shard_size=16, progress=False)
+    assert plain.tokens is None and plain.spatial == {}
+    index = read_index(store)
+    assert index["file"].map(lambda f: Path(f).parent).nunique() == 2 and index["tokens"].notna().sum() == 2 * 3  # 2 t x 3 chunks
+    calls, predict = [], ex.predict
+    monkeypatch.setattr(ex, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    again = extract(model, images, ts=(0.0, 0.5), batch_size=5, store=store, shard_size=16, tokens=plan, progress=False)
+    assert calls == [] and torch.equal(again.tokens, kept.tokens)
+    assert all(torch.equal(again.spatial[m], kept.spatial[m]) for m in kept.spatial)
+
+
+def test_token_pairs_and_encoder_tokens(tmp_path, images):
+    pairs = token_pairs(10, 16, 30, seed=1)
+    assert pairs.shape == (30, 2) and torch.equal(pairs, token_pairs(10, 16, 30, seed=1))
+    assert not torch.equal(pairs, token_pairs(10, 16, 30, seed=2))
+    flat = pairs[:, 0] * 16 + pairs[:, 1]
+    assert torch.equal(flat, flat.unique()) and pairs[:, 0].max() < 10 and pairs[:, 1].max() < 16  # sorted, distinct
+    assert len(token_pairs(2, 4, 100, seed=0)) == 8  # more than there are: all of them
+    torch.manual_seed(0)
+    enc = load_encoder("builtin-teacher", random_init=True)
+    enc.provenance["init_seed"] = 0
+    plan = TokenPlan(4, token_pairs(len(images), 16, 60, seed=0), ("lds", "rmsc"), 1, 3)
+    got = encoder_tokens(enc, images, plan, batch_size=9, cache_dir=tmp_path, progress=False)
+    with torch.no_grad():
+        maps = resample_tokens(enc(images.images), 4)                         # native 8 x 8 -> the model's 4 x 4
+    torch.testing.assert_close(got.tokens, maps[plan.pairs[:, 0], plan.pairs[:, 1]])
+    for name, value in spatial_metrics(maps, ("lds", "rmsc"), r_near=1, r_far=3).items():
+        torch.testing.assert_close(got.spatial[name], value, rtol=1e-5, atol=1e-6)
+    assert len(list(tmp_path.glob("builtin-teacher-tokens-*.safetensors"))) == 1
+    cached = encoder_tokens(enc, images, plan, cache_dir=tmp_path, progress=False)
+    assert torch.equal(cached.tokens, got.tokens) and torch.equal(cached.spatial["lds"], got.spatial["lds"])
+
+
 # ----------------------------------------------------------------------------------------------
 # Linear probes
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +275,64 @@ def test_progress_on_toolkit_checkpoints(run_dir, tmp_path):
     assert saved.attrs["probe"]["config"]["ts"] == [0.0, 0.5] and saved.attrs["probe"]["encoders"][0]["init_seed"] == 0
 
 
+def test_token_level_metrics_in_the_table(run_dir):
+    """Opt-in token-level rows beside the paper's: token CKNNA per layer x t x encoder, spatial metrics
+    per layer x t, the encoder's spatial metrics as reference rows; the paper's rows unchanged."""
+    from probe.analyses import layer_sweep
+
+    ckpt = run_dir / "checkpoints" / "step_0000010.pt"
+    opts = {**FAST, "n_train": 0, "layers": (1, 3)}
+    base = layer_sweep(ckpt, "shapes", **{**opts, "metrics": ("cknna",)})
+    df = layer_sweep(ckpt, "shapes", **{**opts, "metrics": ("cknna", "cknna_token", "lds", "cds", "rmsc"), "token_samples": 300})
+    paper = df[df["metric"] == "cknna"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(paper, base, check_dtype=False)  # the reference rows make "step" float
+    measured, refs = df[~df["is_reference"]], df[df["is_reference"]]
+    per_cell = measured.groupby(["layer", "t"])["metric"].apply(sorted)
+    assert all(m == ["cds", "cknna", "cknna_token", "lds", "rmsc"] for m in per_cell) and len(per_cell) == 4
+    token = measured[measured["metric"] != "cknna"]
+    assert (token["pooling"] == "tokens").all() and df["value"].notna().all()
+    assert set(token.loc[token["metric"] == "cknna_token", "target"]) == {"builtin-teacher"}
+    assert set(token.loc[token["metric"] != "cknna_token", "target"]) == {"none"}
+    assert set(token.loc[token["metric"] != "cknna_token", "preprocessing"]) == {"l2"}
+    assert sorted(refs["metric"]) == ["cds", "lds", "rmsc"] and set(refs["layer"]) == {-1}
+    assert set(refs["target"]) == {"builtin-teacher"} and (refs["pooling"] == "tokens").all()
+    # the spatial values are those of the full token maps
+    model = load(ckpt)
+    maps = extract(model, image_set(build_dataset("shapes", "val", size=SIZE), 24, 0), ts=(0.5,), layers=(3,), pooling="tokens",
+                   progress=False).values[0, 0]
+    want = spatial_metrics(maps)
+    got = measured[(measured["layer"] == 3) & (measured["t"] == 0.5)].set_index("metric")["value"]
+    for name in ("lds", "cds", "rmsc"):
+        assert got[name] == pytest.approx(want[name].mean().item(), abs=1e-5)
+
+
+def test_token_level_settings_fail_early(run_dir):
+    from probe.analyses import ProbeConfig, compare, layer_sweep
+
+    ckpt = run_dir / "checkpoints" / "step_0000010.pt"
+    with pytest.raises(UserError, match="token_samples=10"):
+        ProbeConfig(metrics=("cknna_token",), token_samples=10)
+    with pytest.raises(UserError, match="r_near"):
+        ProbeConfig(metrics=("lds",), r_near=2, r_far=2)
+    with pytest.raises(UserError, match="r_near"):  # the 4 x 4 grid's largest distance is 6
+        layer_sweep(ckpt, "shapes", **{**FAST, "n_train": 0, "metrics": ("lds",), "r_far": 7})
+    coarse = build("SiT-T/4", flavour="repa", input_size=SIZE, in_channels=3, depth=DEPTH, hidden_size=32, num_heads=2, num_classes=10)
+    with pytest.raises(UserError, match="at least 4 x 4"):
+        layer_sweep(coarse, "shapes", **{**FAST, "n_train": 0, "metrics": ("cds",)})
+    with pytest.raises(UserError, match="one token grid"):
+        compare({"fine": tiny(), "coarse": coarse}, "shapes", **{**FAST, "n_train": 0, "metrics": ("rmsc",)})
+
+
+def test_cli_accepts_token_level_metrics():
+    from probe.cli import _config, build_parser
+
+    args = build_parser().parse_args(["sweep", "--checkpoint", "x.pt", "--metrics", "cknna", "cknna_token", "lds", "cds", "rmsc",
+                                      "--token-samples", "500", "--r-near", "2", "--r-far", "5"])
+    cfg = _config(args)
+    assert cfg.metrics == ("cknna", "cknna_token", "lds", "cds", "rmsc") and (cfg.token_samples, cfg.r_near, cfg.r_far) == (500, 2, 5)
+    assert _config(build_parser().parse_args(["sweep", "--checkpoint", "x.pt"])).r_far is None
+
+
 def synthetic_table():
     rows = [dict(run=run, step=step, layer=layer, t=t, metric=metric, target=target, is_reference=False,
                  value=0.1 * layer + 0.01 * step + (run == "REPA") * 0.2 - t / 5, dataset="shapes/val", n_images=24,
@@ -243,6 +355,18 @@ def test_plots_from_a_table(tmp_path, capsys):
     assert all(p.stat().st_size > 1000 for p in paths)
     with pytest.raises(UserError):
         plots.layer_curves(df, tmp_path, "cka")
+
+
+def test_plots_of_token_level_rows(tmp_path):
+    """Spatial metrics (target "none", the encoder's value as a reference line) and token CKNNA draw
+    like the paper's metrics, over training and side by side too."""
+    df = synthetic_table()
+    spatial = df[df["metric"] == "cknna"].assign(metric="lds", target="none", pooling="tokens")
+    token = df[df["metric"] == "cknna"].assign(metric="cknna_token", pooling="tokens")
+    ref = pd.DataFrame([dict(layer=-1, metric="lds", target="builtin-teacher", value=0.3, is_reference=True, pooling="tokens")])
+    table = pd.concat([df, spatial, token, ref], ignore_index=True)
+    names = {p.name for m in ("lds", "cknna_token") for p in plots.metric_figures(table, tmp_path, m, layers=(1,))}
+    assert {f"{kind}_{m}.png" for kind in ("layers", "heatmap", "progress", "compare") for m in ("lds", "cknna_token")} <= names
 
 
 def test_cli_sweep_end_to_end(run_dir, tmp_path, capsys):

@@ -87,3 +87,13 @@ def test_mean_sd_and_markdown():
     assert "| 100 | 5.0 ± 0.0 | 200, 200, 200 | 2.00, 2.00, 2.00 |" in md
     assert "> 400" in md
     assert not math.isnan(float(md.split("Teacher's own linear probe on the probe images (mean-pooled tokens): ")[1][:5]))
+
+
+def test_markdown_ignores_token_level_rows():
+    """Token-level and spatial rows (and the encoder's spatial reference rows) leave the summary as it was."""
+    p = _probe_table()
+    extra = p[~p["is_reference"] & (p["metric"] == "cknna")].assign(metric="lds", target="none", pooling="tokens")
+    refs = p[p["is_reference"]].assign(metric="rmsc", value=0.5)
+    more = pd.concat([p, extra, extra.assign(metric="cknna_token", target="x"), refs], ignore_index=True)
+    teacher = {"linear_probe_accuracy": 0.95, "val_accuracy": 0.94}
+    assert results_markdown(more, _metrics_table(), teacher, 2) == results_markdown(p, _metrics_table(), teacher, 2)
