@@ -2,7 +2,8 @@
 
     python studies/summarize.py [runs/study] [--out studies/results]
 
-Reads every ``<root>/<variant>/seed<k>/metrics.jsonl``; writes ``evals.csv`` (one row per variant x
+Reads every ``<root>/[<setting>/]<variant>/seed<k>/metrics.jsonl``; a variant is compared with the
+``vanilla`` variant of its setting (``<setting>/vanilla``, or ``vanilla`` at the top level); writes ``evals.csv`` (one row per variant x
 seed x evaluated step) and ``summary.csv`` (per variant x seed: final FD and class accuracy, the
 first step at which the run reaches its seed's vanilla final FD -- linear interpolation between
 evaluations -- and that step over vanilla's steps), and prints both.
@@ -20,8 +21,8 @@ import pandas as pd
 
 def read_evals(root: Path) -> pd.DataFrame:
     rows = []
-    for f in sorted(root.glob("*/seed*/metrics.jsonl")):
-        variant, seed = f.parent.parent.name, int(f.parent.name[4:])
+    for f in sorted(root.glob("**/seed*/metrics.jsonl")):
+        variant, seed = str(f.parent.parent.relative_to(root)), int(f.parent.name[4:])
         cfg_file = f.parent / "config.json"
         steps_cfg = json.loads(cfg_file.read_text())["config"]["steps"] if cfg_file.exists() else None
         for line in f.read_text().splitlines():
@@ -47,11 +48,16 @@ def first_step_below(steps: np.ndarray, fds: np.ndarray, target: float) -> float
     return float("nan")
 
 
-def summary(evals: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:
+def baseline_of(variant: str) -> str:
+    """``<setting>/vanilla`` for ``<setting>/<variant>``; ``vanilla`` at the top level."""
+    return str(Path(variant).parent / "vanilla") if "/" in variant else "vanilla"
+
+
+def summary(evals: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (variant, seed), g in evals.groupby(["variant", "seed"]):
         g = g.sort_values("step")
-        base = evals[(evals.variant == baseline) & (evals.seed == seed)].sort_values("step")
+        base = evals[(evals.variant == baseline_of(variant)) & (evals.seed == seed)].sort_values("step")
         row = {"variant": variant, "seed": seed, "last_step": int(g.step.max()), "final_fd": g.fd.iloc[-1],
                "final_class_acc": g.class_acc.iloc[-1], "min_fd": g.fd.min()}
         if len(base) and base.step.max() >= g.step.max():

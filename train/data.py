@@ -481,6 +481,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "shapes": lambda split, **kw: ShapesDataset(split, **kw),
     "scenes": lambda split, **kw: ScenesDataset(split, **kw),
+    "scenes-plain": lambda split, **kw: ScenesDataset(split, texture=0.0, **kw),
     "digits": lambda split, **kw: DigitsDataset(split, **kw),
     "folder": _folder,
     "latents": _latents,

@@ -429,7 +429,8 @@ class EvaluatorCNN(nn.Module):
 
 EVALUATORS: dict[str, EvaluatorConfig] = {
     "shapes": EvaluatorConfig(),
-    "scenes": EvaluatorConfig(dataset="scenes", num_classes=8, steps=600, warmup=60),
+    "scenes": EvaluatorConfig(dataset="scenes", image_size=16, num_classes=8, steps=600, warmup=60, shift=2),
+    "scenes-plain": EvaluatorConfig(dataset="scenes-plain", image_size=16, num_classes=8, steps=600, warmup=60, shift=2),
 }
 
 
@@ -692,7 +693,7 @@ def real_images(dataset: str, split: str, n: int, size: int, root: str | None = 
     from train.data import build_dataset
 
     kw: dict[str, Any] = {"size": size}
-    if dataset in ("shapes", "scenes"):
+    if dataset in ("shapes", "scenes", "scenes-plain"):
         kw["n"] = n
     if dataset == "folder":
         kw["root"] = root

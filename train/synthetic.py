@@ -227,7 +227,7 @@ _SCENE_DRAWS = 1 + MAX_SHAPES * _PER_SHAPE + 5 + 3 * _NOISE_RES * _NOISE_RES
 _TYPE_IDS = [SHAPE_CLASSES.index(name) for name in SCENE_CLASSES]
 
 
-def render_scenes(key: int, index: np.ndarray, size: int) -> dict[str, torch.Tensor]:
+def render_scenes(key: int, index: np.ndarray, size: int, texture: float = 0.35) -> dict[str, torch.Tensor]:
     """Render scenes ``index`` of the stream ``key``: a dict of ``images`` (n, 3, size, size) uint8,
     ``labels`` (n,), ``type_map``, ``depth_map`` (n, size, size) uint8 and ``boundary`` (n, size, size) bool.
 
@@ -249,8 +249,8 @@ def render_scenes(key: int, index: np.ndarray, size: int) -> dict[str, torch.Ten
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
     y, x = coords[None, :, None], coords[None, None, :]
     ramp = (x * torch.cos(grad_angle)[:, None, None] + y * torch.sin(grad_angle)[:, None, None]) / 2
-    texture = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
-    image = bg[:, :, None, None] + grad_amp[:, None, None, None] * ramp[:, None] + 0.35 * texture
+    noise_map = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+    image = bg[:, :, None, None] + grad_amp[:, None, None, None] * ramp[:, None] + texture * noise_map
     type_map = torch.zeros(n, size, size, dtype=torch.uint8)
     depth_map = torch.zeros(n, size, size, dtype=torch.uint8)
     edge = torch.zeros(n, size, size, dtype=torch.bool)
@@ -299,7 +299,7 @@ class ScenesDataset(Dataset):
     classes = SCENE_CLASSES
 
     def __init__(self, split: str = "train", n: int | None = None, size: int = 32, seed: int = 0,
-                 chunk: int = 1024) -> None:
+                 chunk: int = 1024, texture: float = 0.35) -> None:
         if split not in _SPLIT_IDS:
             raise UserError(f"unknown split {split!r} for the scenes dataset — use 'train' or 'val'")
         if size < 16:
@@ -308,7 +308,7 @@ class ScenesDataset(Dataset):
         self.size, self.seed, self.split = size, seed, split
         # another stream than the shapes set's, so the two datasets never share draws
         key = int(_splitmix64(np.array([(seed + 0x5CE7E5) & _MASK64], dtype=np.uint64) ^ np.uint64(_SPLIT_IDS[split]))[0])
-        parts = [render_scenes(key, np.arange(s, min(s + chunk, self.n)), size) for s in range(0, self.n, chunk)]
+        parts = [render_scenes(key, np.arange(s, min(s + chunk, self.n)), size, texture) for s in range(0, self.n, chunk)]
         for name in ("images", "labels", "type_map", "depth_map", "boundary"):
             setattr(self, name, torch.cat([p[name] for p in parts]))
 

@@ -88,8 +88,8 @@ class TeacherConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _scenes_teacher(kind: str) -> TeacherConfig:
-    return TeacherConfig(kind=kind, dataset="scenes", num_classes=8)
+def _scenes_teacher(kind: str, size: int = 16) -> TeacherConfig:
+    return TeacherConfig(kind=kind, dataset="scenes", num_classes=8, image_size=size, patch=size // 8)
 
 
 TEACHERS: dict[str, TeacherConfig] = {

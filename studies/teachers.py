@@ -1,0 +1,61 @@
+"""The built-in teachers' token statistics (RESULTS.md, "Teachers"):
+
+    python studies/teachers.py [--out studies/results/teachers.csv]
+
+For every built-in teacher on its dataset's val split: the held-out linear-probe accuracy of the
+mean-pooled tokens (its sidecar), LDS / CDS / RMSC of its tokens (``probe.metrics``, per image and
+averaged over images, default radii), and the share of the token variance the class label explains:
+R^2 = 1 - sum |y - mu_{c, p}|^2 / sum |y - mu_p|^2 over val images, positions p and channels, with the
+per-class and overall mean tokens mu at each position fitted on the train split.  Trains a teacher
+that is not cached (about 3 minutes of one core each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from probe.metrics import cds, lds, rmsc
+from train.encoders import load_encoder
+from train.teacher import TEACHERS, _dataset, teacher_path
+
+
+def class_r2(train_tokens: torch.Tensor, train_labels: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor) -> float:
+    """R^2 of the per-class mean token at each position (fitted on the train tokens) on ``tokens``."""
+    overall = train_tokens.mean(0)                                                  # (T, D)
+    per_class = torch.stack([train_tokens[train_labels == c].mean(0) for c in range(int(train_labels.max()) + 1)])
+    total = (tokens - overall).pow(2).sum()
+    within = (tokens - per_class[labels]).pow(2).sum()
+    return float(1 - within / total)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--n", type=int, default=2000, help="val images (and train images for the class means)")
+    args = ap.parse_args()
+    rows = []
+    for name, cfg in TEACHERS.items():
+        enc = load_encoder(name)
+        sidecar = json.loads(teacher_path(cfg).with_suffix(".json").read_text())
+        train, val = _dataset(cfg, "train"), _dataset(cfg, "val")
+        with torch.no_grad():
+            tr = torch.cat([enc(train.images[i:i + 500]) for i in range(0, args.n, 500)])
+            va = torch.cat([enc(val.images[i:i + 500]) for i in range(0, min(args.n, len(val)), 500)])
+        rows.append({"teacher": name, "kind": cfg.kind, "dataset": cfg.dataset, "key": cfg.key(),
+                     "linear_probe": sidecar["linear_probe_accuracy"], "lds": lds(va), "cds": cds(va), "rmsc": rmsc(va),
+                     "class_r2": class_r2(tr, train.labels[:args.n], va, val.labels[:len(va)]),
+                     "train_cpu_seconds": sidecar["train_cpu_seconds"], "n_val": len(va)})
+    df = pd.DataFrame(rows)
+    print(df.round(4).to_string(index=False))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()
