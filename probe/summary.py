@@ -178,6 +178,9 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
             cells = [mean_sd(blind[blind["label"] == label]["value"]) for label in ("real", "null")]
             out.append(f"| image-blind baseline | - | {cells[0]} (class-mean token) | {cells[1]} (mean token) |")
 
-    out += ["", f"Built-in teacher: held-out linear-probe accuracy {teacher['linear_probe_accuracy']:.4f}, "
-            f"classifier accuracy {teacher['val_accuracy']:.4f} (teacher sidecar)."]
+    if "linear_probe_accuracy" in teacher:
+        kind = teacher.get("config", {}).get("kind", "supervised")
+        head = f", classifier accuracy {teacher['val_accuracy']:.4f}" if "val_accuracy" in teacher else ""
+        out += ["", f"Built-in teacher {teacher.get('name', '')} ({kind}): held-out linear-probe accuracy "
+                f"{teacher['linear_probe_accuracy']:.4f}{head} (teacher sidecar)."]
     return "\n".join(out)

@@ -197,6 +197,7 @@ class TrainConfig:
     target_norm: str = "none"
     target_norm_gamma: float = 0.6
     target_norm_eps: float = 1e-6  # added to the (unbiased) std, as the official code
+    target_shuffle: str = "none"  # "class": the control run -- each image's targets from another image of its class
     path: str = "linear"
     time_sampling: str = "uniform"
     lr: float = 1e-4
@@ -252,6 +253,8 @@ class TrainConfig:
             errs.append(f"mixed_precision {self.mixed_precision!r} is unknown: use no, bf16 or fp16")
         if self.proj_loss not in ("cosine", "nt-xent"):
             errs.append(f"proj_loss {self.proj_loss!r} is unknown: use cosine or nt-xent")
+        if self.target_shuffle not in ("none", "class"):
+            errs.append(f"target_shuffle {self.target_shuffle!r} is unknown: use none or class (the shuffled-target control)")
         if self.target_norm not in TARGET_NORMS:
             errs.append(f"target_norm {self.target_norm!r} is unknown: use none or spatial (iREPA)")
         if not _finite(self.target_norm_gamma):
@@ -292,7 +295,21 @@ def _imagenet(name: str, depth: int) -> TrainConfig:
 
 
 def _tiny() -> TrainConfig:
-    """Built-in shapes, pixel space, the built-in teacher; sized for a 2-core CPU (a few minutes)."""
+    """The built-in default: scenes at 16 px in pixel space, the dense built-in teacher, iREPA's
+    spatially normalised targets; sized for a 2-core CPU (RESULTS.md says how it was chosen)."""
+    return TrainConfig(
+        model=ModelConfig(name="SiT-T/2", flavour="repa", input_size=16, in_channels=3, num_classes=8,
+                          depth=6, hidden_size=64, num_heads=2, encoder_depth=2, z_dims=(64,), projector_dim=128),
+        data=DataConfig(dataset="scenes", image_size=16, codec="identity"),
+        encoders=("builtin-dense",), proj_coeff=0.5, lr=2e-3, batch_size=32, steps=300, ema_decay=0.99,
+        log_every=10, ckpt_every=100, ckpt_series="log", sample_every=200, sample_steps=25, eval_every=100,
+        eval_samples=256, device="cpu",
+    )
+
+
+def _tiny_shapes() -> TrainConfig:
+    """The first built-in default: the shapes set at 32 px, the supervised built-in teacher (on which
+    REPA shows no benefit: RESULTS.md)."""
     return TrainConfig(
         model=ModelConfig(name="SiT-T/4", flavour="repa", input_size=32, in_channels=3, num_classes=10,
                           depth=6, hidden_size=64, num_heads=2, encoder_depth=2, z_dims=(64,), projector_dim=128),
@@ -305,6 +322,7 @@ def _tiny() -> TrainConfig:
 
 PRESETS = {
     "tiny": _tiny,
+    "tiny-shapes": _tiny_shapes,
     "SiT-B/2": lambda: _imagenet("SiT-B/2", 4),
     "SiT-L/2": lambda: _imagenet("SiT-L/2", 8),
     "SiT-XL/2": lambda: _imagenet("SiT-XL/2", 8),

@@ -109,6 +109,20 @@ def training_targets(raw: list[Tensor], cfg: TrainConfig) -> list[Tensor]:
     return [spatial_normalize(y, cfg.target_norm_gamma, cfg.target_norm_eps) for y in raw]  # (B, T, D) each
 
 
+def class_partners(labels: Tensor, seed: int) -> Tensor:
+    """For the ``target_shuffle="class"`` control: ``partner[i]``, another image of image ``i``'s class
+    (a random cycle through each class's images, fixed by ``seed``; an image alone in its class is its
+    own partner).  Targets read through it keep the class statistics of the teacher's tokens and lose
+    everything specific to the image."""
+    gen = torch.Generator().manual_seed(seed + 424_242)
+    partner = torch.arange(len(labels))
+    for c in labels.unique():
+        members = (labels == c).nonzero().flatten()
+        order = members[torch.randperm(len(members), generator=gen)]
+        partner[order] = order.roll(-1)
+    return partner
+
+
 class TargetSource:
     """Encoder patch tokens for the images of a batch: the one place that decides where they come from.
 
@@ -130,6 +144,7 @@ class TargetSource:
                  cache_file: Path | None = None, progress: bool = True, hflip: bool = False,
                  stored_root: Path | None = None):
         self.encoders, self.device = encoders, device
+        self.partners: Tensor | None = None
         # per encoder: a StoredTargets, a (tokens, tokens_flip | None) pair held in memory, or None (online)
         self.sources: list = [None] * len(encoders)
         if not (cache and encoders):
@@ -174,7 +189,10 @@ class TargetSource:
         return ["online" if s is None else "memory" if isinstance(s, tuple) else "stored" for s in self.sources]
 
     def __call__(self, idx: Tensor, images: Tensor, flip: Tensor | None = None) -> list[Tensor]:
-        """Tokens of the images ``idx`` as the loop passes them (``images``, already flipped where ``flip``)."""
+        """Tokens of the images ``idx`` as the loop passes them (``images``, already flipped where ``flip``);
+        with ``partners`` set (the shuffled control), the cached tokens of ``partners[idx]`` instead."""
+        if self.partners is not None:
+            idx = self.partners[idx.cpu()]
         out = []
         for enc, src in zip(self.encoders, self.sources):
             if src is None:
@@ -336,6 +354,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
                            cache_file=(out / "target_cache.pt") if acc.is_main_process and world == 1 else None,
                            progress=progress and acc.is_main_process, hflip=cfg.data.hflip,
                            stored_root=Path(cfg.data.root) if cfg.data.dataset == "latents" else None)
+    if cfg.target_shuffle == "class":  # the control: every image gets another same-class image's targets
+        if "online" in targets.kinds:
+            raise UserError("target_shuffle=class needs cached targets: set cache_targets=true")
+        if not isinstance(getattr(dataset, "labels", None), Tensor):
+            raise UserError("target_shuffle=class needs a dataset with its labels in memory (a built-in dataset): set target_shuffle=none")
+        targets.partners = class_partners(dataset.labels, cfg.seed)
     if latest.exists():
         state = read_checkpoint(latest)
         model.load_state_dict(state["model"])
