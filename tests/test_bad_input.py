@@ -373,3 +373,223 @@ def test_an_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
     assert code == 2
     one_line(err, str(f / "run"), "writable --out")
     assert f.read_text() == "x"
+
+
+# ----------------------------------------------------------------------------------------------
+# 5-7. caches: the fix each message names works; damaged shards are named, never kept
+# ----------------------------------------------------------------------------------------------
+
+LSIZE, SHARD = 32, 4
+
+
+@pytest.fixture(scope="module")
+def vae():
+    from train.latents import SDVAECodec
+
+    torch.manual_seed(0)
+    return SDVAECodec(random_init=True)
+
+
+def image_folder(root: Path, n: int = 6) -> Path:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        (root / ("cat" if i < n // 2 else "dog")).mkdir(parents=True, exist_ok=True)
+        arr = torch.randint(0, 256, (40, 36, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(arr).save(root / ("cat" if i < n // 2 else "dog") / f"{i}.png")
+    return root
+
+
+def test_a_failed_encode_resumes_once_the_bad_image_is_removed(tmp_path, vae):
+    from train.data import LatentCacheDataset, build_latent_cache
+    from train.errors import UserError
+
+    root = image_folder(tmp_path / "imgs")
+    bad = root / "dog" / "9.png"  # the last image: in the second shard
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "cache"
+    with pytest.raises(UserError, match="remove or re-encode this file") as e:
+        build_latent_cache(root, out, size=LSIZE, shard_size=SHARD, codec=vae, progress=False)
+    assert "\n" not in str(e.value) and "9.png" in str(e.value)
+    first = (out / "shard_00000.safetensors").stat().st_mtime_ns
+    bad.unlink()  # the fix the message names; then the same command
+    build_latent_cache(root, out, size=LSIZE, shard_size=SHARD, codec=vae, progress=False)
+    assert (out / "shard_00000.safetensors").stat().st_mtime_ns == first  # the finished shard was kept
+    assert len(LatentCacheDataset(out, size=LSIZE)) == 6
+    no_temporaries(out)
+
+
+def test_a_truncated_latent_shard_is_named_then_encoded_again(tmp_path, vae, capsys):
+    from train.data import LatentCacheDataset, build_latent_cache, encode_main
+
+    root, out = image_folder(tmp_path / "imgs"), tmp_path / "cache"
+    build_latent_cache(root, out, size=LSIZE, shard_size=SHARD, codec=vae, progress=False)
+    good = LatentCacheDataset(out, size=LSIZE)
+    shard = out / "shard_00001.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])
+    code, err = run(["--preset", "tiny", "--steps", "1", "--no-progress", "--out", str(tmp_path / "run"), "--set",
+                     "data.dataset=latents", f"data.root={out}", f"data.image_size={LSIZE}", "data.codec=sd-vae",
+                     "data.random_init_vae=true", "model.in_channels=4", f"model.input_size={LSIZE // 8}", "model.name=SiT-T/2",
+                     "proj_coeff=0", "model.z_dims=[]", "encoders=[]", "model.num_classes=2"], capsys)
+    assert code == 2
+    one_line(err, "shard_00001.safetensors is truncated", "rerun the same python -m train.data encode command")
+    # the targets command refuses to build on it, naming the same fix
+    argv = ["targets", "--cache", str(out), "--encoders", "builtin-teacher", "--grid", "2", "--random-init-encoders"]
+    assert encode_main(argv) == 2
+    one_line(capsys.readouterr().err.strip(), "shard_00001.safetensors is truncated", "encode command")
+    # the fix works: the same encode encodes the damaged shard again (it no longer reports success over it)
+    build_latent_cache(root, out, size=LSIZE, shard_size=SHARD, codec=vae, progress=False)
+    assert "shard_00001.safetensors is unreadable or incomplete: encoding it again" in capsys.readouterr().err
+    again = LatentCacheDataset(out, size=LSIZE)
+    assert torch.equal(again.images, good.images) and torch.equal(again.mean, good.mean)
+    no_temporaries(out)
+
+
+def test_target_cache_advice_works(tmp_path, vae, capsys):
+    from train.data import build_latent_cache, encode_main, open_target_cache, target_dir
+    from train.errors import UserError
+    from train.data import _load_encoders
+
+    root, out = image_folder(tmp_path / "imgs"), tmp_path / "cache"
+    build_latent_cache(root, out, size=LSIZE, shard_size=SHARD, codec=vae, progress=False)
+    argv = ["targets", "--cache", str(out), "--encoders", "builtin-teacher", "--grid", "2", "--random-init-encoders"]
+    assert encode_main(argv + ["--seed", "1"]) == 0  # targets of another encoder (other random weights)
+    capsys.readouterr()
+    enc = _load_encoders(["builtin-teacher"], None, 2, "cpu", True, 0)[0]
+    with pytest.raises(UserError, match="another builtin-teacher encoder") as e:
+        open_target_cache(out, enc)
+    msg = str(e.value)
+    assert "\n" not in msg and "--rebuild" in msg
+    assert encode_main(argv) == 2  # without --rebuild the stored targets are not replaced by accident
+    one_line(capsys.readouterr().err.strip(), "--rebuild")
+    assert encode_main(argv + ["--rebuild"]) == 0  # the command the message names
+    assert len(open_target_cache(out, enc)) == 6
+    # a truncated target shard: one line naming the fix, and the fix (the same command) works
+    shard = target_dir(out, "builtin-teacher") / "shard_00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(UserError, match="truncated or unreadable: rerun the same python -m train.data targets command"):
+        open_target_cache(out, enc)
+    assert encode_main(argv) == 0
+    assert len(open_target_cache(out, enc)) == 6
+    no_temporaries(out)
+
+
+@pytest.mark.parametrize("junk", [b"junk", b"PK\x03\x04 not a zip", "hostile"])
+def test_a_damaged_or_hostile_target_cache_pt_is_rebuilt(tmp_path, capsys, junk):
+    run_dir, ref = tmp_path / "r", tmp_path / "ref"
+    assert main_train(tiny(2, ref, "--set", "cache_targets=true")) == 0
+    run_dir.mkdir()
+    cache = run_dir / "target_cache.pt"
+    if junk == "hostile":  # a pickle that would run code: refused by weights_only, then rebuilt
+        import pickle
+
+        class Boom:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+        cache.write_bytes(pickle.dumps({"tokens": Boom()}))
+    else:
+        cache.write_bytes(junk)
+    code, err = run(tiny(2, run_dir, "--set", "cache_targets=true"), capsys)
+    assert code == 0, err
+    assert not (tmp_path / "pwned").exists()
+    assert_same_run(run_dir, ref)
+    assert torch.load(cache, weights_only=True)["tokens"][0].shape[0] == 64
+
+
+# ----------------------------------------------------------------------------------------------
+# probes: NaN weights, too few images, Ctrl-C
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("probe-run") / "r"
+    assert main_train(tiny(2, run_dir)) == 0
+    return run_dir
+
+
+def run_probe(capsys, ckpt: Path, out: Path, *extra: str) -> tuple[int, str]:
+    from probe.cli import main
+
+    code = main(["sweep", "--checkpoint", str(ckpt), "--random-init-encoder", "--n-images", "16", "--n-train", "0",
+                 "--t", "0", "--layers", "1", "--metrics", "mutual_knn", "cknna", "--k", "4", "--no-plot",
+                 "--no-progress", "--out", str(out), *extra])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_probing_a_checkpoint_with_nan_weights_is_refused(probe_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
+    state = weights(probe_run / "checkpoints" / "latest.pt")
+    state["ema"]["blocks.0.attn.qkv.weight"].fill_(float("nan"))
+    bad = tmp_path / "nan.pt"
+    torch.save(state, bad)
+    code, err = run_probe(capsys, bad, tmp_path / "out")
+    assert code == 2
+    one_line(err, "nan.pt", "NaN/inf", "blocks.0.attn.qkv.weight", "probe an earlier checkpoint")
+    assert not (tmp_path / "out" / "layer_sweep.csv").exists()  # no plausible numbers written
+    code, err = run_probe(capsys, probe_run / "checkpoints" / "latest.pt", tmp_path / "good")  # the healthy one probes
+    assert code == 0, err
+    assert (tmp_path / "good" / "layer_sweep.csv").exists()
+
+
+def test_too_few_probe_images_for_the_metrics(probe_run, tmp_path, capsys):
+    code, err = run_probe(capsys, probe_run / "checkpoints" / "latest.pt", tmp_path / "out", "--n-images", "3", "--k", "2")
+    assert code == 2
+    one_line(err, "n_images=3", "at least 4", "--n-images 4")
+
+
+def test_ctrl_c_of_repa_probe_is_one_line(probe_run, tmp_path, capsys, monkeypatch):
+    import probe.analyses
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probe.analyses, "layer_sweep", interrupted)
+    code, err = run_probe(capsys, probe_run / "checkpoints" / "latest.pt", tmp_path / "out")
+    assert code == 2
+    one_line(err, "interrupted", "run the same command again")
+
+
+def test_nonfinite_features_are_refused_by_the_metrics():
+    from probe.metrics import prepare
+    from train.errors import UserError
+
+    x = torch.randn(8, 4)
+    x[3, 1] = float("nan")
+    with pytest.raises(UserError, match="NaN or infinite"):
+        prepare(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# samples: a junk PNG in a folder being resumed, a junk .npz beside the real one
+# ----------------------------------------------------------------------------------------------
+
+def test_junk_png_and_junk_npz_in_a_samples_folder(probe_run, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from train import evaluate as ev
+    from train.cli import main_sample
+
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "s"
+    args = ["--ckpt", str(probe_run / "checkpoints" / "latest.pt"), "--out", str(out), "--n", "4", "--batch-size", "2",
+            "--steps", "2", "--device", "cpu", "--no-progress"]
+    assert main_sample(args) == 0
+    npz = out / "samples_4x32x32x3.npz"
+    with np.load(npz) as d:
+        ref = d["arr_0"].copy()
+    npz.unlink()
+    (out / "images" / "000001.png").write_bytes(b"\x89PNG\r\n\x1a\n junk")  # cut by a crash of another tool
+    assert main_sample(args) == 0  # resumed: the chunk with the junk PNG is sampled again
+    with np.load(npz) as d:
+        assert np.array_equal(d["arr_0"], ref)
+    (out / "samples_junk.npz").write_bytes(b"PK\x03\x04 junk")
+    images, _ = ev.load_samples(out)  # the junk .npz beside the real one is passed over
+    assert torch.equal(images, torch.from_numpy(ref).permute(0, 3, 1, 2))
+    with pytest.raises(ev.UserError, match="not a readable samples .npz") as e:
+        ev.load_samples(out / "samples_junk.npz")
+    assert "\n" not in str(e.value)
+    no_temporaries(out)
+
