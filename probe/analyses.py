@@ -111,6 +111,8 @@ class ProbeConfig:
                     raise UserError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
         if self.k < 2:
             raise UserError(f"k={self.k} is too small: pass k >= 2 (the paper uses 10)")
+        if self.n_images is not None and any(m in ("cknna", "cka") for m in self.metrics) and self.n_images < 4:
+            raise UserError(f"n_images={self.n_images}: CKNNA and CKA (unbiased HSIC) need at least 4 evaluation images: pass --n-images 4 or more")
         if self.n_images is not None and any(m in ALIGNMENT for m in self.metrics) and self.n_images <= self.k:
             raise UserError(f"n_images={self.n_images} evaluation images for k={self.k} nearest neighbours: pass more than {self.k} images or a smaller k")
         if "cknna_token" in self.metrics and not self.token_samples > self.k:
@@ -165,8 +167,14 @@ def _run_name(checkpoint: Checkpoint) -> str:
 
 def _load_model(checkpoint: Checkpoint, cfg: ProbeConfig) -> DiffusionTransformer:
     if isinstance(checkpoint, DiffusionTransformer):
-        return checkpoint.to(cfg.device).eval()
-    return load(checkpoint, weights=cfg.weights, device=cfg.device)
+        model = checkpoint.to(cfg.device).eval()
+    else:
+        model = load(checkpoint, weights=cfg.weights, device=cfg.device)
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # its features would be NaN, or worse, plausible numbers
+        what = "the model" if isinstance(checkpoint, DiffusionTransformer) else f"checkpoint {checkpoint} ({cfg.weights} weights)"
+        raise UserError(f"{what} holds NaN/inf values ({bad[0]}): probe an earlier checkpoint of the run (the last good one)")
+    return model
 
 
 def _image_sets(dataset: str | tuple[Any, Any], cfg: ProbeConfig, model: DiffusionTransformer,

@@ -148,4 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted: run the same command again to resume (extracted features are kept in the store)", file=sys.stderr)
+        return 2
     return 0

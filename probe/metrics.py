@@ -67,6 +67,9 @@ def prepare(x: Tensor, q: float | None = 0.95, normalize: bool = True, exact: bo
     """
     if x.ndim < 2:
         raise ValueError(f"prepare expects a tensor with a sample dimension first, shape (N, ..., D); got shape {tuple(x.shape)}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise UserError("the features hold NaN or infinite values: check the model or encoder that produced them "
+                        "(a checkpoint with NaN weights: probe an earlier one)")
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if q is not None and q != 1:

@@ -35,7 +35,8 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     ap.add_argument("--threads", type=int)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override any field, e.g. model.depth=4 data.n_train=2000")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+                    help="override any field, e.g. model.depth=4 data.n_train=2000 (may be repeated)")
     ap.add_argument("--vanilla", action="store_true", help="train the vanilla baseline (lambda 0, no projector)")
     ap.add_argument("--side-by-side", action="store_true", help="train REPA (OUT/repa) and vanilla (OUT/vanilla) with the same seed, data order and sample noise")
     ap.add_argument("--jobs", type=int, default=1, help="with --side-by-side: 2 trains both at once, one thread each")
@@ -51,10 +52,7 @@ FLAG_FIELDS = {"steps": "steps", "ckpt_every": "ckpt_every", "batch_size": "batc
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
     if args.config:
-        if not args.config.is_file():
-            raise UserError(f"config file {args.config} does not exist: pass a JSON config such as a run's config.json")
-        d = json.loads(args.config.read_text())
-        cfg = TrainConfig.from_dict(d.get("config", d))
+        cfg = read_config_file(args.config)
     else:
         cfg = preset(args.preset)
     sets = list(args.set)
@@ -78,6 +76,49 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def unknown_fields(d: dict, cls=TrainConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """``(field, close matches)`` for every key of ``d`` (and of its ``model`` / ``data`` sections)
+    that ``cls`` does not have."""
+    import difflib
+
+    from train.config import DataConfig, ModelConfig
+
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    sections = {"model": ModelConfig, "data": DataConfig} if cls is TrainConfig else {}
+    bad = []
+    for k, v in d.items():
+        if k not in known:
+            bad.append((prefix + k, difflib.get_close_matches(k, list(known), n=1)))
+        elif k in sections and isinstance(v, dict):
+            bad += unknown_fields(v, sections[k], f"{prefix}{k}.")
+    return bad
+
+
+def read_config_file(path: Path) -> TrainConfig:
+    """A JSON TrainConfig (or a run's config.json, which holds it under ``config``); malformed JSON,
+    unknown fields (typos) and impossible values are one-line :class:`UserError` s."""
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist: pass a JSON config such as a run's config.json")
+    try:
+        d = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not text: pass a JSON config such as a run's config.json") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"config file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): fix it there") from None
+    d = d.get("config", d) if isinstance(d, dict) else d
+    if not isinstance(d, dict):
+        raise UserError(f"config file {path} does not hold a JSON object of config fields: pass a config such as a run's config.json")
+    bad = unknown_fields(d)
+    if bad:
+        name, close = bad[0]
+        hint = f"did you mean {'.'.join(name.split('.')[:-1] + close)!r}?" if close else "see repa-train --dry-run for the fields"
+        raise UserError(f"config file {path} has an unknown field {name!r}: rename or remove it ({hint})")
+    try:
+        return TrainConfig.from_dict(d)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"config file {path} holds an impossible setting ({str(e).splitlines()[0][:200]}): fix it there") from None
+
+
 def as_vanilla(cfg: TrainConfig) -> TrainConfig:
     """The same run without REPA: lambda 0, no projector, no encoder."""
     return dataclasses.replace(cfg, proj_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=()), encoders=(), encoder_weights=())
@@ -87,19 +128,33 @@ def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = Tr
     """Train REPA and vanilla with the same seed, data order and sample noise: OUT/repa, OUT/vanilla."""
     from train.loop import train
 
+    from train.checkpoints import atomic_write
+    from train.loop import check_resume_config
+    from train.rundir import PARENT_ENV, lock_run_dir
+
     runs = {"repa": cfg, "vanilla": as_vanilla(cfg)}
-    if jobs <= 1:
-        return {name: train(c, out / name, progress=progress, evaluator=training_evaluator(c)) for name, c in runs.items()}
-    procs = {}
-    for name, c in runs.items():
-        (out / name).mkdir(parents=True, exist_ok=True)
-        cfg_file = out / name / "requested_config.json"
-        cfg_file.write_text(json.dumps(dataclasses.replace(c, threads=1).to_dict()))
-        cmd = [sys.executable, "-m", "train", "--config", str(cfg_file), "--out", str(out / name)]
-        if not progress or name != "repa":
-            cmd.append("--no-progress")
-        procs[name] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    codes = {name: p.wait() for name, p in procs.items()}
+    with lock_run_dir(out, "side-by-side training"):  # each run's own directory is locked by its train()
+        for name, c in runs.items():  # both settings checks before either run starts
+            check_resume_config(out / name, c)
+        if jobs <= 1:
+            return {name: train(c, out / name, progress=progress, evaluator=training_evaluator(c)) for name, c in runs.items()}
+        procs = {}
+        try:
+            for name, c in runs.items():
+                (out / name).mkdir(parents=True, exist_ok=True)
+                cfg_file = out / name / "requested_config.json"
+                atomic_write(cfg_file, lambda tmp, c=c: Path(tmp).write_text(json.dumps(dataclasses.replace(c, threads=1).to_dict())))
+                cmd = [sys.executable, "-m", "train", "--config", str(cfg_file), "--out", str(out / name)]
+                if not progress or name != "repa":
+                    cmd.append("--no-progress")
+                # the children end with this process (train.rundir.die_with_parent), kill -9 included
+                procs[name] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", PARENT_ENV: str(os.getpid())})
+            codes = {name: p.wait() for name, p in procs.items()}
+        finally:  # an exception or Ctrl-C here stops the children too
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     bad = [n for n, c in codes.items() if c]
     if bad:
         raise UserError(f"the {', '.join(bad)} run failed (exit {codes[bad[0]]}): see its output above; rerun the same command to resume")
@@ -123,6 +178,9 @@ def training_evaluator(cfg: TrainConfig):
 
 
 def main_train(argv: list[str] | None = None) -> int:
+    from train.rundir import die_with_parent
+
+    die_with_parent()  # a --side-by-side child: end with the parent (no-op otherwise)
     args = train_parser().parse_args(argv)
     try:
         cfg = resolve(args)

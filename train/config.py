@@ -238,7 +238,9 @@ class TrainConfig:
 
     def check(self) -> list[str]:
         """Contradictory or impossible options, each as one line saying the fix."""
-        errs = []
+        errs = _check_numbers(self)
+        if errs:  # the checks below compute with these numbers
+            return errs
         if self.batch_size % self.grad_accum:
             errs.append(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}: pick values that divide")
         if self.proj_coeff < 0:
@@ -283,6 +285,43 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# every numeric option is checked for type, range and finiteness before anything runs:
+# (field, integer?, lowest, lowest allowed?, highest, what to use)
+_NUMBERS = (
+    ("lr", False, 0, False, 1, "a learning rate such as 1e-4"),
+    ("max_grad_norm", False, 0, False, math.inf, "1.0"),
+    ("adam_eps", False, 0, False, 1, "1e-8"),
+    ("weight_decay", False, 0, True, math.inf, "0"),
+    ("proj_coeff", False, 0, True, math.inf, "0 (vanilla) or a positive lambda such as 0.5"),
+    ("nt_xent_temperature", False, 0, False, math.inf, "0.1"),
+    ("batch_size", True, 1, True, math.inf, "a positive integer"),
+    ("grad_accum", True, 1, True, math.inf, "a positive integer"),
+    ("steps", True, 1, True, math.inf, "a positive integer"),
+    ("log_every", True, 1, True, math.inf, "a positive integer"),
+    ("ckpt_every", True, 1, True, math.inf, "a positive integer"),
+    ("sample_every", True, 0, True, math.inf, "0 (never) or a positive integer"),
+    ("sample_steps", True, 1, True, math.inf, "a positive integer such as 50"),
+    ("eval_every", True, 0, True, math.inf, "0 (never) or a positive integer"),
+    ("eval_samples", True, 1, True, math.inf, "a positive integer"),
+    ("seed", True, 0, True, 2**63 - 1, "a non-negative integer"),
+    ("threads", True, 0, True, 4096, "0 (the torch default) or a positive integer"),
+)
+
+
+def _check_numbers(cfg: "TrainConfig") -> list[str]:
+    errs = []
+    for name, integer, lo, lo_ok, hi, fix in _NUMBERS:
+        v = getattr(cfg, name)
+        typed = isinstance(v, int) and not isinstance(v, bool) if integer else _finite(v)
+        if not (typed and (lo <= v if lo_ok else lo < v) and v <= hi):
+            span = f"{'>=' if lo_ok else '>'} {lo}" + ("" if hi == math.inf else f" and <= {hi}")
+            errs.append(f"{name} {v!r} is not {'an integer' if integer else 'a finite number'} {span}: use {fix}")
+    betas = cfg.betas
+    if len(betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in betas):
+        errs.append(f"betas {list(betas)!r} are not two numbers in [0, 1): use [0.9, 0.999]")
+    return errs
 
 
 def _imagenet(name: str, depth: int) -> TrainConfig:

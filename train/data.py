@@ -121,6 +121,7 @@ def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard
     refused.  ``codec`` defaults to the SD-VAE (``train.latents.SDVAECodec``).
     """
     import csv
+    import sys
 
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -133,12 +134,17 @@ def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard
     out.mkdir(parents=True, exist_ok=True)
     rows = [(str(Path(f).relative_to(ds.root)), label, i // shard_size, i % shard_size) for i, (f, label) in enumerate(ds.samples)]
     manifest = out / MANIFEST
-    if manifest.exists():
-        with open(manifest, newline="") as f:
-            old = [(r["file"], int(r["label"]), int(r["shard"]), int(r["row"])) for r in csv.DictReader(f)]
-        if old != rows:
-            raise UserError(f"{out} holds a latent cache of another folder or shard size: pass a new --out directory")
-    else:
+    old = _read_manifest(manifest) if manifest.exists() else None
+    if old is not None and old != rows:
+        old_shards = max(r[2] for r in old) + 1 if old else 0
+        if old and all(_shard_rows(out / f"shard_{k:05d}.safetensors") == len(_rows_of(old, k)) for k in range(old_shards)):
+            raise UserError(f"{out} holds a finished latent cache of another folder or shard size: pass a new --out directory")
+        # an unfinished cache whose folder changed (e.g. a bad image removed after a failed encode):
+        # keep the shards whose images are unchanged, encode the others anew
+        for k in range(max(old_shards, math.ceil(len(rows) / shard_size))):
+            if _rows_of(old, k) != _rows_of(rows, k):
+                (out / f"shard_{k:05d}.safetensors").unlink(missing_ok=True)
+    if old != rows:
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
@@ -158,6 +164,9 @@ def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard
     n_shards = math.ceil(len(rows) / shard_size)
     for k in tqdm(range(n_shards), desc="latent cache", disable=not progress):
         path = out / f"shard_{k:05d}.safetensors"
+        if path.exists() and _shard_rows(path) != len(_rows_of(rows, k)):  # truncated or damaged: encode it again
+            print(f"warning: {path} is unreadable or incomplete: encoding it again", file=sys.stderr)
+            path.unlink()
         if path.exists():
             if not hflip:
                 continue
@@ -179,6 +188,34 @@ def build_latent_cache(root: str | Path, out: str | Path, size: int = 256, shard
     return manifest
 
 
+def _read_manifest(path: Path) -> list[tuple[str, int, int, int]] | None:
+    """The rows of a manifest, or None when it is unreadable (then it is rewritten)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            return [(r["file"], int(r["label"]), int(r["shard"]), int(r["row"])) for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError, TypeError, csv.Error):
+        return None
+
+
+def _rows_of(rows: list | None, k: int) -> list:
+    return [r for r in rows or [] if r[2] == k]
+
+
+def _shard_rows(path: Path, name: str = "labels", keys: Sequence[str] = ("mean", "std", "images", "labels")) -> int | None:
+    """Rows of a safetensors shard, or None when it is missing, truncated or lacks ``keys``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            if not set(keys) <= set(f.keys()):
+                return None
+            return f.get_slice(name).get_shape()[0]
+    except Exception:  # noqa: BLE001 - SafetensorError, OSError: a damaged file
+        return None
+
+
 class LatentCacheDataset(Dataset):
     """A cache written by :func:`build_latent_cache`, held in memory: ``images`` (uint8, for the
     target encoder), ``labels`` and :meth:`moments` (the stored posterior, of the mirror images
@@ -194,7 +231,16 @@ class LatentCacheDataset(Dataset):
         shards = sorted(root.glob("shard_*.safetensors"))
         with open(root / MANIFEST) as f:
             n_rows = sum(1 for _ in f) - 1
-        parts = [load_file(str(p)) for p in shards]
+        parts = []
+        for p in shards:
+            try:
+                parts.append(load_file(str(p)))
+            except Exception as e:  # noqa: BLE001 - SafetensorError of a truncated or junk shard
+                raise UserError(f"latent shard {p} is truncated or unreadable ({str(e).splitlines()[0][:100]}): rerun the "
+                                f"same python -m train.data encode command (it encodes that shard again)") from None
+            if not {"mean", "std", "images", "labels"} <= set(parts[-1]):
+                raise UserError(f"latent shard {p} lacks tensors of a latent cache: rerun the same python -m train.data "
+                                "encode command (it encodes that shard again)")
         self.root = root
         self.images = torch.cat([p["images"] for p in parts]) if parts else torch.empty(0, 3, size, size, dtype=torch.uint8)
         if len(self.images) != n_rows:
@@ -272,7 +318,7 @@ def _manifest_digest(root: Path) -> str:
 
 def _targets_fix(root: Path, encoder) -> str:
     return (f"rebuild it with python -m train.data targets --cache {root} --encoders {encoder.name} --grid {encoder.grid} "
-            f"(and this run's --encoder-weights), or delete {target_dir(root, encoder.name)} to encode online")
+            f"--rebuild (and this run's --encoder-weights), or delete {target_dir(root, encoder.name)} to encode online")
 
 
 def _check_target_info(info: dict, root: Path, encoder, key: str) -> None:
@@ -290,7 +336,7 @@ def _check_target_info(info: dict, root: Path, encoder, key: str) -> None:
 
 
 def build_target_cache(root: str | Path, encoders: Sequence, batch_size: int = 64, device: str = "cpu",
-                       dtype: torch.dtype = torch.float16, progress: bool = True) -> list[Path]:
+                       dtype: torch.dtype = torch.float16, progress: bool = True, rebuild: bool = False) -> list[Path]:
     """Store the patch tokens of every image of the latent cache ``root`` and of its mirror image
     (``image.flip(-1)``, what ``data.hflip`` feeds the encoder) for each of ``encoders`` (built with
     :func:`train.encoders.load_encoder` at the grid the model needs): ``root/targets_<name>/``
@@ -301,7 +347,9 @@ def build_target_cache(root: str | Path, encoders: Sequence, batch_size: int = 6
     are refused.  float32 stores the encoder's output as is (bitwise the online tokens when the
     kernels see the same batch shape; other batch shapes or mixed-precision autocast can change
     the last bits); float16 (the default) halves the disk and equals the in-memory cache the
-    trainer would otherwise compute.
+    trainer would otherwise compute.  ``rebuild=True`` (``--rebuild``) replaces targets made by
+    another encoder, grid, dtype or latent cache instead of refusing them.  A damaged (truncated)
+    shard is encoded again.
     """
     import json
 
@@ -316,7 +364,11 @@ def build_target_cache(root: str | Path, encoders: Sequence, batch_size: int = 6
     with open(root / MANIFEST) as f:
         n_rows = sum(1 for _ in f) - 1
     shards = sorted(root.glob("shard_*.safetensors"))
-    have = sum(_rows_in(p) for p in shards)
+    counts = [_shard_rows(p) for p in shards]
+    if None in counts:
+        raise UserError(f"latent shard {shards[counts.index(None)]} is truncated or unreadable: rerun its python -m train.data "
+                        "encode command (it encodes that shard again) first")
+    have = sum(counts)
     if have != n_rows:
         raise UserError(f"the latent cache in {root} is incomplete ({have} of {n_rows} images): rerun its encode command to finish it first")
     dtype_name = str(dtype).removeprefix("torch.")
@@ -326,11 +378,23 @@ def build_target_cache(root: str | Path, encoders: Sequence, batch_size: int = 6
         key, where = encoder_key(enc), target_dir(root, enc.name)
         info = {"format": TARGETS_FORMAT, "key": key, "encoder": enc.name, "grid": enc.grid, "dim": enc.dim,
                 "dtype": dtype_name, "manifest": _manifest_digest(root), "rows": n_rows, "provenance": enc.provenance}
-        if (where / TARGETS_INFO).is_file():
-            old = json.loads((where / TARGETS_INFO).read_text())
+        old = _read_target_info(where)
+        if old is not None and rebuild:
+            try:
+                _check_target_info(old, root, enc, key)
+                same = old.get("dtype") == dtype_name
+            except UserError:
+                same = False
+            if not same:  # start over: the old targets were made by another encoder, grid or dtype
+                for p in where.glob("shard_*.safetensors"):
+                    p.unlink()
+                (where / TARGETS_INFO).unlink()
+                old = None
+        if old is not None:
             _check_target_info(old, root, enc, key)
             if old.get("dtype") != dtype_name:
-                raise UserError(f"{where} is being built as {old.get('dtype')}: rerun with --dtype {old.get('dtype')}, or delete it to start over as {dtype_name}")
+                raise UserError(f"{where} is being built as {old.get('dtype')}: rerun with --dtype {old.get('dtype')}, "
+                                f"or with --rebuild to start over as {dtype_name}")
         else:
             atomic_write(where / TARGETS_INFO, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
 
@@ -340,13 +404,26 @@ def build_target_cache(root: str | Path, encoders: Sequence, batch_size: int = 6
 
         for shard in tqdm(shards, desc=f"targets {enc.name}", disable=not progress):
             path = where / shard.name
-            if path.exists():
+            if path.exists() and _shard_rows(path, "tokens", ("tokens", "tokens_flip")) == _rows_in(shard):
                 continue
             images = load_file(str(shard))["images"]
             tensors = {"tokens": tokens(images), "tokens_flip": tokens(images.flip(-1))}
             atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": TARGETS_FORMAT, "key": key}))
         written.append(where)
     return written
+
+
+def _read_target_info(where: Path) -> dict | None:
+    """``encoder.json`` of a target cache; a damaged one reads as a cache of another encoder."""
+    import json
+
+    if not (where / TARGETS_INFO).is_file():
+        return None
+    try:
+        info = json.loads((where / TARGETS_INFO).read_text())
+    except (OSError, ValueError):
+        return {"format": "unreadable"}
+    return info if isinstance(info, dict) else {"format": "unreadable"}
 
 
 def _rows_in(path: Path, name: str = "labels") -> int:
@@ -401,14 +478,18 @@ def open_target_cache(root: str | Path, encoder) -> StoredTargets | None:
         return None
     if not (where / TARGETS_INFO).is_file():
         raise UserError(f"{where} has no {TARGETS_INFO} (an unfinished target cache): {_targets_fix(root, encoder)}")
-    _check_target_info(json.loads((where / TARGETS_INFO).read_text()), root, encoder, encoder_key(encoder))
+    _check_target_info(_read_target_info(where), root, encoder, encoder_key(encoder))
     latent = sorted(root.glob("shard_*.safetensors"))
     files = [where / p.name for p in latent]
     missing = sum(not f.is_file() for f in files)
     if missing:
         raise UserError(f"the target cache {where} is incomplete ({missing} of {len(files)} shards missing): rerun the same "
                         f"python -m train.data targets command to finish it, or delete {where} to encode online")
-    sizes = [_rows_in(f, "tokens") for f in files]
+    sizes = [_shard_rows(f, "tokens", ("tokens", "tokens_flip")) for f in files]
+    damaged = [f.name for f, n in zip(files, sizes) if n is None]
+    if damaged:
+        raise UserError(f"target shard {where / damaged[0]} is truncated or unreadable: rerun the same python -m train.data "
+                        f"targets command (it encodes that shard again), or delete {where} to encode online")
     if sizes != [_rows_in(p) for p in latent]:
         raise UserError(f"the target cache {where} does not match the latent shards of {root}: {_targets_fix(root, encoder)}")
     return StoredTargets(where, files, sizes)
@@ -456,6 +537,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--random-init-encoders", action="store_true", help="random encoder weights (tests only)")
         p.add_argument("--seed", type=int, default=0, help="with --random-init-encoders: the training run's seed")
         p.add_argument("--device", default="cpu")
+    tgt.add_argument("--rebuild", action="store_true", help="replace targets made by another encoder, grid or dtype")
     args = ap.parse_args(argv)
     try:
         if args.command == "encode":
@@ -470,7 +552,8 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
         if args.encoders:
             encoders = _load_encoders(args.encoders, args.encoder_weights, args.grid, args.device,
                                       args.random_init_encoders, args.seed)
-            for where in build_target_cache(cache, encoders, batch, args.device, getattr(torch, args.dtype)):
+            for where in build_target_cache(cache, encoders, batch, args.device, getattr(torch, args.dtype),
+                                            rebuild=getattr(args, "rebuild", False)):
                 print(where)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -152,8 +152,23 @@ def _write_png(image: Tensor, path: Path) -> None:
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"sample {path} is not a readable PNG ({e}): delete it and rerun the same repa-sample command") from None
+
+
+def _png_ok(path: Path) -> bool:
+    """Whether a sample PNG of an earlier run is there and decodes (a junk or cut one is sampled again)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -211,7 +226,7 @@ def sample_to_dir(model: nn.Module, spec: SampleSpec, codec: Codec, out: str | o
                unit="img", disable=not progress)
     for k in mine:
         idx = spec.chunk_range(k)
-        if all(_png_path(out, i).exists() for i in idx):
+        if all(_png_ok(_png_path(out, i)) for i in idx):
             skipped.append(k)
         else:
             images, _ = sample_chunk(model, spec, codec, k)
@@ -235,17 +250,34 @@ def load_samples(path: str | os.PathLike) -> tuple[Tensor, Tensor | None]:
     """Samples written by :func:`sample_to_dir` (its directory or ``.npz``; any ADM-style npz):
     ``(uint8 images (N, 3, H, W), labels or None)``."""
     path = Path(path)
+    def read(p: Path):
+        try:
+            with np.load(p) as data:
+                arr = data["arr_0"]
+                key = next((k for k in ("labels", "arr_1") if k in data), None)
+                return arr, (torch.from_numpy(data[key]).long() if key else None)
+        except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, a missing arr_0, pickle refusals: a junk file
+            raise UserError(f"{p} is not a readable samples .npz ({type(e).__name__}): delete it and rerun repa-sample") from None
+
     if path.is_dir():
         found = sorted(path.glob("samples_*.npz"))
         if not found:
             raise UserError(f"no samples_*.npz in {path}: finish sampling first (rerun repa-sample with the same options)")
-        path = found[0]
-    if not path.is_file():
+        readable = []
+        for p in found:  # a junk .npz beside the real one is passed over
+            try:
+                readable.append((p, read(p)))
+            except UserError:
+                continue
+        if not readable:
+            raise UserError(f"no readable samples_*.npz in {path} ({', '.join(p.name for p in found)}): delete them and rerun repa-sample")
+        if len(readable) > 1:
+            raise UserError(f"{path} holds several samples .npz ({', '.join(p.name for p, _ in readable)}): pass one of them")
+        path, (arr, labels) = readable[0]
+    elif not path.is_file():
         raise UserError(f"samples {path} not found: pass an .npz (arr_0 uint8 NHWC) or a repa-sample --out directory")
-    with np.load(path) as data:
-        arr = data["arr_0"]
-        key = next((k for k in ("labels", "arr_1") if k in data), None)
-        labels = torch.from_numpy(data[key]).long() if key else None
+    else:
+        arr, labels = read(path)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise UserError(f"{path}: arr_0 is {arr.dtype} {arr.shape}, expected uint8 (N, H, W, 3): save samples as ADM does")
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), labels

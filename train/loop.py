@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,11 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 from train import interpolants as itp
-from train.checkpoints import atomic_save, read_checkpoint
+from train.checkpoints import atomic_save, atomic_write, newest_intact_checkpoint, nonfinite_tensors, read_checkpoint
 from train.config import TrainConfig
 from train.errors import UserError
 from train.losses import PROJECTION_LOSSES, denoising_loss, spatial_normalize
 from train.models import DiffusionTransformer
+from train.rundir import lock_run_dir, remove_stale_temporaries
 
 Tensor = torch.Tensor
 CKPT_FORMAT = "repa-toolkit/1"
@@ -156,10 +158,12 @@ class TargetSource:
         todo = [j for j, src in enumerate(self.sources) if src is None]
         if not todo or images is None:
             return
-        saved = torch.load(cache_file, weights_only=True) if cache_file is not None and cache_file.exists() else {}
+        saved = self._read_cache_file(cache_file, encoders)
         tokens = self._as_list(saved.get("tokens"))
         flipped = self._as_list(saved.get("tokens_flip"))
-        if any(tokens[j] is None or (hflip and flipped[j] is None) for j in todo):
+        fits = [lambda t, enc=enc: isinstance(t, Tensor) and t.is_floating_point() and t.dim() == 3
+                and t.shape[0] == len(images) and t.shape[2] == enc.dim and bool(torch.isfinite(t).all()) for enc in encoders]
+        if any(not fits[j](tokens[j]) or (hflip and not fits[j](flipped[j])) for j in todo):
             tokens, flipped = [None] * len(encoders), [None] * len(encoders)
             for j in todo:
                 tokens[j] = self._encode_all(encoders[j], images, batch, progress)
@@ -171,8 +175,22 @@ class TargetSource:
         for j in todo:
             self.sources[j] = (tokens[j], flipped[j] if hflip else None)
 
+    @staticmethod
+    def _read_cache_file(cache_file: Path | None, encoders: list) -> dict:
+        """The in-memory cache saved by an earlier start of this run; ``{}`` (rebuilt) when it is
+        missing, unreadable (truncated, not plain data) or made by other encoders."""
+        if cache_file is None or not cache_file.exists():
+            return {}
+        try:
+            saved = read_checkpoint(cache_file)
+        except UserError:
+            return {}
+        if not isinstance(saved, dict) or saved.get("encoders") != [e.provenance for e in encoders]:
+            return {}
+        return saved
+
     def _as_list(self, saved) -> list:
-        saved = list(saved or [])
+        saved = list(saved) if isinstance(saved, (list, tuple)) else []
         return (saved + [None] * len(self.encoders))[:len(self.encoders)]
 
     def _encode_all(self, enc, images: Tensor, batch: int, progress: bool, flip: bool = False) -> Tensor:
@@ -213,13 +231,13 @@ class TargetSource:
 def write_run_config(out: Path, cfg: TrainConfig, extra: dict | None = None) -> None:
     meta = {"config": cfg.to_dict(), "git_revision": git_revision(), "torch": torch.__version__,
             "python": platform.python_version(), **(extra or {})}
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "config.json")
+    atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 
 
 def check_resume_config(out: Path, cfg: TrainConfig) -> None:
-    """A run directory belongs to one configuration (the step count may grow).  Fields added to the
+    """A run directory belongs to one configuration.  The step count may grow, and what a failed run
+    is resumed with to get past the failure may change (``lr``, ``max_grad_norm``,
+    ``mixed_precision``: the optimizer takes them from the new config).  Fields added to the
     config after the run started count as their defaults (a run from before they existed resumes)."""
     f = out / "config.json"
     if not f.exists():
@@ -229,7 +247,8 @@ def check_resume_config(out: Path, cfg: TrainConfig) -> None:
     except (TypeError, ValueError) as e:
         raise UserError(f"{out} holds a run whose config.json this version cannot read ({e}): use a new --out directory") from None
     new = json.loads(json.dumps(cfg.to_dict()))
-    ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "threads", "device", "tensorboard"}
+    ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "threads", "device", "tensorboard",
+              "lr", "max_grad_norm", "mixed_precision"}
     diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
     if diff:
         raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}): use a new --out directory or the same options")
@@ -260,10 +279,7 @@ def save_grid(images: Tensor, path: Path, nrow: int) -> None:
     for i in range(n):
         r, q = divmod(i, nrow)
         grid[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = images[i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +303,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     errs = cfg.check()
     if errs:
         raise UserError(errs[0])
+    # one writer per run directory, and its settings checked before anything slow: the first
+    # process (RANK 0 under torchrun) holds the lock until train() returns or the process ends
     out = Path(out)
+    first = int(os.environ.get("RANK", "0")) == 0
+    lock = lock_run_dir(out) if first else None
+    if first:
+        remove_stale_temporaries(out, out / "checkpoints", out / "samples")  # of writes a kill cut short
+    check_resume_config(out, cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # Adam's second moments of small gradients turn denormal and make CPU steps several times
@@ -346,9 +369,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     ckpt_dir = out / "checkpoints"
     latest = ckpt_dir / "latest.pt"
     step = 0
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        check_resume_config(out, cfg)
     acc.wait_for_everyone()
     targets = TargetSource(encoders, dataset.images if in_memory else None, cfg.cache_targets, device,
                            cache_file=(out / "target_cache.pt") if acc.is_main_process and world == 1 else None,
@@ -360,11 +380,20 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
         if not isinstance(getattr(dataset, "labels", None), Tensor):
             raise UserError("target_shuffle=class needs a dataset with its labels in memory (a built-in dataset): set target_shuffle=none")
         targets.partners = class_partners(dataset.labels, cfg.seed)
-    if latest.exists():
-        state = read_checkpoint(latest)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
+    found = newest_intact_checkpoint(ckpt_dir)  # latest.pt, or the newest intact step_*.pt if it is damaged
+    if found is not None:
+        path, state, passed_over = found
+        for problem in passed_over:
+            print(f"warning: {problem}: resuming from {path}", file=sys.stderr)
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"checkpoint {path} does not fit this run's model ({str(e).strip().splitlines()[0][:150]}): "
+                            f"move it out of {ckpt_dir}, or pass another --out directory") from None
+        for group in opt.param_groups:  # the optimizer follows the config, not the checkpoint
+            group.update(lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
         step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
     if acc.is_main_process:
@@ -386,9 +415,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     show_noise = torch.randn(n_show, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size, generator=show_gen)
     show_labels = torch.arange(n_show) % min(cfg.model.num_classes, 8)
 
+    last_good, at_ckpt = step, True  # the newest checkpoint known to hold finite weights
+
     def save(step: int) -> None:
         if not acc.is_main_process:
             return
+        bad = nonfinite_tensors({"model": acc.unwrap_model(model).state_dict(), "ema": ema.state_dict()})
+        if bad:  # never write (or call good) a checkpoint that is not
+            raise UserError(f"the weights became NaN/inf by step {step} ({bad[0]}); the last good checkpoint is step {last_good} "
+                            f"in {latest}: lower --lr or --set max_grad_norm, or use fp32/bf16, then resume")
         state = {
             "format": CKPT_FORMAT, "step": step, "model_config": cfg.model.to_dict(), "train_config": cfg.to_dict(),
             "model": acc.unwrap_model(model).state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -426,7 +461,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
                disable=not (progress and acc.is_main_process), dynamic_ncols=True)
     sums = torch.zeros(4, device=device)  # loss, denoise, proj, grad-norm accumulated between logs
     n_sums, t_log = 0, time.perf_counter()
-    last_good, at_ckpt = step, True
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     while step < end:
         model.train()
@@ -506,4 +540,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     if tb is not None:
         tb.close()
     acc.wait_for_everyone()
+    if lock is not None:
+        lock.release()
     return latest
