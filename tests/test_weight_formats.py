@@ -189,3 +189,176 @@ def test_timm_directory_still_loads_as_timm(tmp_path, monkeypatch):
     (d / "config.json").write_text(json.dumps({"architecture": "vit_small_patch14_dinov2", "num_classes": 0}))
     enc = load_encoder("dinov2-vit-s", weights=d)
     assert enc.provenance["weights"].startswith("file:") and "format" not in enc.provenance
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers DiT
+# ----------------------------------------------------------------------------------------------
+
+def _diffusers_dit(share: bool = True, seed: int = 0, channels: int = 4):
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    net = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=channels, out_channels=2 * channels,
+                                num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        if share:  # as the converted released weights: every block holds a copy of the shared embedders
+            for block in net.transformer_blocks[1:]:
+                block.norm1.emb.load_state_dict(net.transformer_blocks[0].norm1.emb.state_dict())
+    return net.eval()
+
+
+def test_diffusers_dit_equals_diffusers_forward(tmp_path):
+    from train.models import load
+
+    net = _diffusers_dit()
+    net.save_pretrained(tmp_path / "pipe" / "transformer")
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "DiTPipeline"}')
+    for path in (tmp_path / "pipe" / "transformer", tmp_path / "pipe"):
+        model = load(path)
+        assert model.flavour == "dit" and model.cfg.learn_sigma and model.cfg.depth == 2 and model.cfg.num_heads == 2
+        assert model.cfg.timestep_freq_shift == 1 and model.cfg.mlp_norm_eps == 1e-5 and model.cfg.null_class
+        assert model.source["format"] == "diffusers"
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 1, 17, 250, 500, 999])
+    y = torch.tensor([0, 3, 9, 10, 5, 10])  # 10 = the null class
+    with torch.no_grad():
+        ref = net(x, timestep=t, class_labels=y).sample
+        out = model(x, t, y)
+    assert out.shape == ref.shape == (6, 8, 8, 8)
+    scale = ref.abs().max()
+    assert torch.allclose(out[:, :4], ref[:, :4], atol=1e-5 * scale, rtol=1e-5)  # eps
+    assert torch.allclose(out[:, 4:], ref[:, 4:], atol=1e-5 * scale, rtol=1e-5)  # learned sigma
+    # without the recorded conventions it would not match (the switches are needed)
+    model.t_embedder.freq_shift = 0
+    with torch.no_grad():
+        assert not torch.allclose(model(x, t, y), ref, atol=1e-3 * scale)
+
+
+def test_probes_run_on_a_diffusers_dit(tmp_path):
+    from probe.extract import extract
+    from train.models import load
+
+    _diffusers_dit(channels=3).save_pretrained(tmp_path / "dit")  # pixels through the identity codec
+    model = load(tmp_path / "dit")
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    feats = extract(model, images, ts=(0.25, 0.75), batch_size=2, progress=False, store=tmp_path / "store")
+    assert feats.values.shape == (3, 2, 4, 32) and torch.isfinite(feats.values).all()
+    assert feats.provenance["flavour"] == "dit" and feats.provenance["checkpoint"] == str((tmp_path / "dit").resolve())
+    again = extract(model, images, ts=(0.25, 0.75), batch_size=4, progress=False, store=tmp_path / "store")  # from the store
+    assert torch.equal(again.values, feats.values)
+
+
+def test_diffusers_dit_with_per_block_embedders_is_refused(tmp_path):
+    from train.models import load
+
+    _diffusers_dit(share=False).save_pretrained(tmp_path / "dit")
+    with pytest.raises(UserError, match="block 1's .* differs from block 0's.*shares one") as err:
+        load(tmp_path / "dit")
+    assert "\n" not in str(err.value)
+
+
+def test_diffusers_folder_of_another_model_is_one_line(tmp_path):
+    from train.models import load
+
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(UserError, match="AutoencoderKL model, not a DiT") as err:
+        load(tmp_path / "vae")
+    assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder variants: MoCo v3's block names, DINOv3, SAM2
+# ----------------------------------------------------------------------------------------------
+
+def test_mocov3_norm13_fc13_norm14_fc14_names(tmp_path, monkeypatch):
+    """Some MoCo v3 ViT checkpoints name blocks.13.norm1 / mlp.fc1 'norm13' / 'fc13' and blocks.14.norm2 /
+    mlp.fc2 'norm14' / 'fc14'; they load onto timm's names."""
+    import timm
+
+    spec = replace(ENCODERS["mocov3-vit-l"], resolution=32, timm_kwargs=(("embed_dim", 32), ("depth", 15), ("num_heads", 2)))
+    monkeypatch.setitem(ENCODERS, "mocov3-vit-l", spec)
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=0, img_size=32, **dict(spec.timm_kwargs))
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    bug = {"blocks.13.norm1.": "blocks.13.norm13.", "blocks.13.mlp.fc1.": "blocks.13.mlp.fc13.",
+           "blocks.14.norm2.": "blocks.14.norm14.", "blocks.14.mlp.fc2.": "blocks.14.mlp.fc14."}
+    state = {}
+    for k, v in vit.state_dict().items():
+        for good, bad in bug.items():
+            k = k.replace(good, bad)
+        state[f"module.base_encoder.{k}"] = v
+    assert "module.base_encoder.blocks.13.norm13.weight" in state and "module.base_encoder.blocks.14.mlp.fc14.bias" in state
+    state["module.base_encoder.head.0.weight"] = torch.zeros(8, 32)
+    torch.save({"state_dict": state}, tmp_path / "vit-l-300ep.pth.tar")
+    enc = load_encoder("mocov3-vit-l", weights=tmp_path / "vit-l-300ep.pth.tar")
+    assert torch.equal(enc.model.blocks[13].norm1.weight, vit.blocks[13].norm1.weight)
+    assert torch.equal(enc.model.blocks[14].mlp.fc2.bias, vit.blocks[14].mlp.fc2.bias)
+    with torch.no_grad():
+        expected = vit.forward_features(enc.preprocess(_images()))[:, 1:]
+    assert torch.allclose(enc(_images()), expected, atol=1e-5)
+
+
+def test_dinov3_by_name_random_init_and_timm_file(tmp_path, monkeypatch):
+    """DINOv3: final-norm patch tokens without the class and 4 register tokens (timm Eva with RoPE)."""
+    spec = replace(ENCODERS["dinov3-vit-s"], resolution=48, timm_kwargs=TINY)
+    monkeypatch.setitem(ENCODERS, "dinov3-vit-s", spec)
+    enc = load_encoder("dinov3-vit-s", random_init=True)
+    assert enc.model.num_prefix_tokens == 5 and enc.provenance["target"] == "norm"
+    feats = enc.model.forward_features(enc.preprocess(_images()))
+    tokens = enc(_images())
+    assert tokens.shape == (2, 9, 32) and torch.allclose(tokens, feats[:, 5:], atol=1e-6)
+    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, tmp_path / "d3.safetensors")
+    assert torch.allclose(load_encoder("dinov3-vit-s", weights=tmp_path / "d3.safetensors")(_images()), tokens, atol=1e-6)
+
+
+def test_sam2_by_name_is_the_last_hiera_stage(monkeypatch):
+    """SAM2's image-encoder trunk: the last stage (stride 32) flattened, 16 x 16 tokens at 512 px."""
+    spec = ENCODERS["sam2-hiera-t"]
+    assert (spec.resolution, spec.grid, spec.target) == (512, 16, "features")
+    tiny = (("embed_dim", 8), ("num_heads", 1), ("stages", (1, 1, 2, 1)), ("global_att_blocks", (3,)))
+    monkeypatch.setitem(ENCODERS, "sam2-hiera-t", replace(spec, resolution=128, timm_kwargs=tiny))
+    enc = load_encoder("sam2-hiera-t", random_init=True)
+    assert enc.grid == 4 and enc.dim == 64
+    tokens = enc(_images(2))
+    fmap = enc.model.forward_features(enc.preprocess(_images(2)))  # (2, 4, 4, 64), no final norm
+    assert fmap.shape == (2, 4, 4, 64) and torch.allclose(tokens, fmap.reshape(2, 16, 64), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# The FID Inception equals pytorch-fid's InceptionV3
+# ----------------------------------------------------------------------------------------------
+
+def test_fid_inception_equals_pytorch_fid(monkeypatch, tmp_path):
+    """Same (random) weights in both: pool3 features agree, so FID numbers agree with pytorch-fid's."""
+    pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
+    from train import evaluate as ev
+
+    torch.manual_seed(0)
+    net = ev.fid_inception()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.05 if p.ndim > 1 else 0.1) + (1.0 if name.endswith("bn.weight") else 0.0))
+        for name, b in net.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn_like(b))
+            elif name.endswith("running_var"):
+                b.copy_(1 + 0.1 * torch.rand_like(b))
+    state = net.state_dict()
+    torch.save(state, tmp_path / ev.INCEPTION_FILE)
+    # pytorch-fid builds its own FID blocks and would download the weights: hand it ours instead
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: state)
+    theirs = pytorch_fid_inception.InceptionV3([pytorch_fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    ours = ev.load_feature_net("inception", tmp_path / ev.INCEPTION_FILE)
+    images = _images(2, size=64)
+    with torch.no_grad():
+        ref = theirs(images.float() / 255.0)[0].flatten(1)  # pool3 (2, 2048)
+    got = ours(images)["features"]
+    assert got.shape == ref.shape == (2, 2048) and ref.std() > 1e-3
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5), (got - ref).abs().max()
