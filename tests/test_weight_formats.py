@@ -76,6 +76,24 @@ def timm_to_transformers(sd: dict, family: str, depth: int) -> dict:
     return out
 
 
+def dinov3_to_transformers(sd: dict, depth: int) -> dict:
+    """timm's DINOv3 (Eva, RoPE, no qkv bias) -> transformers' DINOv3ViTModel."""
+    out = {"embeddings.cls_token": sd["cls_token"], "embeddings.register_tokens": sd["reg_token"],
+           "embeddings.mask_token": torch.zeros_like(sd["cls_token"]),
+           "embeddings.patch_embeddings.weight": sd["patch_embed.proj.weight"],
+           "embeddings.patch_embeddings.bias": sd["patch_embed.proj.bias"],
+           "norm.weight": sd["norm.weight"], "norm.bias": sd["norm.bias"]}
+    for i in range(depth):
+        b, h = f"blocks.{i}.", f"model.layer.{i}."
+        for name, w in zip(("q_proj", "k_proj", "v_proj"), sd[f"{b}attn.qkv.weight"].chunk(3)):
+            out[f"{h}attention.{name}.weight"] = w
+        out[f"{h}layer_scale1.lambda1"], out[f"{h}layer_scale2.lambda1"] = sd[f"{b}gamma_1"], sd[f"{b}gamma_2"]
+        for src, dst in (("attn.proj", "attention.o_proj"), ("norm1", "norm1"), ("norm2", "norm2"),
+                         ("mlp.fc1", "mlp.up_proj"), ("mlp.fc2", "mlp.down_proj")):
+            out[f"{h}{dst}.weight"], out[f"{h}{dst}.bias"] = sd[f"{b}{src}.weight"], sd[f"{b}{src}.bias"]
+    return out
+
+
 def _hf_config(family: str, patch: int, size: int):
     import transformers as T
 
@@ -90,13 +108,17 @@ def _hf_config(family: str, patch: int, size: int):
         # timm's vit_*_siglip_* (v1) use exact GELU; the published transformers configs say gelu_pytorch_tanh
         "siglip": lambda: T.SiglipVisionConfig(**common, **mlp, layer_norm_eps=1e-6, hidden_act="gelu"),
         "ijepa": lambda: T.IJepaConfig(**common, **mlp, layer_norm_eps=1e-6),
+        "dinov3_vit": lambda: T.DINOv3ViTConfig(**common, **mlp, layer_norm_eps=1e-5, num_register_tokens=4,
+                                                query_bias=False, key_bias=False, value_bias=False),
     }[family]()
 
 
 _HF_MODEL = {"dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel", "vit": "ViTModel",
-             "vit_mae": "ViTMAEModel", "clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "ijepa": "IJepaModel"}
+             "vit_mae": "ViTMAEModel", "clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "ijepa": "IJepaModel",
+             "dinov3_vit": "DINOv3ViTModel"}
 FAMILIES = [("dinov2-vit-s", "dinov2"), ("dinov2-vit-s-reg", "dinov2_with_registers"), ("dinov1-vit-b", "vit"),
-            ("mae-vit-l", "vit_mae"), ("clip-vit-l", "clip"), ("siglip-vit-b", "siglip"), ("ijepa-vit-h", "ijepa")]
+            ("mae-vit-l", "vit_mae"), ("clip-vit-l", "clip"), ("siglip-vit-b", "siglip"), ("ijepa-vit-h", "ijepa"),
+            ("dinov3-vit-s", "dinov3_vit")]
 
 
 def _tiny_pair(tmp_path, monkeypatch, name: str, family: str, native_grid: int = 4, grid: int = 3):
@@ -116,7 +138,8 @@ def _tiny_pair(tmp_path, monkeypatch, name: str, family: str, native_grid: int =
     sd = {k: v.contiguous() for k, v in net.state_dict().items()}
     save_file(sd, tmp_path / "timm.safetensors")
     hf = getattr(transformers, _HF_MODEL[family])(_hf_config(family, spec.patch, native_grid * spec.patch))
-    missing, unexpected = hf.load_state_dict(timm_to_transformers(sd, family, 2), strict=False)
+    convert = dinov3_to_transformers if family == "dinov3_vit" else (lambda sd, d: timm_to_transformers(sd, family, d))
+    missing, unexpected = hf.load_state_dict(convert(sd, 2), strict=False)
     assert not unexpected and all(k.startswith(("head.", "pooler.")) for k in missing), (missing, unexpected)
     hf.save_pretrained(tmp_path / "hf")
     return tmp_path / "timm.safetensors", tmp_path / "hf"
