@@ -13,6 +13,7 @@ from train.data import ShapesDataset
 from train.encoders import (
     ENCODERS,
     TEACHER,
+    TEACHERS,
     EncoderSpec,
     TeacherConfig,
     linear_probe_accuracy,
@@ -24,8 +25,8 @@ from train.encoders import (
 from train.errors import UserError
 
 SMALL = ["dinov2-vit-s", "dinov2-vit-s-reg", "dinov2-vit-b", "dinov2-vit-b-reg", "dinov1-vit-b",
-         "mocov3-vit-b", "siglip-vit-b"]
-LARGE = sorted(set(ENCODERS) - set(SMALL) - {TEACHER})
+         "mocov3-vit-b", "siglip-vit-b", "dinov3-vit-s"]
+LARGE = sorted(set(ENCODERS) - set(SMALL) - set(TEACHERS))
 TINY = TeacherConfig(width=32, depth=1, heads=2, steps=3, batch_size=16, n_train=300, warmup=1)
 
 
@@ -41,10 +42,14 @@ def _images(n: int = 2, size: int = 32) -> torch.Tensor:
 
 def test_registry_token_grids():
     assert LARGE == ["clip-vit-l", "dinov2-vit-g", "dinov2-vit-g-reg", "dinov2-vit-l", "dinov2-vit-l-reg",
-                     "ijepa-vit-h", "mae-vit-l", "mocov3-vit-l"]
+                     "dinov3-vit-b", "dinov3-vit-l", "ijepa-vit-h", "mae-vit-l", "mocov3-vit-l",
+                     "sam2-hiera-b+", "sam2-hiera-l", "sam2-hiera-s", "sam2-hiera-t"]
     for name, spec in ENCODERS.items():
-        assert spec.grid == (8 if name == TEACHER else 16), name
-        assert spec.resolution == {14: 224, 16: 256, 4: 32}[spec.patch]
+        if name in TEACHERS:  # sizes set in train.teacher
+            assert spec.grid == 8, name
+            continue
+        assert spec.grid == 16, name
+        assert spec.resolution == {14: 224, 16: 256, 32: 512}[spec.patch]
     assert {n for n, s in ENCODERS.items() if s.target == "prenorm"} == {"mae-vit-l", "clip-vit-l"}
 
 

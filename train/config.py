@@ -62,6 +62,9 @@ class ModelConfig:
     ``projector_dim``) or ``"conv"`` (iREPA: one ``projector_kernel`` x ``projector_kernel``
     convolution with same padding on the token grid; ``projector_dim`` is then unused).  iREPA's
     README uses kernel 3 (its LDM script's default is 1).
+    ``timestep_freq_shift`` and ``mlp_norm_eps`` record diffusers' DiT conventions (its timestep
+    frequencies ``exp(-ln(1e4) i / (half - 1))`` and its ``norm_eps`` before the MLP); the published
+    models use 0 and 1e-6.
     """
 
     name: str = "SiT-XL/2"
@@ -83,6 +86,8 @@ class ModelConfig:
     num_heads: int | None = None
     mlp_ratio: float = 4.0
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "math" (explicit softmax; same numbers)
+    timestep_freq_shift: int = 0  # 1 for diffusers' DiTTransformer2DModel (downscale_freq_shift=1)
+    mlp_norm_eps: float = 1e-6  # LayerNorm eps before the MLP; diffusers' DiT uses its norm_eps (1e-5)
 
     def __post_init__(self) -> None:
         fam, size, patch = parse_name(self.name)

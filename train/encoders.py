@@ -8,7 +8,12 @@ Targets are
 
 * ``"norm"``: the final-norm patch tokens with class and register tokens dropped (DINOv2's
   ``x_norm_patchtokens``); DINOv2, DINO v1, MoCo v3, SigLIP, I-JEPA and the built-in teacher;
-* ``"prenorm"``: the last block's patch tokens without the final norm; MAE and CLIP (REPA).
+* ``"prenorm"``: the last block's patch tokens without the final norm; MAE and CLIP (REPA);
+* ``"features"``: a hierarchical trunk's last-stage map, flattened row-major (SAM2's Hiera image
+  encoder: stride 32, so 16 x 16 tokens at 512 px; the trunk has no final norm).
+
+DINOv3 (``dinov3-vit-{s,b,l}``, timm ``vit_*_patch16_dinov3.lvd1689m``, RoPE, 4 registers) is a
+``"norm"`` encoder at 256 px: its final-norm patch tokens without the class and register tokens.
 
 If ``grid`` differs from the native token grid, the tokens are resampled on their 2-D layout:
 area pooling (mean over blocks) for an integer shrink factor, bilinear interpolation otherwise.
@@ -17,7 +22,8 @@ The published architectures are built with timm. Weights: ``weights=None`` uses 
 from the local HF / torch-hub cache when present, downloaded only when ``HF_HUB_OFFLINE`` is unset
 and the server answers; otherwise one :class:`~train.errors.UserError` line comes at once.
 ``weights=PATH`` loads a local checkpoint (original or timm format; position embeddings are
-resampled to the encoder's resolution by timm). ``random_init=True`` gives random weights of the
+resampled to the encoder's resolution by timm), or a transformers ``save_pretrained`` directory
+(:mod:`train.hf_encoders`; told from a timm directory by its ``config.json``). ``random_init=True`` gives random weights of the
 same architecture (tests, notebooks). Each encoder carries a ``provenance`` dict for results.
 
 Built-in teachers (:data:`train.teacher.TEACHERS`: ``builtin-dense``, ``builtin-ssl``,
@@ -57,7 +63,9 @@ class EncoderSpec:
     ``arch``: timm model name (with its pretrained tag when timm publishes the weights);
     ``patch``/``resolution``: patch size and input side in pixels; ``target``: ``"norm"`` or
     ``"prenorm"`` (see the module docstring); ``hub``: timm can fetch the weights (else a local
-    file is required); ``strip_prefix``: key prefix removed from local checkpoints.
+    file is required); ``strip_prefix``: key prefix removed from local checkpoints; ``hf``: the
+    transformers ``model_type`` values whose directories load for it; ``timm_kwargs``: extra
+    ``timm.create_model`` arguments as ``((key, value), ...)`` (tests register tiny variants).
     """
 
     arch: str
@@ -66,6 +74,8 @@ class EncoderSpec:
     target: str = "norm"
     hub: bool = True
     strip_prefix: str = ""
+    hf: tuple[str, ...] = ()
+    timm_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
     def grid(self) -> int:
@@ -73,21 +83,32 @@ class EncoderSpec:
 
 
 def _dinov2(size: str, reg: bool) -> EncoderSpec:
-    return EncoderSpec(f"vit_{size}_patch14_{'reg4_' if reg else ''}dinov2.lvd142m", 14, 224)
+    return EncoderSpec(f"vit_{size}_patch14_{'reg4_' if reg else ''}dinov2.lvd142m", 14, 224,
+                       hf=("dinov2_with_registers",) if reg else ("dinov2",))
+
+
+_CLIP, _SIGLIP = ("clip_vision_model", "clip"), ("siglip_vision_model", "siglip")
 
 
 TEACHER = "builtin-teacher"  # the first built-in teacher (supervised, on shapes); the others in TEACHERS
 ENCODERS: dict[str, EncoderSpec] = {
     **{f"dinov2-vit-{s[0]}{'-reg' if reg else ''}": _dinov2(s, reg)
        for reg in (False, True) for s in ("small", "base", "large", "giant")},
-    "dinov1-vit-b": EncoderSpec("vit_base_patch16_224.dino", 16, 256),
-    "mae-vit-l": EncoderSpec("vit_large_patch16_224.mae", 16, 256, target="prenorm"),
+    "dinov1-vit-b": EncoderSpec("vit_base_patch16_224.dino", 16, 256, hf=("vit",)),
+    "mae-vit-l": EncoderSpec("vit_large_patch16_224.mae", 16, 256, target="prenorm", hf=("vit_mae",)),
     # MoCo v3 weights are not in timm: load the original checkpoint (prefix module.base_encoder.)
     "mocov3-vit-b": EncoderSpec("vit_base_patch16_224", 16, 256, hub=False, strip_prefix="base_encoder."),
     "mocov3-vit-l": EncoderSpec("vit_large_patch16_224", 16, 256, hub=False, strip_prefix="base_encoder."),
-    "clip-vit-l": EncoderSpec("vit_large_patch14_clip_quickgelu_224.openai", 14, 224, target="prenorm"),
-    "siglip-vit-b": EncoderSpec("vit_base_patch16_siglip_256.webli", 16, 256),
-    "ijepa-vit-h": EncoderSpec("vit_huge_patch14_gap_224.in1k_ijepa", 14, 224),
+    "clip-vit-l": EncoderSpec("vit_large_patch14_clip_quickgelu_224.openai", 14, 224, target="prenorm", hf=_CLIP),
+    "siglip-vit-b": EncoderSpec("vit_base_patch16_siglip_256.webli", 16, 256, hf=_SIGLIP),
+    "ijepa-vit-h": EncoderSpec("vit_huge_patch14_gap_224.in1k_ijepa", 14, 224, hf=("ijepa",)),
+    **{f"dinov3-vit-{s[0]}": EncoderSpec(f"vit_{s}_patch16_dinov3.lvd1689m", 16, 256, hf=("dinov3_vit",))
+       for s in ("small", "base", "large")},
+    # SAM2's image encoder trunk (Hiera): stride 32, so 512 px gives 16 x 16 tokens
+    **{f"sam2-hiera-{s[0] if s != 'base_plus' else 'b+'}": EncoderSpec(f"sam2_hiera_{s}.fb_r896", 32, 512,
+                                                                       target="features")
+       for s in ("tiny", "small", "base_plus")},
+    "sam2-hiera-l": EncoderSpec("sam2_hiera_large.fb_r1024", 32, 512, target="features"),
     **{name: EncoderSpec(f"repa-{name}", cfg.patch, cfg.image_size, hub=False) for name, cfg in TEACHERS.items()},
 }
 
@@ -125,7 +146,7 @@ class Encoder(nn.Module):
                  std: tuple[float, ...], weights: str, grid: int | None = None) -> None:
         super().__init__()
         self.name, self.spec, self.model = name, spec, model
-        self.dim: int = model.embed_dim
+        self.dim: int = int(getattr(model, "num_features", None) or model.embed_dim)
         self.resolution, self.native_grid = spec.resolution, spec.grid
         self.grid: int = grid or spec.grid
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -154,7 +175,11 @@ class Encoder(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
-        if self.spec.target == "prenorm":
+        if hasattr(self.model, "target_tokens"):  # a transformers model (train.hf_encoders)
+            tokens = self.model.target_tokens(x, self.spec.target)
+        elif self.spec.target == "features":  # hierarchical trunk: (B, H, W, C) -> (B, H*W, C)
+            tokens = self.model.forward_features(x).flatten(1, 2)
+        elif self.spec.target == "prenorm":
             tokens = self.model.forward_intermediates(x, indices=1, norm=False, output_fmt="NLC",
                                                       intermediates_only=True)[-1]
         else:
@@ -216,15 +241,30 @@ def _download_url(arch: str) -> str | None:
     return (HF_ENDPOINT if cfg.hf_hub_id else cfg.url) or None
 
 
+# Some MoCo v3 ViT checkpoints (the released ViT-L) carry a naming bug inside blocks 13 and 14:
+# blocks.13.norm13 / blocks.13.mlp.fc13 are timm's norm1 / mlp.fc1, blocks.14.norm14 /
+# blocks.14.mlp.fc14 are norm2 / mlp.fc2 (the fix REPA's loader and others apply).
+_MOCOV3_RENAMES = (("blocks.13.norm13.", "blocks.13.norm1."), ("blocks.13.mlp.fc13.", "blocks.13.mlp.fc1."),
+                   ("blocks.14.norm14.", "blocks.14.norm2."), ("blocks.14.mlp.fc14.", "blocks.14.mlp.fc2."))
+
+
+def _mocov3_key(key: str) -> str:
+    for old, new in _MOCOV3_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def _strip_prefix(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """Keys of a (MoCo v3) checkpoint under ``prefix``, prefix removed, projection head dropped;
-    a checkpoint without the prefix is returned as is. timm already strips ``module.``."""
+    """Keys of a (MoCo v3) checkpoint under ``prefix``, prefix removed, projection head dropped,
+    the norm13/fc13/norm14/fc14 names mapped onto timm's; a checkpoint without the prefix keeps its
+    keys (renames aside). timm already strips ``module.``."""
     from timm.models import load_state_dict
 
     state = load_state_dict(str(path))
-    if not any(k.startswith(prefix) for k in state):
-        return state
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
+    return {_mocov3_key(k): v for k, v in state.items()}
 
 
 def _build_timm(name: str, spec: EncoderSpec, weights: str | os.PathLike | None,
@@ -232,7 +272,8 @@ def _build_timm(name: str, spec: EncoderSpec, weights: str | os.PathLike | None,
     """The timm model of ``spec`` with its weights, and a description of their source."""
     import timm
 
-    kwargs = dict(num_classes=0, img_size=spec.resolution)
+    kwargs = dict(num_classes=0, **({} if spec.target == "features" else {"img_size": spec.resolution}),
+                  **dict(spec.timm_kwargs))
     if random_init:
         return timm.create_model(spec.arch, pretrained=False, **kwargs), "random-init"
     if weights is not None:
@@ -276,6 +317,15 @@ def load_encoder(name: str, weights: str | os.PathLike | None = None, grid: int 
                           TEACHER_STD, source, grid)
         encoder.provenance["teacher_config"] = asdict(cfg)
         return encoder.to(device)
+    if weights is not None and not random_init:
+        from train.hf_encoders import load_transformers_encoder, transformers_config
+
+        path = Path(weights).expanduser()
+        if (data := transformers_config(path)) is not None:
+            model, source, mean, std, extra = load_transformers_encoder(name, spec, path, data)
+            encoder = Encoder(name, spec, model, mean, std, source, grid)
+            encoder.provenance.update(extra)
+            return encoder.to(device)
     from timm.data import resolve_data_config
 
     model, source = _build_timm(name, spec, weights, random_init)

@@ -56,10 +56,11 @@ def sincos_2d(dim: int, grid: int) -> Tensor:
     return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
 
 
-def timestep_embedding(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:
-    """(N,) possibly fractional times -> (N, dim): ``[cos(t f_k), sin(t f_k)]``, ``f_k = P^(-k/half)``."""
+def timestep_embedding(t: Tensor, dim: int = 256, max_period: float = 10000.0, freq_shift: int = 0) -> Tensor:
+    """(N,) possibly fractional times -> (N, dim): ``[cos(t f_k), sin(t f_k)]``, ``f_k = P^(-k/(half - s))``
+    with ``s = freq_shift``: 0 in the published models, 1 in diffusers' DiT (``downscale_freq_shift``)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift))
     args = t[:, None].float() * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, dim % 2))
@@ -83,13 +84,13 @@ class PatchEmbed(nn.Module):
 class TimestepEmbedder(nn.Module):
     """Sinusoidal frequency embedding (256-d) followed by a 2-layer SiLU MLP."""
 
-    def __init__(self, hidden_size: int, frequency_size: int = 256):
+    def __init__(self, hidden_size: int, frequency_size: int = 256, freq_shift: int = 0):
         super().__init__()
-        self.frequency_size = frequency_size
+        self.frequency_size, self.freq_shift = frequency_size, freq_shift
         self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: Tensor) -> Tensor:
-        freq = timestep_embedding(t, self.frequency_size).to(self.mlp[0].weight.dtype)
+        freq = timestep_embedding(t, self.frequency_size, freq_shift=self.freq_shift).to(self.mlp[0].weight.dtype)
         return self.mlp(freq)  # (N, D)
 
 
@@ -156,11 +157,12 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """DiT/SiT block with adaLN-Zero conditioning."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: bool, attn_impl: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: bool, attn_impl: str,
+                 mlp_norm_eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, qk_norm, attn_impl)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
@@ -258,11 +260,11 @@ class DiffusionTransformer(nn.Module):
         self.flavour = cfg.flavour
         self.num_classes = cfg.num_classes
         self.x_embedder = PatchEmbed(cfg.in_channels, d, p)
-        self.t_embedder = TimestepEmbedder(d)
+        self.t_embedder = TimestepEmbedder(d, freq_shift=cfg.timestep_freq_shift)
         self.y_embedder = LabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob, cfg.null_class)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, d), requires_grad=False)
         self.blocks = nn.ModuleList(
-            [Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attn_impl) for _ in range(cfg.depth)]
+            [Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attn_impl, cfg.mlp_norm_eps) for _ in range(cfg.depth)]
         )
         self.projectors = nn.ModuleList([build_projector(d, cfg.projector_dim, z, cfg.projector, cfg.projector_kernel)
                                          for z in cfg.z_dims])
@@ -483,7 +485,9 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
 
 def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto", weights: str = "ema",
          device: str | torch.device = "cpu", **overrides) -> DiffusionTransformer:
-    """Load any DiT / SiT / REPA / repa-toolkit checkpoint into a model in eval mode.
+    """Load any DiT / SiT / REPA / repa-toolkit checkpoint, or a diffusers ``DiTTransformer2DModel``
+    folder (or the pipeline folder holding ``transformer/``; :mod:`train.diffusers_dit`), into a model
+    in eval mode.
 
     ``weights`` picks ``"ema"`` (default) or ``"model"`` from training checkpoints; flat state dicts
     (the released ``DiT-XL-2-256x256.pt``, ``SiT-XL-2-256x256.pt``, REPA's ``last.pt``) are used as
@@ -494,7 +498,12 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
     probes read the target normalisation the run trained with from it).
     """
     from train.checkpoints import read_checkpoint
+    from train.diffusers_dit import diffusers_dit_dir, load_diffusers_dit
 
+    if (folder := diffusers_dit_dir(path)) is not None:  # diffusers' DiTTransformer2DModel (or its pipeline)
+        if name is not None or flavour not in ("auto", "dit"):
+            raise UserError(f"{path} is a diffusers DiT: it loads as flavour 'dit' with the size its config.json says (omit name/flavour)")
+        return load_diffusers_dit(folder, device=device, **overrides)
     obj = read_checkpoint(path)
     sd, meta = _unwrap(obj, weights)
     if "model_config" in meta:
