@@ -2,12 +2,13 @@
 #   make demo   - the main job on the built-in default (REPA vs vanilla, probes, figures)
 #   make test   - the test suite
 #   make extended - the same study at 2000 steps per run (about half an hour; behind RESULTS.md)
+#   make controls - the extended study's other arms: the shuffled-target control and the iREPA variant
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo extended test bench install clean
+.PHONY: demo extended controls test bench install clean
 
 # pip byte-compiles what it installs one file at a time (about 75 s on 2 cores); compileall on all
 # cores does the same in about 40 s. Like pip, it goes on past files it cannot compile (a few of
@@ -25,7 +26,10 @@ demo: $(STAMP)
 	$(PY) -m probe.demo $(DEMO_ARGS)
 
 extended: $(STAMP)
-	$(PY) -m probe.demo --steps 2000 --set eval_every=200 --out runs/demo-2000 --figures figures/steps2000 $(DEMO_ARGS)
+	$(PY) -m probe.demo --steps 2000 --set eval_every=250 --out runs/extended --figures figures/extended $(DEMO_ARGS)
+
+controls: $(STAMP)
+	bash studies/controls.sh
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

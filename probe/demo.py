@@ -56,6 +56,8 @@ from train.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ("repa", "vanilla")
+# the paper's pooled metrics, token-level CKNNA and iREPA's local-vs-distant spatial structure
+DEMO_METRICS = ("cknna", "cka", "mutual_knn", "linear_probe", "cknna_token", "lds")
 
 
 def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> TrainConfig:
@@ -373,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="worker processes, one thread each (default: the CPU cores, at most 8)")
     ap.add_argument("--n-images", type=int, default=500, help="evaluation images probed per checkpoint")
     ap.add_argument("--n-train", type=int, default=500, help="images the linear probes are fitted on")
-    ap.add_argument("--metrics", nargs="+", help="probe metrics (default: repa-probe's; add e.g. cknna_token lds cds rmsc)")
+    ap.add_argument("--metrics", nargs="+", default=list(DEMO_METRICS),
+                    help=f"probe metrics (default: {' '.join(DEMO_METRICS)}; also cds rmsc)")
     ap.add_argument("--figures-only", action="store_true", help="redraw the figures from the saved (or committed) tables")
     args = ap.parse_args(argv)
     t0 = time.time()

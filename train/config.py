@@ -339,13 +339,14 @@ def _imagenet(name: str, depth: int) -> TrainConfig:
 
 
 def _tiny() -> TrainConfig:
-    """The built-in default: scenes at 16 px in pixel space, the dense built-in teacher, iREPA's
-    spatially normalised targets; sized for a 2-core CPU (RESULTS.md says how it was chosen)."""
+    """The built-in default: scenes at 16 px in pixel space (64 tokens of patch 2), the self-supervised
+    built-in teacher (masked-token prediction), REPA's cosine loss on raw targets; sized for a 2-core
+    CPU.  RESULTS.md says how it was chosen (a one-seed pilot of four teachers and iREPA's targets)."""
     return TrainConfig(
         model=ModelConfig(name="SiT-T/2", flavour="repa", input_size=16, in_channels=3, num_classes=8,
                           depth=6, hidden_size=64, num_heads=2, encoder_depth=2, z_dims=(64,), projector_dim=128),
         data=DataConfig(dataset="scenes", image_size=16, codec="identity"),
-        encoders=("builtin-dense",), proj_coeff=0.5, lr=2e-3, batch_size=32, steps=300, ema_decay=0.99,
+        encoders=("builtin-ssl",), proj_coeff=0.5, lr=2e-3, batch_size=32, steps=300, ema_decay=0.99,
         log_every=10, ckpt_every=100, ckpt_series="log", sample_every=200, sample_steps=25, eval_every=100,
         eval_samples=256, device="cpu",
     )
