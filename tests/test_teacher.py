@@ -122,3 +122,25 @@ def test_bad_teacher_configs_are_one_line_errors():
     with pytest.raises(UserError, match="dense teacher trains on the per-pixel ground truth"):
         TeacherConfig(kind="dense", dataset="shapes")
     assert set(TEACHERS) == {"builtin-dense", "builtin-ssl", "builtin-supervised", "builtin-teacher"}
+
+
+def test_each_built_in_dataset_has_its_own_evaluator():
+    from train.evaluate import EVALUATORS, EvaluatorConfig, evaluator_config
+
+    assert evaluator_config("scenes").dataset == "scenes" and evaluator_config("scenes").num_classes == 8
+    assert evaluator_config("shapes") == EvaluatorConfig()
+    assert len({c.key() for c in EVALUATORS.values()}) == len(EVALUATORS)
+    with pytest.raises(UserError, match="classifies"):
+        evaluator_config("folder")
+
+
+def test_scenes_plain_has_no_background_texture():
+    from train.data import build_dataset
+
+    plain, textured = build_dataset("scenes-plain", "val", n=8, size=16), build_dataset("scenes", "val", n=8, size=16)
+    assert torch.equal(plain.type_map, textured.type_map)  # the same scenes, only the background differs
+    bg = plain.type_map == 0
+    assert not torch.equal(plain.images, textured.images)
+    # without texture the background is a linear ramp: its second differences along a row vanish (up to rounding)
+    row = plain.images[0, 0, 0].float()
+    assert (row[2:] - 2 * row[1:-1] + row[:-2]).abs()[bg[0, 0, 1:-1]].max() <= 2
