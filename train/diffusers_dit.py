@@ -158,21 +158,13 @@ def config_from_diffusers(cfg: dict, sd: dict[str, torch.Tensor], **overrides) -
     return ModelConfig(**kw)
 
 
-def load_diffusers_dit(folder: Path, device: str | torch.device = "cpu", **overrides):
-    """A :class:`~train.models.DiffusionTransformer` (flavour ``dit``) from a diffusers DiT folder."""
-    from train.models import DiffusionTransformer, sincos_2d
-
+def read_diffusers_dit(folder: Path, **overrides) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """A diffusers DiT folder as ``(config, state dict in the published layout without pos_embed,
+    source)``; :func:`train.models.load` builds the model from them."""
     cfg_json = _read_json(folder / "config.json")
     sd, weights = _state_dict(folder)
     cfg = config_from_diffusers(cfg_json, sd, **overrides)
-    state = convert(sd, cfg.depth)
-    state["pos_embed"] = sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size).unsqueeze(0)
-    model = DiffusionTransformer(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"diffusers DiT does not fit {cfg.name}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     st = os.stat(weights)
-    model.source = {"path": str(folder.resolve()), "file": f"{st.st_size}:{st.st_mtime_ns}", "weights": "diffusers",
-                    "step": None, "flavour": "dit", "name": cfg.name, "format": "diffusers"}
-    model.train_config = None
-    return model.to(device).eval()
+    source = {"path": str(folder.resolve()), "file": f"{st.st_size}:{st.st_mtime_ns}", "weights": "diffusers",
+              "step": None, "flavour": "dit", "name": cfg.name, "format": "diffusers"}
+    return cfg, convert(sd, cfg.depth), source

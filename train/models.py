@@ -498,12 +498,19 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
     probes read the target normalisation the run trained with from it).
     """
     from train.checkpoints import read_checkpoint
-    from train.diffusers_dit import diffusers_dit_dir, load_diffusers_dit
+    from train.diffusers_dit import diffusers_dit_dir, read_diffusers_dit
 
     if (folder := diffusers_dit_dir(path)) is not None:  # diffusers' DiTTransformer2DModel (or its pipeline)
         if name is not None or flavour not in ("auto", "dit"):
             raise UserError(f"{path} is a diffusers DiT: it loads as flavour 'dit' with the size its config.json says (omit name/flavour)")
-        return load_diffusers_dit(folder, device=device, **overrides)
+        cfg, state, source = read_diffusers_dit(folder, **overrides)
+        state["pos_embed"] = sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size).unsqueeze(0)
+        model = DiffusionTransformer(cfg)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserError(f"diffusers DiT does not fit {cfg.name}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        model.source, model.train_config = source, None
+        return model.to(device).eval()
     obj = read_checkpoint(path)
     sd, meta = _unwrap(obj, weights)
     if "model_config" in meta:
