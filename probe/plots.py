@@ -214,3 +214,30 @@ def similarity_heatmap(df: pd.DataFrame, out: str | os.PathLike, name: str = "si
     fig.suptitle(f"{first['run_a']} vs {first['run_b']} -- {first['dataset']}, {first['n_images']} images, "
                  f"{first['pooling']} pooling, same images and noise")
     return _save(fig, out, name)
+
+
+def token_pca(result, out: str | os.PathLike, name: str = "token_pca", max_images: int = 8) -> list[Path]:
+    """The shown images (rows, at most ``max_images``) beside their token PCA maps (columns: the
+    model's layer x t maps, then each encoder's) from a ``probe.pca.TokenPCA``; draws only."""
+    n = min(len(result.images), max_images)
+    columns = [("input", None)] + [(f"layer {layer}, t={t:g}", (li, ti)) for li, layer in enumerate(result.layers)
+                                   for ti, t in enumerate(result.ts)] + [(enc, enc) for enc in result.encoder_maps]
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n + 0.6), squeeze=False)
+    for i in range(n):
+        for j, (title, key) in enumerate(columns):
+            ax = axes[i, j]
+            if key is None:
+                image = result.images[i]
+            elif isinstance(key, str):
+                image = result.encoder_maps[key][i]
+            else:
+                image = result.maps[key[0], key[1], i]
+            ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=7)
+    prov = result.provenance
+    fig.suptitle(f"Token PCA (components 1-3 as RGB) -- {prov.get('run')} step {prov.get('step')}, {prov.get('dataset')}, "
+                 f"fitted on {prov.get('n_fit')} images, {prov.get('label')} label", fontsize=9)
+    return _save(fig, out, name)
