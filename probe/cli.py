@@ -1,14 +1,17 @@
-"""``repa-probe`` (also ``python -m probe``): ``sweep | progress | compare | plot``.
+"""``repa-probe`` (also ``python -m probe``): ``sweep | progress | compare | plot | pca``.
 
 Each analysis writes ``<out>/<analysis>.{parquet,csv,json}`` and, unless ``--no-plot``, figures in
 ``<out>/figures``; extracted features are kept in ``<out>/store`` (``--store``), so running the same
 command again resumes.  Bad input ends in one line on stderr (``error: what is wrong: the fix``)
-and exit status 2.  The same analyses are ``probe.analyses.layer_sweep / training_progress / compare``.
+and exit status 2.  The same analyses are ``probe.analyses.layer_sweep / training_progress / compare``;
+``pca`` writes token PCA maps (``probe.pca.token_pca``): ``<out>/token_pca.{npz,csv,json}`` and
+``<out>/figures/token_pca.{png,pdf}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -104,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", type=Path, required=True, help="a .parquet or .csv written by repa-probe")
     p.add_argument("--out", type=Path, help="figure directory (default: beside the table, figures/)")
     p.add_argument("--plot-layers", nargs="+", type=int, default=[], help="layers drawn in progress curves")
+    p = sub.add_parser("pca", help="token PCA maps: the first three principal components of patch tokens as RGB")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("probe-out"), help="output directory (default: %(default)s)")
+    p.add_argument("--dataset", default="scenes", help="scenes, shapes, digits or folder (default: %(default)s)")
+    p.add_argument("--data-root", help="image folder root for --dataset folder")
+    p.add_argument("--split", default=d.split, help="(default: %(default)s)")
+    p.add_argument("--n-images", type=int, default=8, help="images shown (default: %(default)s)")
+    p.add_argument("--n-fit", type=int, default=64, help="images the PCA is fitted on (default: %(default)s)")
+    p.add_argument("--layers", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers")
+    p.add_argument("--t", nargs="+", type=float, default=[0.0], help="noise levels in REPA time (default: 0)")
+    p.add_argument("--encoders", nargs="*", default=[], help="target encoders whose token maps are shown too")
+    p.add_argument("--encoder-weights", nargs="+", default=[], help="one local weights path per encoder ('' for the default)")
+    p.add_argument("--random-init-encoder", action="store_true", help="random encoder weights (offline demos)")
+    p.add_argument("--label", default=d.label, choices=LABELS)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--weights", default=d.weights, choices=["ema", "model"])
+    p.add_argument("--codec", default=d.codec)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--no-progress", action="store_true")
     return ap
 
 
@@ -125,6 +148,8 @@ def _run(args: argparse.Namespace) -> list[Path]:
     """Run the subcommand; returns the paths it wrote."""
     if args.command == "plot":
         return plots.plot_all(analyses.load_table(args.table), args.out or args.table.parent / "figures", args.plot_layers)
+    if args.command == "pca":
+        return _pca(args)
     cfg = _config(args)
     kw = dict(dataset=args.dataset, encoders=args.encoders, out=args.out, config=cfg)
     if args.command == "sweep":
@@ -137,6 +162,38 @@ def _run(args: argparse.Namespace) -> list[Path]:
     if not args.no_plot:
         paths += plots.plot_all(df, args.out / "figures", getattr(args, "plot_layers", []))
     return paths
+
+
+def _pca(args: argparse.Namespace) -> list[Path]:
+    from probe.extract import image_set
+    from probe.pca import token_pca
+    from train.checkpoints import atomic_write
+    from train.data import build_dataset
+    from train.models import load
+
+    if not args.checkpoint.is_file():
+        raise UserError(f"checkpoint {args.checkpoint} does not exist: check the path")
+    model = load(args.checkpoint, weights=args.weights, device=args.device)
+    kw = {"size": model.cfg.input_size * build_codec_downsample(args.codec), **({"root": args.data_root} if args.data_root else {})}
+    data = build_dataset(args.dataset, args.split, **kw)
+    name = f"{args.dataset}/{args.split}"
+    result = token_pca(args.checkpoint, image_set(data, args.n_images, args.seed, name), layers=_layers(args.layers), ts=args.t,
+                       encoder=args.encoders or None, fit_images=image_set(data, args.n_fit, args.seed + 1, name), label=args.label,
+                       seed=args.seed, weights=args.weights, codec=args.codec, batch_size=args.batch_size, device=args.device,
+                       encoder_weights=tuple(args.encoder_weights), random_init_encoder=args.random_init_encoder,
+                       progress=not args.no_progress)
+    table = result.table()
+    paths = [result.save(args.out / "token_pca.npz"),
+             atomic_write(args.out / "token_pca.csv", lambda tmp: table.to_csv(tmp, index=False)),
+             atomic_write(args.out / "token_pca.json", lambda tmp: Path(tmp).write_text(json.dumps(result.provenance, indent=2, default=str)))]
+    return paths + plots.token_pca(result, args.out / "figures")
+
+
+def build_codec_downsample(codec: str) -> int:
+    """The pixel-to-latent downsampling of ``codec`` (1 for identity) without loading its weights."""
+    from train.latents import build_codec
+
+    return 1 if codec == "identity" else build_codec(codec).downsample
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,9 @@ Each function writes ``<out>/<name>.png`` and ``.pdf`` and returns their paths:
 * :func:`progress_curves` -- metric against training step, max over layers and chosen layers (Fig. 2c);
 * :func:`compare_panels` -- runs side by side per noise level, e.g. REPA vs vanilla (Fig. 3);
 * :func:`metric_figures` -- whichever of these the table supports for one metric; :func:`plot_all`
-  -- for every metric.
+  -- for every metric;
+* :func:`similarity_heatmap` -- layer x layer maps of a ``probe.similarity`` table (model A vs model B);
+* :func:`token_pca` -- input images beside the RGB maps of ``probe.pca.token_pca``.
 
 Tables holding several checkpoints of one run are drawn at each run's last step, except by
 :func:`progress_curves`.
@@ -187,3 +189,55 @@ def sample_grids(grids: dict[str, str | os.PathLike], out: str | os.PathLike) ->
         ax.axis("off")
     fig.suptitle("EMA samples, same noise and labels (column j: class j)")
     return _save(fig, out, "samples")
+
+
+def similarity_heatmap(df: pd.DataFrame, out: str | os.PathLike, name: str = "similarity") -> list[Path]:
+    """Layer x layer heatmaps of a ``probe.similarity.model_similarity`` table, one panel per model
+    pair, noise level and metric (rows: model A's layers, columns: model B's)."""
+    if df.empty or not {"layer_a", "layer_b", "metric", "value"} <= set(df.columns):
+        raise UserError("the table holds no layer_a x layer_b rows: pass a table written by probe.similarity.model_similarity")
+    panels = list(df.groupby(["run_a", "run_b", "t", "metric"], sort=False))
+    n_a, n_b = df["layer_a"].nunique(), df["layer_b"].nunique()
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.45 * n_b * cols + 2.5 * cols, 0.4 * n_a * rows + 2.0 * rows),
+                             squeeze=False, layout="constrained")
+    for ax, ((run_a, run_b, t, metric), group) in zip(axes.flat, panels):
+        table = group.pivot_table(index="layer_a", columns="layer_b", values="value")
+        sns.heatmap(table, ax=ax, annot=table.size <= 200, fmt=".2f", cmap="viridis", vmin=min(0.0, df["value"].min()), vmax=1, square=True,
+                    cbar_kws={"label": _label(metric)})
+        ax.invert_yaxis()
+        ax.set(title=f"{_label(metric)}, t = {t:g}", xlabel=f"{run_b} layer", ylabel=f"{run_a} layer")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    first = df.iloc[0]
+    fig.suptitle(f"{first['run_a']} vs {first['run_b']} -- {first['dataset']}, {first['n_images']} images, "
+                 f"{first['pooling']} pooling, same images and noise")
+    return _save(fig, out, name)
+
+
+def token_pca(result, out: str | os.PathLike, name: str = "token_pca", max_images: int = 8) -> list[Path]:
+    """The shown images (rows, at most ``max_images``) beside their token PCA maps (columns: the
+    model's layer x t maps, then each encoder's) from a ``probe.pca.TokenPCA``; draws only."""
+    n = min(len(result.images), max_images)
+    columns = [("input", None)] + [(f"layer {layer}, t={t:g}", (li, ti)) for li, layer in enumerate(result.layers)
+                                   for ti, t in enumerate(result.ts)] + [(enc, enc) for enc in result.encoder_maps]
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n + 0.6), squeeze=False)
+    for i in range(n):
+        for j, (title, key) in enumerate(columns):
+            ax = axes[i, j]
+            if key is None:
+                image = result.images[i]
+            elif isinstance(key, str):
+                image = result.encoder_maps[key][i]
+            else:
+                image = result.maps[key[0], key[1], i]
+            ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=7)
+    prov = result.provenance
+    fig.suptitle(f"Token PCA (components 1-3 as RGB) -- {prov.get('run')} step {prov.get('step')}, {prov.get('dataset')}, "
+                 f"fitted on {prov.get('n_fit')} images, {prov.get('label')} label", fontsize=9)
+    return _save(fig, out, name)

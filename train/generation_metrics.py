@@ -1,0 +1,87 @@
+"""Generation metrics on feature arrays: :func:`feature_statistics`, :func:`frechet_distance`,
+:func:`precision_recall`, :func:`inception_score` (pure functions; re-exported by ``train.evaluate``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+
+def feature_statistics(feats: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased, ``N - 1``) covariance of ``(N, D)`` features, in float64."""
+    x = np.asarray(feats, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"need (N >= 2, D) features, got shape {x.shape}")
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric PSD matrix (negative eigenvalues from round-off -> 0)."""
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017,
+    eq. 6; Dowson & Landau 1982)::
+
+        d^2 = |mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))
+
+    in float64.  The trace of the matrix square root is taken in the symmetric form
+    ``Tr((sigma1 sigma2)^(1/2)) = Tr((S sigma2 S)^(1/2))`` with ``S = sigma1^(1/2)``: ``S sigma2 S`` is
+    symmetric PSD, so its root's trace is the sum of the roots of its (clipped) eigenvalues -- no
+    complex parts and no ill-conditioned ``sqrtm`` of a non-symmetric product.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    root = _psd_sqrt(s1)
+    m = root @ s2 @ root
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def _kth_nn_radius(x: Tensor, k: int, batch: int) -> Tensor:
+    """Distance of every row of ``x`` to its ``k``-th nearest other row."""
+    return torch.cat([torch.cdist(x[s:s + batch], x).kthvalue(k + 1, dim=1).values for s in range(0, len(x), batch)])
+
+
+def _in_manifold(query: Tensor, ref: Tensor, radii: Tensor, batch: int) -> Tensor:
+    """For each query row: does it lie in at least one ball ``B(ref_j, radii_j)``?"""
+    return torch.cat([(torch.cdist(query[s:s + batch], ref) <= radii[None]).any(1) for s in range(0, len(query), batch)])
+
+
+def precision_recall(real: np.ndarray | Tensor, fake: np.ndarray | Tensor, k: int = 3,
+                     batch: int = 1024) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, eqs. 1-3).
+
+    The manifold of a set is the union of balls around its points, each with the radius to that
+    point's ``k``-th nearest neighbour in the set.  Precision = fraction of ``fake`` inside the real
+    manifold; recall = fraction of ``real`` inside the fake manifold.  Both sets should have the same
+    size (the paper: 50k each, k = 3).
+    """
+    r = torch.as_tensor(np.asarray(real), dtype=torch.float32)
+    f = torch.as_tensor(np.asarray(fake), dtype=torch.float32)
+    if min(len(r), len(f)) <= k:
+        raise ValueError(f"precision/recall need more than k={k} samples in each set, got {len(r)} and {len(f)}")
+    precision = _in_manifold(f, r, _kth_nn_radius(r, k, batch), batch).float().mean().item()
+    recall = _in_manifold(r, f, _kth_nn_radius(f, k, batch), batch).float().mean().item()
+    return {"precision": precision, "recall": recall}
+
+
+def inception_score(logits: np.ndarray | Tensor, splits: int = 10) -> tuple[float, float]:
+    """Inception score (Salimans et al. 2016): ``exp(E_x KL(p(y|x) || p(y)))`` on each of ``splits``
+    equal parts, ``p(y)`` the part's mean prediction; returns the mean and std over the parts."""
+    logp = torch.log_softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), dim=1)
+    scores = []
+    for part in torch.tensor_split(logp, min(splits, len(logp))):
+        log_py = torch.logsumexp(part, 0) - math.log(len(part))
+        scores.append(math.exp((part.exp() * (part - log_py)).sum(1).mean().item()))
+    return float(np.mean(scores)), float(np.std(scores))
