@@ -593,3 +593,26 @@ def test_junk_png_and_junk_npz_in_a_samples_folder(probe_run, tmp_path, capsys, 
     assert "\n" not in str(e.value)
     no_temporaries(out)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# a safetensors export missing a tensor, sampled from the CLI
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("drop", ["x_embedder.proj.weight", "final_layer.linear.weight"])
+def test_an_export_missing_a_tensor_is_one_line_when_sampled(tmp_path, capsys, drop):
+    from safetensors.torch import save_file
+
+    from train.cli import main_sample
+    from train.models import build
+
+    model = build("SiT-S/8", input_size=16, in_channels=3, num_classes=4, depth=1)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != drop}
+    save_file(state, str(tmp_path / "SiT-S-8.safetensors"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main_sample(["--ckpt", str(tmp_path / "SiT-S-8.safetensors"), "--out", str(tmp_path / "s"), "--n", "2",
+                        "--steps", "1", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    one_line(err, f"lacks the tensor '{drop}'", "export or download it again")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "s") == before

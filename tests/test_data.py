@@ -108,9 +108,9 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_registry(tmp_path):
-    assert set(DATASETS) == {"shapes", "digits", "folder", "latents"}
+    assert set(DATASETS) == {"shapes", "scenes", "scenes-plain", "digits", "folder", "latents"}
     assert len(build_dataset("shapes", "val", n=20, size=16)) == 20
-    with pytest.raises(UserError, match="shapes, digits, folder, latents"):
+    with pytest.raises(UserError, match="shapes, scenes, scenes-plain, digits, folder, latents"):
         build_dataset("imagenet", "train")
     with pytest.raises(UserError, match="root"):
         build_dataset("folder", "train")

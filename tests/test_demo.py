@@ -95,7 +95,8 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     assert set(job.run_dirs) == {(s, r) for s in (3, 4) for r in ("repa", "vanilla")}
     assert by_name["train repa seed 3"].deps == ("evaluator", "teacher")
     assert by_name["train vanilla seed 3"].deps == ("evaluator",)  # vanilla does not wait for the teacher
-    ckpts, seed, options, part = by_name["probe vanilla seed 4"].args
+    ckpts, seed, options, part, dataset, encoder = by_name["probe vanilla seed 4"].args
+    assert (dataset, encoder) == ("scenes", "builtin-ssl")  # the preset's data and teacher
     assert [Path(c).name for c in ckpts] == [f"step_{s:07d}.pt" for s in (0, 50, 100, 200)]  # log series + final
     assert Path(ckpts[0]).parent == tmp_path / "seed4" / "vanilla" / "checkpoints"
     assert seed == 4 and options["n_images"] == 40 and options["n_train"] == 30
@@ -132,7 +133,7 @@ def test_plan_asks_for_token_level_metrics_only_when_told(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"steps": 0}, "steps and batch_size must be positive"),  # 0 is not "the preset's default"
+    ({"steps": 0}, "steps 0 is not an integer >= 1"),  # 0 is not "the preset's default"
     ({"n_images": 10}, "n_images=10 evaluation images for k=10"),
     ({"n_train": 1}, "n_train=1"),
 ])

@@ -233,7 +233,7 @@ def test_dry_run_lists_the_options_with_their_defaults(capsys):
 # Real runs
 # ----------------------------------------------------------------------------------------------
 
-CLI_SMALL = ["--preset", "tiny", "--steps", "2", "--no-progress", "--threads", "1",
+CLI_SMALL = ["--preset", "tiny-shapes", "--steps", "2", "--no-progress", "--threads", "1",
              "--set", "target_norm=spatial", "model.projector=conv", "random_init_encoders=true", "model.depth=2",
              "model.hidden_size=32", "model.num_heads=2", "model.encoder_depth=1", "data.n_train=32",
              "batch_size=8", "log_every=1", "ckpt_every=2", "sample_every=0", "eval_every=0"]

@@ -41,7 +41,12 @@ def test_forward_equals_published(tmp_path, key):
         for a, b in zip(zs, entry["zs"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert out.shape == entry["out"].shape
-    torch.testing.assert_close(out, entry["out"], rtol=1e-5, atol=1e-5)
+    # DiT's fixture was computed in float32 by the published code at DDPM steps up to 999, and
+    # carries float32 error of its own there: our model evaluated in float64 differs from it by
+    # 4.2e-5 (max; outputs up to 8.4), our float32 output from our float64 one by 5.2e-6 (torch
+    # 2.14, 2026-12-01).  The other flavours' fixtures are within 1e-5.
+    tol = 1e-4 if key == "dit" else 1e-5
+    torch.testing.assert_close(out, entry["out"], rtol=1e-5, atol=tol)
 
 
 @pytest.mark.parametrize("key", list(FLAVOUR))

@@ -206,7 +206,7 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch
     (["--proj-coeff", "0.5", "--encoders"], None),
     (["--set", "data.dataset=imagenet"], "unknown dataset"),
     (["--set", "model.num_classes=3"], "outside [0, 3)"),
-    (["--set", "data.image_size=16"], "input_size 32 differs"),
+    (["--set", "data.image_size=32"], "input_size 16 differs"),
     (["--set", "nonsense=1"], "unknown config field"),
     (["--encoders", "dinov2-vit-b", "--set", "model.z_dims=[768]"], "needs weights"),
     (["--set", "data.dataset=folder", "data.root=/nonexistent"], "does not exist"),

@@ -428,6 +428,12 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
     """
     meta = meta or {}
     args = meta.get("args", {})
+    required = ("pos_embed", "x_embedder.proj.weight", "final_layer.linear.weight", "y_embedder.embedding_table.weight",
+                "blocks.0.attn.qkv.weight")
+    if missing := [k for k in required if k not in sd]:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"checkpoint lacks the tensor {missing[0]!r}{more}: it is incomplete or not a DiT/SiT/REPA "
+                        "model; export or download it again")
     pos, proj_w = sd["pos_embed"], sd["x_embedder.proj.weight"]
     width, tokens = pos.shape[-1], pos.shape[1]
     patch, in_ch = proj_w.shape[-1], proj_w.shape[1]
