@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine (each creates .venv/ and installs what it needs):
 #   make demo   - the main job on the built-in default (REPA vs vanilla, probes, figures)
 #   make test   - the test suite
-#   make extended - the same study at 2000 steps per run (about half an hour; behind RESULTS.md)
+#   make extended - the same study at 2000 steps per run (about 18 minutes; behind RESULTS.md)
 #   make controls - the extended study's other arms: the shuffled-target control and the iREPA variant
 PYTHON ?= python3
 VENV := .venv
