@@ -4,7 +4,7 @@
 
 Reads every ``<root>/[<setting>/]<variant>/seed<k>/metrics.jsonl``; a variant is compared with the
 ``vanilla`` variant of its setting (``<setting>/vanilla``, or ``vanilla`` at the top level); writes ``evals.csv`` (one row per variant x
-seed x evaluated step) and ``summary.csv`` (per variant x seed: final FD and class accuracy, the
+seed x evaluated step), ``training_metrics.csv`` (every logged line of every run) and ``summary.csv`` (per variant x seed: final FD and class accuracy, the
 first step at which the run reaches its seed's vanilla final FD -- linear interpolation between
 evaluations -- and that step over vanilla's steps), and prints both.
 """
@@ -17,6 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+def read_logs(root: Path) -> pd.DataFrame:
+    """Every logged line (losses, throughput, evaluations) of every run, with ``variant`` and ``seed``."""
+    frames = [pd.read_json(f, lines=True).assign(variant=str(f.parent.parent.relative_to(root)), seed=int(f.parent.name[4:]))
+              for f in sorted(root.glob("**/seed*/metrics.jsonl"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def read_evals(root: Path) -> pd.DataFrame:
@@ -85,6 +92,7 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         evals.to_csv(args.out / "evals.csv", index=False)
+        read_logs(args.root).to_csv(args.out / "training_metrics.csv", index=False)
         table.to_csv(args.out / "summary.csv", index=False)
 
 

@@ -7,3 +7,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def random_sit(size: int, depth: int, seed: int = 0):
+    """A small SiT (patch 2, width 32, 10 classes) with N(0, 0.1) weights, in eval mode: the zero-gated
+    initialisation would make every block the identity, which probes cannot tell apart."""
+    from train.models import build
+
+    torch.manual_seed(seed)
+    m = build("SiT-T/2", flavour="repa", input_size=size, in_channels=3, depth=depth, hidden_size=32, num_heads=2,
+              num_classes=10)
+    for p in m.parameters():
+        p.data.normal_(0, 0.1)
+    return m.eval()

@@ -54,5 +54,12 @@ def test_a_short_control_run_trains(tmp_path):
     cfg = dataclasses.replace(cfg, random_init_encoders=True)
     latest = train(cfg, tmp_path / "run", progress=False)
     assert latest.exists()
-    with pytest.raises(UserError, match="needs cached targets"):
+    with pytest.raises(UserError, match="reads another image.s cached targets"):
         train(dataclasses.replace(cfg, cache_targets=False), tmp_path / "online", progress=False)
+
+
+def test_one_bare_encoder_name_is_one_encoder():
+    from train.config import override
+
+    cfg = override(preset("tiny"), ["encoders=builtin-dense"])  # not JSON: a bare string
+    assert cfg.encoders == ("builtin-dense",) and cfg.check() == []

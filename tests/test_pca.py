@@ -11,7 +11,7 @@ from probe.extract import extract, image_set
 from probe.pca import TokenPCA, pca_rgb, token_pca
 from train.data import build_dataset
 from train.errors import UserError
-from train.models import build
+from conftest import random_sit
 
 SIZE, DEPTH = 8, 3
 
@@ -22,11 +22,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def tiny(seed=0):
-    torch.manual_seed(seed)
-    m = build("SiT-T/2", flavour="repa", input_size=SIZE, in_channels=3, depth=DEPTH, hidden_size=32, num_heads=2, num_classes=10)
-    for p in m.parameters():
-        p.data.normal_(0, 0.1)
-    return m.eval()
+    return random_sit(SIZE, DEPTH, seed)
 
 
 @pytest.fixture(scope="module")

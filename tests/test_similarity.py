@@ -10,7 +10,7 @@ from probe.metrics import _cka_dense
 from probe.similarity import COLUMNS, model_similarity
 from train.data import build_dataset
 from train.errors import UserError
-from train.models import build
+from conftest import random_sit
 
 SIZE, DEPTH = 8, 3
 
@@ -21,11 +21,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def tiny(seed=0):
-    torch.manual_seed(seed)
-    m = build("SiT-T/2", flavour="repa", input_size=SIZE, in_channels=3, depth=DEPTH, hidden_size=32, num_heads=2, num_classes=10)
-    for p in m.parameters():
-        p.data.normal_(0, 0.1)
-    return m.eval()
+    return random_sit(SIZE, DEPTH, seed)
 
 
 def save_ckpt(model, path, step):

@@ -233,8 +233,9 @@ class TrainConfig:
             self.model = ModelConfig.from_dict(self.model)
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
-        self.encoders = tuple(self.encoders)
-        self.encoder_weights = tuple(self.encoder_weights)
+        # one bare string (``--set encoders=NAME``) is one encoder, not a sequence of characters
+        self.encoders = (self.encoders,) if isinstance(self.encoders, str) else tuple(self.encoders)
+        self.encoder_weights = (self.encoder_weights,) if isinstance(self.encoder_weights, str) else tuple(self.encoder_weights)
         self.betas = tuple(self.betas)
 
     @property
@@ -248,8 +249,6 @@ class TrainConfig:
             return errs
         if self.batch_size % self.grad_accum:
             errs.append(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}: pick values that divide")
-        if self.proj_coeff < 0:
-            errs.append(f"proj_coeff {self.proj_coeff} is negative: use 0 (vanilla) or a positive lambda such as 0.5")
         if not self.vanilla and not self.encoders:
             errs.append("proj_coeff > 0 needs at least one target encoder: pass --encoders NAME or set --proj-coeff 0")
         if self.encoder_weights and len(self.encoder_weights) != len(self.encoders):
@@ -262,6 +261,8 @@ class TrainConfig:
             errs.append(f"proj_loss {self.proj_loss!r} is unknown: use cosine or nt-xent")
         if self.target_shuffle not in ("none", "class"):
             errs.append(f"target_shuffle {self.target_shuffle!r} is unknown: use none or class (the shuffled-target control)")
+        if self.target_shuffle == "class" and not self.cache_targets:
+            errs.append("target_shuffle=class reads another image's cached targets: set cache_targets=true")
         if self.target_norm not in TARGET_NORMS:
             errs.append(f"target_norm {self.target_norm!r} is unknown: use none or spatial (iREPA)")
         if not _finite(self.target_norm_gamma):
@@ -274,11 +275,9 @@ class TrainConfig:
             errs.append(f"the identity codec gives 3 channels but model.in_channels is {self.model.in_channels}: set it to 3")
         if self.data.codec == "identity" and self.model.input_size != self.data.image_size:
             errs.append(f"model.input_size {self.model.input_size} differs from data.image_size {self.data.image_size} with the identity codec: make them equal")
-        if self.steps < 1 or self.batch_size < 1:
-            errs.append("steps and batch_size must be positive")
-        for name, value in (("model.class_dropout_prob", self.model.class_dropout_prob), ("ema_decay", self.ema_decay)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                errs.append(f"{name} {value!r} is not a probability: use a number in [0, 1]")
+        p = self.model.class_dropout_prob
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            errs.append(f"model.class_dropout_prob {p!r} is not a probability: use a number in [0, 1]")
         return errs
 
     def to_dict(self) -> dict:
@@ -301,6 +300,7 @@ _NUMBERS = (
     ("weight_decay", False, 0, True, math.inf, "0"),
     ("proj_coeff", False, 0, True, math.inf, "0 (vanilla) or a positive lambda such as 0.5"),
     ("nt_xent_temperature", False, 0, False, math.inf, "0.1"),
+    ("ema_decay", False, 0, True, 1, "a number in [0, 1] such as 0.9999"),
     ("batch_size", True, 1, True, math.inf, "a positive integer"),
     ("grad_accum", True, 1, True, math.inf, "a positive integer"),
     ("steps", True, 1, True, math.inf, "a positive integer"),

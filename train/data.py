@@ -26,8 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from train.errors import UserError
-from train.synthetic import (SCENE_CLASSES, SHAPE_CLASSES, DigitsDataset, ScenesDataset,  # noqa: F401 (re-exported)
-                             ShapesDataset, render_scenes, render_shapes)
+from train.synthetic import (GENERATED, SCENE_CLASSES, SHAPE_CLASSES, DigitsDataset,  # noqa: F401 (re-exported)
+                             ScenesDataset, ShapesDataset, render_scenes, render_shapes)
 
 # ----------------------------------------------------------------------------------------------
 # Image folders
@@ -562,9 +562,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
-    "shapes": lambda split, **kw: ShapesDataset(split, **kw),
-    "scenes": lambda split, **kw: ScenesDataset(split, **kw),
-    "scenes-plain": lambda split, **kw: ScenesDataset(split, texture=0.0, **kw),
+    **GENERATED,
     "digits": lambda split, **kw: DigitsDataset(split, **kw),
     "folder": _folder,
     "latents": _latents,

@@ -388,11 +388,12 @@ class Reference:
 def real_images(dataset: str, split: str, n: int, size: int, root: str | None = None,
                 batch: int = 256) -> tuple[int, Iterator[Tensor]]:
     """``(count, iterator of uint8 batches)`` of up to ``n`` real images at ``size`` px: the first
-    ``n`` of an in-memory dataset (shapes, digits), a fixed random subset (seed 0) of a folder."""
+    ``n`` of a generated dataset (shapes, scenes), all of digits, a fixed random subset (seed 0) of a folder."""
     from train.data import build_dataset
+    from train.synthetic import GENERATED
 
     kw: dict[str, Any] = {"size": size}
-    if dataset in ("shapes", "scenes", "scenes-plain"):
+    if dataset in GENERATED:
         kw["n"] = n
     if dataset == "folder":
         kw["root"] = root

@@ -375,8 +375,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
                            progress=progress and acc.is_main_process, hflip=cfg.data.hflip,
                            stored_root=Path(cfg.data.root) if cfg.data.dataset == "latents" else None)
     if cfg.target_shuffle == "class":  # the control: every image gets another same-class image's targets
-        if "online" in targets.kinds:
-            raise UserError("target_shuffle=class needs cached targets: set cache_targets=true")
         if not isinstance(getattr(dataset, "labels", None), Tensor):
             raise UserError("target_shuffle=class needs a dataset with its labels in memory (a built-in dataset): set target_shuffle=none")
         targets.partners = class_partners(dataset.labels, cfg.seed)

@@ -14,7 +14,9 @@ and the dataset registry (:mod:`train.data`) can all build on it.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -317,3 +319,11 @@ class ScenesDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
+
+
+# datasets generated here, by name: each takes ``(split, n=None, size=..., seed=0)``
+GENERATED: dict[str, Callable[..., Dataset]] = {
+    "shapes": ShapesDataset,
+    "scenes": ScenesDataset,
+    "scenes-plain": functools.partial(ScenesDataset, texture=0.0),  # the same scenes without background texture
+}

@@ -80,6 +80,10 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"unknown teacher kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        from train.synthetic import GENERATED
+
+        if self.dataset not in GENERATED:
+            raise UserError(f"unknown teacher dataset {self.dataset!r}: use one of {', '.join(GENERATED)}")
         if self.kind == "dense" and self.dataset != "scenes":
             raise UserError("the dense teacher trains on the per-pixel ground truth of the scenes dataset: set dataset='scenes'")
 
@@ -278,12 +282,10 @@ def _teacher_loss(model: TeacherViT, data, gen: torch.Generator) -> Callable[[to
 
 
 def _dataset(cfg: TeacherConfig, split: str):
-    from train.synthetic import ScenesDataset, ShapesDataset
+    from train.synthetic import GENERATED
 
-    cls = ScenesDataset if cfg.dataset == "scenes" else ShapesDataset
-    if cfg.dataset not in ("scenes", "shapes"):
-        raise UserError(f"unknown teacher dataset {cfg.dataset!r}: use scenes or shapes")
-    return cls(split, n=cfg.n_train if split == "train" else None, size=cfg.image_size, seed=cfg.data_seed)
+    return GENERATED[cfg.dataset](split, n=cfg.n_train if split == "train" else None, size=cfg.image_size,
+                                  seed=cfg.data_seed)
 
 
 def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str | os.PathLike | None = None,
