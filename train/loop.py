@@ -17,6 +17,7 @@ ends with bitwise the same weights as an uninterrupted run (CPU).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -36,9 +37,11 @@ from train import interpolants as itp
 from train.checkpoints import atomic_save, atomic_write, newest_intact_checkpoint, nonfinite_tensors, read_checkpoint
 from train.config import TrainConfig
 from train.errors import UserError
-from train.losses import PROJECTION_LOSSES, denoising_loss, spatial_normalize
+from train.losses import denoising_loss, spatial_normalize
 from train.models import DiffusionTransformer
+from train.objectives import StepContext, build_terms, forward_needs
 from train.rundir import lock_run_dir, remove_stale_temporaries
+from train.targets import TargetSource, class_partners  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
 CKPT_FORMAT = "repa-toolkit/1"
@@ -109,119 +112,6 @@ def training_targets(raw: list[Tensor], cfg: TrainConfig) -> list[Tensor]:
     if cfg.target_norm == "none":
         return raw
     return [spatial_normalize(y, cfg.target_norm_gamma, cfg.target_norm_eps) for y in raw]  # (B, T, D) each
-
-
-def class_partners(labels: Tensor, seed: int) -> Tensor:
-    """For the ``target_shuffle="class"`` control: ``partner[i]``, another image of image ``i``'s class
-    (a random cycle through each class's images, fixed by ``seed``; an image alone in its class is its
-    own partner).  Targets read through it keep the class statistics of the teacher's tokens and lose
-    everything specific to the image."""
-    gen = torch.Generator().manual_seed(seed + 424_242)
-    partner = torch.arange(len(labels))
-    for c in labels.unique():
-        members = (labels == c).nonzero().flatten()
-        order = members[torch.randperm(len(members), generator=gen)]
-        partner[order] = order.roll(-1)
-    return partner
-
-
-class TargetSource:
-    """Encoder patch tokens for the images of a batch: the one place that decides where they come from.
-
-    With ``cache`` on, per encoder, the first of
-
-    1. stored: ``targets_<encoder>/`` beside the latent cache ``stored_root`` (``python -m
-       train.data targets``), checked against the encoder -- targets of another encoder (weights,
-       grid, preprocessing) or unfinished ones are refused with a one-line :class:`UserError`;
-    2. in memory: for in-memory ``images``, the tokens of every image (and, with ``hflip``, of its
-       mirror image) computed once at the start as float16 (N, T, D) and kept in ``cache_file``;
-    3. online: the encoder runs on the batch's images every step (also with ``cache`` off).
-
-    The loop flips images itself (``flip``: a bool per sample); the stored and in-memory sources
-    pick the mirrored variant for exactly those samples, so every source gives the tokens of the
-    image the encoder would see online.
-    """
-
-    def __init__(self, encoders: list, images: Tensor | None, cache: bool, device, batch: int = 256,
-                 cache_file: Path | None = None, progress: bool = True, hflip: bool = False,
-                 stored_root: Path | None = None):
-        self.encoders, self.device = encoders, device
-        self.partners: Tensor | None = None
-        # per encoder: a StoredTargets, a (tokens, tokens_flip | None) pair held in memory, or None (online)
-        self.sources: list = [None] * len(encoders)
-        if not (cache and encoders):
-            return
-        if stored_root is not None:
-            from train.data import open_target_cache
-
-            self.sources = [open_target_cache(stored_root, e) for e in encoders]
-        todo = [j for j, src in enumerate(self.sources) if src is None]
-        if not todo or images is None:
-            return
-        saved = self._read_cache_file(cache_file, encoders)
-        tokens = self._as_list(saved.get("tokens"))
-        flipped = self._as_list(saved.get("tokens_flip"))
-        fits = [lambda t, enc=enc: isinstance(t, Tensor) and t.is_floating_point() and t.dim() == 3
-                and t.shape[0] == len(images) and t.shape[2] == enc.dim and bool(torch.isfinite(t).all()) for enc in encoders]
-        if any(not fits[j](tokens[j]) or (hflip and not fits[j](flipped[j])) for j in todo):
-            tokens, flipped = [None] * len(encoders), [None] * len(encoders)
-            for j in todo:
-                tokens[j] = self._encode_all(encoders[j], images, batch, progress)
-                if hflip:
-                    flipped[j] = self._encode_all(encoders[j], images, batch, progress, flip=True)
-            if cache_file is not None:
-                atomic_save({"tokens": tokens, "tokens_flip": flipped,
-                             "encoders": [e.provenance for e in encoders]}, cache_file)
-        for j in todo:
-            self.sources[j] = (tokens[j], flipped[j] if hflip else None)
-
-    @staticmethod
-    def _read_cache_file(cache_file: Path | None, encoders: list) -> dict:
-        """The in-memory cache saved by an earlier start of this run; ``{}`` (rebuilt) when it is
-        missing, unreadable (truncated, not plain data) or made by other encoders."""
-        if cache_file is None or not cache_file.exists():
-            return {}
-        try:
-            saved = read_checkpoint(cache_file)
-        except UserError:
-            return {}
-        if not isinstance(saved, dict) or saved.get("encoders") != [e.provenance for e in encoders]:
-            return {}
-        return saved
-
-    def _as_list(self, saved) -> list:
-        saved = list(saved) if isinstance(saved, (list, tuple)) else []
-        return (saved + [None] * len(self.encoders))[:len(self.encoders)]
-
-    def _encode_all(self, enc, images: Tensor, batch: int, progress: bool, flip: bool = False) -> Tensor:
-        out = []
-        for s in tqdm(range(0, len(images), batch), desc=f"targets {enc.name}{' (mirrored)' if flip else ''}",
-                      disable=not progress, leave=False):
-            x = images[s:s + batch]
-            out.append(enc((x.flip(-1) if flip else x).to(self.device)).to("cpu", torch.float16))
-        return torch.cat(out)
-
-    @property
-    def kinds(self) -> list[str]:
-        """Where each encoder's targets come from: ``stored``, ``memory`` or ``online``."""
-        return ["online" if s is None else "memory" if isinstance(s, tuple) else "stored" for s in self.sources]
-
-    def __call__(self, idx: Tensor, images: Tensor, flip: Tensor | None = None) -> list[Tensor]:
-        """Tokens of the images ``idx`` as the loop passes them (``images``, already flipped where ``flip``);
-        with ``partners`` set (the shuffled control), the cached tokens of ``partners[idx]`` instead."""
-        if self.partners is not None:
-            idx = self.partners[idx.cpu()]
-        out = []
-        for enc, src in zip(self.encoders, self.sources):
-            if src is None:
-                out.append(enc(images))
-            elif isinstance(src, tuple):
-                plain, mirrored = src
-                t = plain[idx] if flip is None else torch.where(flip.cpu()[:, None, None], mirrored[idx], plain[idx])
-                out.append(t.to(self.device, torch.float32))
-            else:
-                out.append(src.gather(idx, flip).to(self.device))
-        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,7 +253,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
                             weight_decay=cfg.weight_decay, foreach=device.type != "cuda" or None,
                             fused=device.type == "cuda" or None)
-    proj_loss_fn = PROJECTION_LOSSES[cfg.proj_loss]
+    terms = build_terms(cfg)  # the auxiliary loss terms (train.objectives): REPA's projection, ...
 
     # --- resume ------------------------------------------------------------------------------------
     ckpt_dir = out / "checkpoints"
@@ -455,9 +345,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
         save(0)  # the series starts at initialisation
 
     # --- the loop ----------------------------------------------------------------------------------
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {'vanilla' if cfg.vanilla else 'REPA'}",
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {'+'.join(tm.name.removesuffix('_loss') for tm in terms) or 'vanilla'}",
                disable=not (progress and acc.is_main_process), dynamic_ncols=True)
-    sums = torch.zeros(4, device=device)  # loss, denoise, proj, grad-norm accumulated between logs
+    # loss, denoise, grad-norm, then each term's value and weighted contribution, summed between logs
+    sums = torch.zeros(3 + 2 * len(terms), device=device)
     n_sums, t_log = 0, time.perf_counter()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     while step < end:
@@ -495,21 +386,28 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             x_t = itp.interpolate(x, noise, t, cfg.path)
             sync = nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(train_model)
             with sync, acc.autocast():
-                res = train_model(x_t, t, labels, return_hidden=(), project=not cfg.vanilla, drop_mask=drop)
+                res = train_model(x_t, t, labels, drop_mask=drop, **forward_needs(terms, step))
                 den = denoising_loss(res.out, x, noise, t, cfg.path).mean()
-                if cfg.vanilla:
-                    proj = torch.zeros((), device=device)
-                else:  # raw targets [(B, T, z_dim)] -> training targets (spatially normalised if asked)
-                    proj = proj_loss_fn(res.zs, training_targets(targets(idx, images, flip), cfg))
-                loss = den + cfg.proj_coeff * proj
+                # raw targets [(B, T, z_dim)] -> training targets (spatially normalised if asked), read once
+                batch_targets = functools.cache(lambda: training_targets(targets(idx, images, flip), cfg))
+                ctx = StepContext(step, x, x_t, t, noise, labels, drop, images, idx, flip, res, ema, batch_targets,
+                                  lambda stream: step_generator(cfg.seed, step, stream=stream), sl, cfg.batch_size, cfg.path)
+                loss, logged = den, []  # den + sum_k w_k(step) * term_k; a term of weight 0 is not computed
+                for term in terms:
+                    w = term.weight(step)
+                    value = term(ctx) if w else torch.zeros((), device=device)
+                    loss = loss + w * value
+                    logged += [value.detach().float(), (w * value).detach().float()]
                 acc.backward(loss / cfg.grad_accum)
-            sums[:3] += torch.stack([loss.detach(), den.detach(), proj.detach()]) / cfg.grad_accum
+            sums[:2] += torch.stack([loss.detach(), den.detach()]) / cfg.grad_accum
+            if terms:
+                sums[3:] += torch.stack(logged) / cfg.grad_accum
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema_update(ema_params, model_params, cfg.ema_decay)
         step += 1
-        sums[3] += grad_norm.detach().float()
+        sums[2] += grad_norm.detach().float()
         n_sums += 1
         bar.update(1)
 
@@ -519,10 +417,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             if not all(math.isfinite(v) for v in vals):
                 raise UserError(f"loss became NaN/inf between steps {step - n_sums + 1} and {step}; the last good checkpoint is step {last_good} in {latest}: lower --lr or use fp32/bf16, then resume")
             dt = time.perf_counter() - t_log
-            rec = {"step": step, "loss": vals[0], "denoise_loss": vals[1], "proj_loss": vals[2], "grad_norm": vals[3],
-                   "lr": opt.param_groups[0]["lr"], "images_per_s": n_sums * cfg.batch_size / dt, "time": time.time()}
+            rec = {"step": step, "loss": vals[0], "denoise_loss": vals[1], "proj_loss": 0.0, "grad_norm": vals[2]}
+            for k, term in enumerate(terms):  # REPA's term logs as proj_loss (0 in runs without it)
+                rec[term.name], rec[f"{term.name}_weighted"] = vals[3 + 2 * k], vals[4 + 2 * k]
+            rec.update({"lr": opt.param_groups[0]["lr"], "images_per_s": n_sums * cfg.batch_size / dt, "time": time.time()})
             log(rec)
-            bar.set_postfix(loss=f"{vals[1]:.4f}", proj=f"{vals[2]:.3f}")
+            bar.set_postfix(loss=f"{vals[1]:.4f}", **{tm.name.removesuffix("_loss"): f"{rec[tm.name]:.3f}" for tm in terms})
             sums.zero_()
             n_sums, t_log = 0, time.perf_counter()
         if at_ckpt:
