@@ -120,8 +120,9 @@ def read_config_file(path: Path) -> TrainConfig:
 
 
 def as_vanilla(cfg: TrainConfig) -> TrainConfig:
-    """The same run without REPA: lambda 0, no projector, no encoder."""
-    return dataclasses.replace(cfg, proj_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=()), encoders=(), encoder_weights=())
+    """The same run without REPA: lambda 0, no projector, no encoder (and so no REG token)."""
+    return dataclasses.replace(cfg, proj_coeff=0.0, reg_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=(), reg_dim=0),
+                               encoders=(), encoder_weights=())
 
 
 def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = True) -> dict[str, Path]:

@@ -65,6 +65,10 @@ class ModelConfig:
     ``timestep_freq_shift`` and ``mlp_norm_eps`` record diffusers' DiT conventions (its timestep
     frequencies ``exp(-ln(1e4) i / (half - 1))`` and its ``norm_eps`` before the MLP); the published
     models use 0 and 1e-6.
+    ``reg_dim`` > 0 turns on REG (arXiv 2507.01467, Martinser/REG): the model takes one extra input
+    token, the noisy global token of the target encoder (width ``reg_dim``, the first encoder's
+    width as in the official code), and predicts its velocity beside the latents' (``train.reg``).
+    REG models are REPA-time velocity models (flavour ``repa``).  0 (default): no extra token.
     """
 
     name: str = "SiT-XL/2"
@@ -88,6 +92,7 @@ class ModelConfig:
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "math" (explicit softmax; same numbers)
     timestep_freq_shift: int = 0  # 1 for diffusers' DiTTransformer2DModel (downscale_freq_shift=1)
     mlp_norm_eps: float = 1e-6  # LayerNorm eps before the MLP; diffusers' DiT uses its norm_eps (1e-5)
+    reg_dim: int = 0  # REG: width of the encoder's global token the model denoises jointly; 0 = off
 
     def __post_init__(self) -> None:
         fam, size, patch = parse_name(self.name)
@@ -112,6 +117,11 @@ class ModelConfig:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch size {patch}")
         if self.z_dims and not 1 <= self.encoder_depth <= self.depth:
             raise ValueError(f"encoder_depth {self.encoder_depth} must lie in 1..{self.depth}")
+        r = self.reg_dim
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"reg_dim {r!r} is not a non-negative integer: use 0 (no REG) or the target encoder's width")
+        if r and self.flavour != "repa":
+            raise ValueError(f"reg_dim {r} needs flavour 'repa' (REG predicts REPA-time velocities), not {self.flavour!r}")
 
     @property
     def patch_size(self) -> int:
@@ -203,6 +213,12 @@ class TrainConfig:
     target_norm_gamma: float = 0.6
     target_norm_eps: float = 1e-6  # added to the (unbiased) std, as the official code
     target_shuffle: str = "none"  # "class": the control run -- each image's targets from another image of its class
+    # REG (arXiv 2507.01467): the velocity loss of the jointly denoised global token (train.reg),
+    # weighted by reg_coeff (0 = off; the official code's --cls default is 0.03) and needing
+    # model.reg_dim = the first encoder's width; reg_token: "auto" = the encoder's class token where
+    # it has one (DINOv2's x_norm_clstoken in the official code), else its mean patch token; "mean" always
+    reg_coeff: float = 0.0
+    reg_token: str = "auto"
     path: str = "linear"
     time_sampling: str = "uniform"
     lr: float = 1e-4
@@ -269,6 +285,16 @@ class TrainConfig:
             errs.append(f"target_norm_gamma {self.target_norm_gamma!r} is not a finite number: use 0.6 (latent SiT) or 0.8 (pixel JiT)")
         if not (_finite(self.target_norm_eps) and self.target_norm_eps > 0):
             errs.append(f"target_norm_eps {self.target_norm_eps!r} is not a positive finite number (a constant channel divides by it): use 1e-6")
+        if self.reg_token not in ("auto", "mean"):
+            errs.append(f"reg_token {self.reg_token!r} is unknown: use auto (class token where there is one) or mean (mean patch token)")
+        if self.reg_coeff > 0 and not self.model.reg_dim:
+            errs.append("reg_coeff > 0 needs the extra token in the model: set model.reg_dim to the first encoder's width")
+        if self.model.reg_dim and self.reg_coeff == 0:
+            errs.append(f"model.reg_dim {self.model.reg_dim} adds REG's token but reg_coeff is 0: set reg_coeff (0.03 in the paper) or model.reg_dim=0")
+        if self.model.reg_dim and self.vanilla:
+            errs.append("REG builds on REPA and takes its token from the target encoder: set proj_coeff > 0 with an encoder")
+        if self.model.reg_dim and self.model.z_dims and self.model.reg_dim != self.model.z_dims[0]:
+            errs.append(f"model.reg_dim {self.model.reg_dim} differs from the first encoder's width {self.model.z_dims[0]}: set them equal")
         if self.ckpt_series not in ("all", "log"):
             errs.append(f"ckpt_series {self.ckpt_series!r} is unknown: use all or log")
         if self.data.codec == "identity" and self.model.in_channels != 3:
@@ -299,6 +325,7 @@ _NUMBERS = (
     ("adam_eps", False, 0, False, 1, "1e-8"),
     ("weight_decay", False, 0, True, math.inf, "0"),
     ("proj_coeff", False, 0, True, math.inf, "0 (vanilla) or a positive lambda such as 0.5"),
+    ("reg_coeff", False, 0, True, math.inf, "0 (no REG) or a positive weight such as 0.03 (the paper's)"),
     ("nt_xent_temperature", False, 0, False, math.inf, "0.1"),
     ("ema_decay", False, 0, True, 1, "a number in [0, 1] such as 0.9999"),
     ("batch_size", True, 1, True, math.inf, "a positive integer"),
