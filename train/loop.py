@@ -39,7 +39,7 @@ from train.config import TrainConfig
 from train.errors import UserError
 from train.losses import denoising_loss, spatial_normalize
 from train.models import DiffusionTransformer
-from train.objectives import StepContext, build_terms, forward_needs
+from train.objectives import StepContext, build_terms, forward_inputs, forward_needs
 from train.rundir import lock_run_dir, remove_stale_temporaries
 from train.targets import TargetSource, class_partners  # noqa: F401 (re-exported)
 
@@ -302,6 +302,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     show_gen = torch.Generator().manual_seed(cfg.seed + 12345)
     show_noise = torch.randn(n_show, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size, generator=show_gen)
     show_labels = torch.arange(n_show) % min(cfg.model.num_classes, 8)
+    show_reg = {"cls_noise": torch.randn(n_show, cfg.model.reg_dim, generator=show_gen)} if cfg.model.reg_dim else {}  # REG's token
 
     last_good, at_ckpt = step, True  # the newest checkpoint known to hold finite weights
 
@@ -338,7 +339,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
 
         if not acc.is_main_process:
             return
-        x = sample(ema, show_noise.to(device), show_labels.to(device), "euler", cfg.sample_steps)
+        x = sample(ema, show_noise.to(device), show_labels.to(device), "euler", cfg.sample_steps,
+                   **{k: v.to(device) for k, v in show_reg.items()})
         save_grid(codec.decode(x, uint8=True).cpu(), out / "samples" / f"step_{step:07d}.png", nrow=min(cfg.model.num_classes, 8))
 
     if step == 0:
@@ -386,12 +388,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             x_t = itp.interpolate(x, noise, t, cfg.path)
             sync = nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(train_model)
             with sync, acc.autocast():
-                res = train_model(x_t, t, labels, drop_mask=drop, **forward_needs(terms, step))
-                den = denoising_loss(res.out, x, noise, t, cfg.path).mean()
                 # raw targets [(B, T, z_dim)] -> training targets (spatially normalised if asked), read once
-                batch_targets = functools.cache(lambda: training_targets(targets(idx, images, flip), cfg))
-                ctx = StepContext(step, x, x_t, t, noise, labels, drop, images, idx, flip, res, ema, batch_targets,
-                                  lambda stream: step_generator(cfg.seed, step, stream=stream), sl, cfg.batch_size, cfg.path)
+                raw_targets = functools.cache(lambda: targets(idx, images, flip))
+                batch_targets = functools.cache(lambda: training_targets(raw_targets(), cfg))
+                ctx = StepContext(step, x, x_t, t, noise, labels, drop, images, idx, flip, None, ema, batch_targets,
+                                  lambda stream: step_generator(cfg.seed, step, stream=stream), sl, cfg.batch_size, cfg.path,
+                                  raw_targets=raw_targets, encoders=tuple(encoders))
+                # the terms' extra inputs (REG's noisy global token), then the forward they need
+                res = ctx.res = train_model(x_t, t, labels, drop_mask=drop, **forward_needs(terms, step), **forward_inputs(terms, ctx))
+                den = denoising_loss(res.out, x, noise, t, cfg.path).mean()
                 loss, logged = den, []  # den + sum_k w_k(step) * term_k; a term of weight 0 is not computed
                 for term in terms:
                     w = term.weight(step)

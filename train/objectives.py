@@ -21,7 +21,14 @@ name               config              what it does
 =================  ==================  ==================================================
 ``proj_loss``      ``proj_coeff``      REPA: projected block-``encoder_depth`` tokens vs the
                                        encoder's patch tokens (cosine or NT-Xent)
+``reg_loss``       ``reg_coeff``       REG (:mod:`train.reg`): velocity MSE of the encoder's
+                                       global token, noised at the latents' t and fed to the
+                                       model as one extra input token
 =================  ==================  ==================================================
+
+A term may also feed the model: ``inputs(ctx)`` runs before the forward pass (``ctx.res`` is still
+None) and returns keyword arguments of the forward (REG: the noisy global token ``cls_token``); what
+it prepares for its loss it keeps in ``ctx.scratch``.  :func:`forward_inputs` merges them.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Callable
 
 import torch
 
+from train import reg
 from train.config import TrainConfig
 from train.losses import PROJECTION_LOSSES
 
@@ -69,6 +77,9 @@ class StepContext:
     batch_slice: slice
     global_batch: int
     path: str = "linear"
+    raw_targets: Callable[[], list[Tensor]] | None = None  # the encoder tokens before target_norm (read once)
+    encoders: tuple = ()  # the run's target encoders (train.encoders.Encoder)
+    scratch: dict = field(default_factory=dict)  # what a term's inputs() prepared for its loss
 
     def uniform(self, stream: int) -> Tensor:
         """U(0, 1) draws (B,) for this micro-batch: drawn for the whole global batch from the step's
@@ -101,6 +112,10 @@ class LossTerm:
             return 0.0
         return self.coeff
 
+    def inputs(self, ctx: StepContext) -> dict:
+        """Keyword arguments this term adds to the model's forward (before it runs); none by default."""
+        return {}
+
     def __call__(self, ctx: StepContext) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -117,12 +132,45 @@ class ProjectionTerm(LossTerm):
         return self.fn(ctx.res.zs, ctx.targets())
 
 
+class RegTerm(LossTerm):
+    """REG (arXiv 2507.01467): the first encoder's global token (:func:`train.reg.global_token`),
+    noised with its own N(0, I) draw from the step's stream :data:`train.reg.REG_STREAM` at the
+    latents' t and interpolant, goes in as ``cls_token``; the loss is its velocity MSE
+    (:func:`train.reg.reg_loss`), weighted by ``reg_coeff`` (never stopped: not an alignment term)."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__("reg_loss", cfg.reg_coeff)
+        self.kind, self.dim = cfg.reg_token, cfg.model.reg_dim
+
+    def inputs(self, ctx: StepContext) -> dict:
+        raw = ctx.raw_targets()[0]                                                   # (B, T, D)
+        token = reg.global_token(ctx.encoders[0], ctx.images, raw, self.kind)        # (B, D)
+        noise = reg.token_noise(ctx.generator(reg.REG_STREAM), ctx.global_batch, self.dim)[ctx.batch_slice].to(token)
+        ctx.scratch["reg"] = (token, noise)
+        return {"cls_token": reg.noisy_token(token, noise, ctx.t, ctx.path)}         # (B, D)
+
+    def __call__(self, ctx: StepContext) -> Tensor:
+        token, noise = ctx.scratch["reg"]
+        return reg.reg_loss(ctx.res.cls, token, noise, ctx.t, ctx.path).mean()
+
+
+def forward_inputs(terms: list[LossTerm], ctx: StepContext) -> dict:
+    """The model inputs the terms prepare (:meth:`LossTerm.inputs`), all terms, whatever their weight:
+    a REG model needs its token at every step."""
+    out: dict = {}
+    for term in terms:
+        out.update(term.inputs(ctx))
+    return out
+
+
 def build_terms(cfg: TrainConfig) -> list[LossTerm]:
     """The auxiliary terms of run ``cfg``, in a fixed order (their log order); a term whose
     coefficient is 0 is left out."""
     terms: list[LossTerm] = []
     if cfg.proj_coeff > 0:
         terms.append(ProjectionTerm(cfg))
+    if cfg.reg_coeff > 0:
+        terms.append(RegTerm(cfg))
     return terms
 
 

@@ -81,8 +81,12 @@ def sample_chunk(model: nn.Module, spec: SampleSpec, codec: Codec, k: int) -> tu
     noise = torch.stack([torch.randn(shape, generator=seeded_generator(spec.seed, "noise", i)) for i in idx])
     labels = sample_labels(spec, idx, cfg.num_classes)
     gen = seeded_generator(spec.seed, "sde", idx.start, device) if spec.sampler == "sde" else None
+    reg = {}
+    if getattr(cfg, "reg_dim", 0):  # a REG model's global-token noise, per sample like the latents'
+        reg["cls_noise"] = torch.stack([torch.randn(cfg.reg_dim, generator=seeded_generator(spec.seed, "reg", i))
+                                        for i in idx]).to(device)
     x = sample(model, noise.to(device), labels.to(device), spec.sampler, spec.steps, spec.cfg_scale,
-               spec.guidance_interval, gen, spec.path)
+               spec.guidance_interval, gen, spec.path, **reg)
     return codec.decode(x, uint8=True).cpu(), labels
 
 
