@@ -139,17 +139,21 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, return_logits: bool = False):
+        """(N, T, D) -> (N, T, D); with ``return_logits`` also the attention logits
+        ``q k^T / sqrt(head_dim)`` (N, H, T, T) before the softmax (HASTE's distillation), the
+        output then computed from their explicit softmax (equal to sdpa up to float rounding)."""
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, H, T, hd)
         q, k, v = qkv.unbind(0)                                       # (N, H, T, hd) each
         q, k = self.q_norm(q), self.k_norm(k)                         # (N, H, T, hd)
-        if self.impl == "sdpa":
+        if self.impl == "sdpa" and not return_logits:
             x = F.scaled_dot_product_attention(q, k, v)               # (N, H, T, hd)
         else:
             attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)    # (N, H, T, T)
             x = attn.softmax(dim=-1) @ v                              # (N, H, T, hd)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))          # (N, T, D)
+        out = self.proj(x.transpose(1, 2).reshape(n, t, d))           # (N, T, D)
+        return (out, attn) if return_logits else out
 
 
 class Mlp(nn.Module):
@@ -175,11 +179,14 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, return_attn: bool = False):
+        """(N, T, D) -> (N, T, D); with ``return_attn`` also the attention logits (N, H, T, T)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, D)
+        a = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), return_logits=return_attn)
+        a, logits = a if return_attn else (a, None)
+        x = x + gate_msa.unsqueeze(1) * a                                                         # (N, T, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
-        return x
+        return (x, logits) if return_attn else x
 
 
 class FinalLayer(nn.Module):
@@ -264,6 +271,8 @@ class ModelOutput:
     ``out``: the raw network output (N, C_out, H, W), or None when ``head=False``;
     ``hidden``: {layer: (N, T, D)}, layer L = output of block L (1-based), 0 = patch + position
     embedding; ``zs``: projected tokens (N, T, z_dim), one per projector, when projected;
+    ``attn``: {block: attention logits (N, H, T, T)} of the blocks in ``return_attn`` (1-based);
+    ``sra``: the SRA projector's output (N, T, D) on block ``sra_block``'s tokens, when asked;
     ``cls``: REG models only, the global token's velocity (N, reg_dim) (None without REG or head).
     With REG, ``hidden`` and ``zs`` still hold the T patch tokens only (the global token, index 0
     of the sequence, is dropped from them); the patch tokens have attended to it in every block.
@@ -272,6 +281,8 @@ class ModelOutput:
     out: Tensor | None
     hidden: dict[int, Tensor] = field(default_factory=dict)
     zs: list[Tensor] = field(default_factory=list)
+    attn: dict[int, Tensor] = field(default_factory=dict)
+    sra: Tensor | None = None
     cls: Tensor | None = None
 
 
@@ -294,6 +305,9 @@ class DiffusionTransformer(nn.Module):
         self.projectors = nn.ModuleList([build_projector(d, cfg.projector_dim, z, cfg.projector, cfg.projector_kernel)
                                          for z in cfg.z_dims])
         self.final_layer = FinalLayer(d, p, cfg.out_channels, cfg.reg_dim)
+        if cfg.sra_projector_dim:  # SRA's head (SimpleHead): Linear(D, P) - SiLU - Linear(P, D)
+            self.sra_projector = nn.Sequential(nn.Linear(d, cfg.sra_projector_dim), nn.SiLU(),
+                                               nn.Linear(cfg.sra_projector_dim, d))
         if cfg.reg_dim:  # REG's input embedding of the noisy global token (official names)
             self.cls_projectors2 = nn.Linear(cfg.reg_dim, d)
             self.wg_norm = nn.LayerNorm(d, elementwise_affine=True, eps=1e-6)
@@ -312,7 +326,8 @@ class DiffusionTransformer(nn.Module):
         projectors): ``cls_projectors2`` xavier with zero bias, ``wg_norm`` ones and zeros,
         ``final_layer.linear_cls`` zero, as the official code initialises them.
         """
-        late = {id(m) for m in self.projectors.modules()}
+        heads = [self.projectors] + ([self.sra_projector] if hasattr(self, "sra_projector") else [])
+        late = {id(m) for h in heads for m in h.modules()}
         reg = [self.cls_projectors2, self.final_layer.linear_cls] if self.cfg.reg_dim else []
         late |= {id(m) for m in reg}
         for m in self.modules():
@@ -339,6 +354,11 @@ class DiffusionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Conv2d):
                 m.reset_parameters()
+        if hasattr(self, "sra_projector"):  # last, after REPA's: the backbone and REPA draws stay as they were
+            for m in self.sra_projector.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
         if self.cfg.reg_dim:
             nn.init.xavier_uniform_(self.cls_projectors2.weight)
             nn.init.zeros_(self.cls_projectors2.bias)
@@ -366,6 +386,8 @@ class DiffusionTransformer(nn.Module):
         project: bool = True,
         head: bool = True,
         drop_mask: Tensor | None = None,
+        return_attn: Iterable[int] = (),
+        sra_block: int | None = None,
         cls_token: Tensor | None = None,
     ):
         """Run the network in its own flavour's time (see :func:`predict` for REPA time).
@@ -374,6 +396,9 @@ class DiffusionTransformer(nn.Module):
         full output, SiT the first ``in_channels`` (velocity), REPA ``(output, [projected tokens])``.
         With ``return_hidden=[...]`` it returns a :class:`ModelOutput`; ``head=False`` stops after the
         deepest block needed (no final layer), ``project=False`` skips the projectors.
+        ``return_attn=[blocks]`` (1-based) adds those blocks' attention logits (``ModelOutput.attn``)
+        and ``sra_block=s`` the SRA projector's output on block s (``ModelOutput.sra``); both off by
+        default, and then nothing is computed differently.  With REG the logits cover the 1 + T tokens.
 
         REG models need ``cls_token``, the noisy global token (N, reg_dim) at the same t as ``x``;
         their legacy return is ``(output, [projected tokens], global-token velocity)`` as the official
@@ -383,8 +408,14 @@ class DiffusionTransformer(nn.Module):
         wanted = set() if legacy else {int(i) for i in return_hidden}
         if any(not 0 <= i <= len(self.blocks) for i in wanted):
             raise ValueError(f"return_hidden layers must lie in 0..{len(self.blocks)}, got {sorted(wanted)}")
+        attn_wanted = {int(i) for i in return_attn}
+        if any(not 1 <= i <= len(self.blocks) for i in attn_wanted | ({sra_block} if sra_block is not None else set())):
+            raise ValueError(f"return_attn / sra_block blocks must lie in 1..{len(self.blocks)}, got {sorted(attn_wanted)} / {sra_block}")
+        if sra_block is not None and not hasattr(self, "sra_projector"):
+            raise ValueError("sra_block needs the SRA projector: build the model with sra_projector_dim > 0")
         project = project and len(self.projectors) > 0
-        last = len(self.blocks) if head else max(wanted | ({self.cfg.encoder_depth} if project else {0}))
+        last = len(self.blocks) if head else max(wanted | attn_wanted | ({self.cfg.encoder_depth} if project else {0})
+                                                 | ({sra_block} if sra_block is not None else set()))
 
         reg = self.cfg.reg_dim > 0
         if reg and cls_token is None:
@@ -398,12 +429,19 @@ class DiffusionTransformer(nn.Module):
         c = self.t_embedder(t) + self.y_embedder(y, drop_mask)    # (N, D)
         hidden = {0: patches(x)} if 0 in wanted else {}
         zs: list[Tensor] = []
+        attn: dict[int, Tensor] = {}
+        sra = None
         for i, block in enumerate(self.blocks[:last], start=1):
-            x = block(x, c)                                       # (N, [1 +] T, D)
+            if i in attn_wanted:
+                x, attn[i] = block(x, c, return_attn=True)        # (N, [1 +] T, D), (N, H, [1 +] T, [1 +] T)
+            else:
+                x = block(x, c)                                   # (N, [1 +] T, D)
             if i in wanted:
                 hidden[i] = patches(x)                            # (N, T, D)
             if project and i == self.cfg.encoder_depth:
                 zs = [proj(patches(x)) for proj in self.projectors]  # [(N, T, z_dim)]
+            if i == sra_block:
+                sra = self.sra_projector(patches(x))              # (N, T, D)
         out = cls = None
         if head and reg:
             out, cls = self.final_layer.forward_reg(x, c)         # (N, T, p*p*C_out), (N, reg_dim)
@@ -411,7 +449,7 @@ class DiffusionTransformer(nn.Module):
         elif head:
             out = self.unpatchify(self.final_layer(x, c))         # (N, C_out, H, W)
         if not legacy:
-            return ModelOutput(out, hidden, zs, cls)
+            return ModelOutput(out, hidden, zs, attn, sra, cls)
         if reg:
             return out, zs, cls
         if self.flavour == "repa":

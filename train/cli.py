@@ -186,7 +186,11 @@ def main_train(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve(args)
         if args.dry_run:
+            from train.objectives import describe
+
             print(json.dumps(cfg.to_dict(), indent=2))
+            for term in describe(cfg):  # the objectives, on stderr: stdout stays a config file
+                print("objective " + " ".join(f"{k}={json.dumps(v)}" for k, v in term.items()), file=sys.stderr)
             return 0
         if args.out is None:
             raise UserError("no run directory: pass --out DIR")

@@ -93,6 +93,9 @@ class ModelConfig:
     timestep_freq_shift: int = 0  # 1 for diffusers' DiTTransformer2DModel (downscale_freq_shift=1)
     mlp_norm_eps: float = 1e-6  # LayerNorm eps before the MLP; diffusers' DiT uses its norm_eps (1e-5)
     reg_dim: int = 0  # REG: width of the encoder's global token the model denoises jointly; 0 = off
+    # SRA's projector (train.objectives.SelfAlignmentTerm): Linear(D, P) - SiLU - Linear(P, D) on the
+    # student block's tokens; P = sra_projector_dim, 0 = none.  SRA's SimpleHead uses P = 2 D.
+    sra_projector_dim: int = 0
 
     def __post_init__(self) -> None:
         fam, size, patch = parse_name(self.name)
@@ -111,6 +114,9 @@ class ModelConfig:
         k = self.projector_kernel
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ValueError(f"projector_kernel {k!r} is not an odd positive integer: use 1, 3, 5 or 7")
+        d = self.sra_projector_dim
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ValueError(f"sra_projector_dim {d!r} is not a non-negative integer: use 0 (no SRA) or 2 * hidden_size")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.input_size % patch:
@@ -219,6 +225,33 @@ class TrainConfig:
     # it has one (DINOv2's x_norm_clstoken in the official code), else its mean patch token; "mean" always
     reg_coeff: float = 0.0
     reg_token: str = "auto"
+    # --- further objectives (train.objectives; README "Objectives"); each coefficient 0 = off ---
+    # HASTE (arXiv 2505.16792): the alignment terms (proj_loss, attn_loss) weigh 0 from this step
+    # on; 0 = never.  HASTE stops at 250K (SiT-XL/2, its --early-stop-point).
+    align_stop_step: int = 0
+    # HASTE attention distillation: cross-entropy of the model's attention (log-softmax of its
+    # logits) against the first encoder's softmaxed attention over its patch tokens, per head,
+    # averaged over rows, heads and layer pairs; HASTE: attn_coeff 0.5, DINOv2-B blocks 9-12 ->
+    # SiT-XL blocks 5-8 (1-based here; its code's 0-based 8-11 -> 4-7)
+    attn_coeff: float = 0.0
+    attn_teacher_layers: tuple[int, ...] = ()  # 1-based encoder blocks, one per model block
+    attn_model_layers: tuple[int, ...] = ()  # 1-based model blocks
+    attn_heads: str = "first"  # "first": model head h <-> teacher head h (HASTE: the first H_teacher heads); "mean": head-averaged maps
+    # SRA (arXiv 2505.02831): the model's block sra_student_block at t, projected
+    # (model.sra_projector_dim), against the EMA model's block sra_teacher_block at
+    # t' = clamp(t - sra_t_max * u, 0, 1), u ~ U(0, 1) (lower noise), no gradient.  SRA SiT-XL/2:
+    # blocks 8 -> 20, t_max 0.2, smooth-L1 (beta 0.05) weighted 2.0, or cosine weighted 0.5
+    sra_coeff: float = 0.0
+    sra_student_block: int = 0  # 0: round(depth * 8 / 28), SRA's SiT-XL ratio
+    sra_teacher_block: int = 0  # 0: round(depth * 20 / 28)
+    sra_t_max: float = 0.2
+    sra_distance: str = "smooth_l1"  # "smooth_l1" (SRA's paper, beta 0.05) or "cosine" (its README: better late)
+    # Dispersive loss (arXiv 2506.09027): log mean_ij exp(-|z_i - z_j|^2 / (dim tau)) over the batch
+    # on one block's flattened hidden states; paper SiT-B/2: 0.5 with tau 0.5 at block depth/4, or
+    # 0.25 with tau 1 at the last block
+    dispersive_coeff: float = 0.0
+    dispersive_tau: float = 0.5
+    dispersive_block: int = 0  # 0: max(1, depth // 4)
     path: str = "linear"
     time_sampling: str = "uniform"
     lr: float = 1e-4
@@ -253,10 +286,18 @@ class TrainConfig:
         self.encoders = (self.encoders,) if isinstance(self.encoders, str) else tuple(self.encoders)
         self.encoder_weights = (self.encoder_weights,) if isinstance(self.encoder_weights, str) else tuple(self.encoder_weights)
         self.betas = tuple(self.betas)
+        self.attn_teacher_layers = tuple(self.attn_teacher_layers)
+        self.attn_model_layers = tuple(self.attn_model_layers)
 
     @property
     def vanilla(self) -> bool:
+        """No REPA projection term (no projector); other objectives may still be on."""
         return self.proj_coeff == 0
+
+    @property
+    def needs_encoders(self) -> bool:
+        """A term reads the target encoders: REPA's projection or HASTE's attention distillation."""
+        return self.proj_coeff > 0 or self.attn_coeff > 0
 
     def check(self) -> list[str]:
         """Contradictory or impossible options, each as one line saying the fix."""
@@ -267,6 +308,7 @@ class TrainConfig:
             errs.append(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}: pick values that divide")
         if not self.vanilla and not self.encoders:
             errs.append("proj_coeff > 0 needs at least one target encoder: pass --encoders NAME or set --proj-coeff 0")
+        errs += _check_objectives(self)
         if self.encoder_weights and len(self.encoder_weights) != len(self.encoders):
             errs.append(f"{len(self.encoder_weights)} encoder weight paths for {len(self.encoders)} encoders: give one per encoder ('' for the default)")
         if self.vanilla and self.model.z_dims:
@@ -293,6 +335,8 @@ class TrainConfig:
             errs.append(f"model.reg_dim {self.model.reg_dim} adds REG's token but reg_coeff is 0: set reg_coeff (0.03 in the paper) or model.reg_dim=0")
         if self.model.reg_dim and self.vanilla:
             errs.append("REG builds on REPA and takes its token from the target encoder: set proj_coeff > 0 with an encoder")
+        if self.model.reg_dim and (self.sra_coeff > 0 or self.attn_coeff > 0):
+            errs.append("REG's extra token is not combined with SRA or HASTE's attention distillation (their targets have no token): set sra_coeff=0 and attn_coeff=0, or model.reg_dim=0")
         if self.model.reg_dim and self.model.z_dims and self.model.reg_dim != self.model.z_dims[0]:
             errs.append(f"model.reg_dim {self.model.reg_dim} differs from the first encoder's width {self.model.z_dims[0]}: set them equal")
         if self.ckpt_series not in ("all", "log"):
@@ -327,6 +371,15 @@ _NUMBERS = (
     ("proj_coeff", False, 0, True, math.inf, "0 (vanilla) or a positive lambda such as 0.5"),
     ("reg_coeff", False, 0, True, math.inf, "0 (no REG) or a positive weight such as 0.03 (the paper's)"),
     ("nt_xent_temperature", False, 0, False, math.inf, "0.1"),
+    ("align_stop_step", True, 0, True, math.inf, "0 (never) or the step HASTE stops alignment at, e.g. 250000"),
+    ("attn_coeff", False, 0, True, math.inf, "0 (off) or HASTE's 0.5"),
+    ("sra_coeff", False, 0, True, math.inf, "0 (off) or SRA's 2.0 (smooth_l1) / 0.5 (cosine)"),
+    ("sra_student_block", True, 0, True, math.inf, "0 (the paper's ratio) or a 1-based block"),
+    ("sra_teacher_block", True, 0, True, math.inf, "0 (the paper's ratio) or a 1-based block"),
+    ("sra_t_max", False, 0, True, 1, "SRA's 0.2"),
+    ("dispersive_coeff", False, 0, True, math.inf, "0 (off) or the paper's 0.5"),
+    ("dispersive_tau", False, 0, False, math.inf, "the paper's 0.5 (or 1 at the last block)"),
+    ("dispersive_block", True, 0, True, math.inf, "0 (depth // 4) or a 1-based block"),
     ("ema_decay", False, 0, True, 1, "a number in [0, 1] such as 0.9999"),
     ("batch_size", True, 1, True, math.inf, "a positive integer"),
     ("grad_accum", True, 1, True, math.inf, "a positive integer"),
@@ -340,6 +393,34 @@ _NUMBERS = (
     ("seed", True, 0, True, 2**63 - 1, "a non-negative integer"),
     ("threads", True, 0, True, 4096, "0 (the torch default) or a positive integer"),
 )
+
+
+def _check_objectives(cfg: "TrainConfig") -> list[str]:
+    """HASTE, SRA and dispersive settings that cannot work, one line each."""
+    errs, depth = [], cfg.model.depth
+    blocks = lambda xs: all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= depth for b in xs)  # noqa: E731
+    if cfg.attn_coeff > 0:
+        if not cfg.encoders:
+            errs.append("attn_coeff > 0 distils a target encoder's attention: pass --encoders NAME or set attn_coeff=0")
+        if not cfg.attn_model_layers or len(cfg.attn_model_layers) != len(cfg.attn_teacher_layers):
+            errs.append(f"attn_model_layers {list(cfg.attn_model_layers)} and attn_teacher_layers {list(cfg.attn_teacher_layers)} "
+                        "must be equal-length, non-empty lists: e.g. --set attn_model_layers=[1,2] attn_teacher_layers=[1,2]")
+        elif not blocks(cfg.attn_model_layers):
+            errs.append(f"attn_model_layers {list(cfg.attn_model_layers)} must be model blocks in 1..{depth}: pick 1-based blocks")
+        elif not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in cfg.attn_teacher_layers):
+            errs.append(f"attn_teacher_layers {list(cfg.attn_teacher_layers)} must be positive 1-based encoder blocks: pick them so")
+    if cfg.attn_heads not in ("first", "mean"):
+        errs.append(f"attn_heads {cfg.attn_heads!r} is unknown: use first (HASTE) or mean")
+    if cfg.sra_distance not in ("smooth_l1", "cosine"):
+        errs.append(f"sra_distance {cfg.sra_distance!r} is unknown: use smooth_l1 or cosine")
+    if cfg.sra_coeff > 0 and not cfg.model.sra_projector_dim:
+        errs.append(f"sra_coeff > 0 needs the SRA projector: set model.sra_projector_dim (SRA: {2 * cfg.model.hidden_size}, twice the width)")
+    if cfg.sra_coeff == 0 and cfg.model.sra_projector_dim:
+        errs.append("model.sra_projector_dim is set but sra_coeff is 0: set sra_coeff > 0 or model.sra_projector_dim=0")
+    for name in ("sra_student_block", "sra_teacher_block", "dispersive_block"):
+        if getattr(cfg, name) and not blocks([getattr(cfg, name)]):
+            errs.append(f"{name} {getattr(cfg, name)!r} is not a model block in 1..{depth}: pick one, or 0 for the paper's choice")
+    return errs
 
 
 def _check_numbers(cfg: "TrainConfig") -> list[str]:

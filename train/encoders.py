@@ -187,6 +187,42 @@ class Encoder(nn.Module):
         return resample_tokens(tokens, self.grid).float()
 
 
+    @torch.no_grad()
+    def attention(self, images: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
+        """Attention logits (B, heads, T, T) of the 1-based blocks ``layers``, over the patch tokens
+        only: the class and register rows and columns are dropped before any softmax (HASTE), so a
+        softmax over the last axis is renormalised over patches.  On the native token grid (the
+        caller checks it matches the model's).  The built-in teachers and timm ViTs (the DINOv2,
+        DINO, MAE, MoCo v3, CLIP, SigLIP, I-JEPA encoders) have them; others refuse in one line."""
+        x = self.preprocess(images)
+        model, layers = self.model, tuple(int(i) for i in layers)
+        depth = len(getattr(model, "blocks", ()))
+        if not layers or min(layers) < 1 or max(layers) > depth:
+            raise UserError(f"attention layers {list(layers)} are not blocks of encoder {self.name} (1..{depth}): "
+                            "set attn_teacher_layers to 1-based blocks that exist")
+        if isinstance(model, TeacherViT):
+            maps = model.attention_logits(x, layers)
+            return [maps[i].float() for i in layers]
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer) or getattr(model, "rope", None) is not None:
+            raise UserError(f"encoder {self.name} does not give attention maps here (only the built-in teachers and timm "
+                            "ViTs do): pick another encoder or set attn_coeff=0")
+        z = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))  # (B, P + T, D)
+        p, out = model.num_prefix_tokens, {}
+        for i, blk in enumerate(model.blocks, start=1):
+            if i in layers:
+                a, h = blk.attn, blk.norm1(z)
+                b, n, c = h.shape
+                q, k, _ = a.qkv(h).reshape(b, n, 3, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+                q, k = a.q_norm(q), a.k_norm(k)
+                out[i] = ((q * a.scale) @ k.transpose(-2, -1))[:, :, p:, p:].float()    # (B, H, T, T) patches only
+            if i >= max(layers):
+                break
+            z = blk(z)
+        return [out[i] for i in layers]
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading timm encoders
 # ----------------------------------------------------------------------------------------------

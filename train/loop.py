@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     ``evaluator(ema_model, step) -> dict`` is called every ``cfg.eval_every`` steps and its numbers
     are logged to metrics.jsonl.  ``stop_after`` ends the process early (tests of resume).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     from train.data import build_dataset, validate_dataset
     from train.encoders import load_encoder
@@ -207,7 +207,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     # slower; flushing them to zero changes values below 1e-38 only.
     torch.set_flush_denormal(True)
     use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    acc = Accelerator(cpu=use_cpu, mixed_precision=cfg.mixed_precision if not use_cpu else "no")
+    # HASTE's stop leaves the projectors without gradients from align_stop_step on: DDP must allow that
+    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.align_stop_step else []
+    acc = Accelerator(cpu=use_cpu, mixed_precision=cfg.mixed_precision if not use_cpu else "no", kwargs_handlers=ddp)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by {world} processes x {cfg.grad_accum} accumulation steps: change --batch-size")
@@ -233,13 +235,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     codec = build_codec(cfg.data.codec, **codec_kw).to(device)
     latent_shape = codec.latent_shape(cfg.data.image_size)
     encoders = []
-    if not cfg.vanilla:
+    if cfg.needs_encoders:  # REPA's projection or HASTE's attention distillation
         weights = cfg.encoder_weights or ("",) * len(cfg.encoders)
         grid = int(cfg.model.num_tokens**0.5)
         torch.manual_seed(cfg.seed)  # random-init encoders (tests, offline demos) are seeded too
         encoders = [load_encoder(n, weights=w or None, grid=grid, device=device, random_init=cfg.random_init_encoders)
                     for n, w in zip(cfg.encoders, weights)]
-        if tuple(e.dim for e in encoders) != cfg.model.z_dims:
+        if not cfg.vanilla and tuple(e.dim for e in encoders) != cfg.model.z_dims:
             raise UserError(f"projector widths {cfg.model.z_dims} do not match encoder widths {tuple(e.dim for e in encoders)}: set model.z_dims to the encoders' widths")
 
     # --- model, EMA, optimizer --------------------------------------------------------------------
@@ -253,14 +255,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
                             weight_decay=cfg.weight_decay, foreach=device.type != "cuda" or None,
                             fused=device.type == "cuda" or None)
-    terms = build_terms(cfg)  # the auxiliary loss terms (train.objectives): REPA's projection, ...
+    terms = build_terms(cfg, encoders)  # the auxiliary loss terms (train.objectives): REPA, HASTE, SRA, dispersive
 
     # --- resume ------------------------------------------------------------------------------------
     ckpt_dir = out / "checkpoints"
     latest = ckpt_dir / "latest.pt"
     step = 0
     acc.wait_for_everyone()
-    targets = TargetSource(encoders, dataset.images if in_memory else None, cfg.cache_targets, device,
+    targets = TargetSource(encoders if not cfg.vanilla else [], dataset.images if in_memory else None, cfg.cache_targets, device,
                            cache_file=(out / "target_cache.pt") if acc.is_main_process and world == 1 else None,
                            progress=progress and acc.is_main_process, hflip=cfg.data.hflip,
                            stored_root=Path(cfg.data.root) if cfg.data.dataset == "latents" else None)

@@ -18,6 +18,7 @@ Every function takes explicit ``t`` and ``noise`` so a result is reproducible an
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -84,3 +85,82 @@ def spatial_normalize(y: Tensor, gamma: float = 0.6, eps: float = 1e-6) -> Tenso
 
 
 PROJECTION_LOSSES = {"cosine": projection_loss, "nt-xent": nt_xent_loss}
+
+
+# ----------------------------------------------------------------------------------------------
+# Further objectives (train.objectives): HASTE, SRA, dispersive loss
+# ----------------------------------------------------------------------------------------------
+
+def attention_distillation_loss(model_logits: Sequence[Tensor], teacher_logits: Sequence[Tensor],
+                                heads: str = "first") -> Tensor:
+    """HASTE's attention distillation (arXiv 2505.16792; NUS-HPC-AI-Lab/HASTE ``loss.py``), float32.
+
+    For each layer pair, model attention logits (B, Hm, T, T) and teacher logits (B, Ht, T, T) over
+    the same T patch tokens (class/register rows and columns dropped *before* the softmax, so the
+    teacher's map is renormalised over patches, as HASTE's DINOv2 does): the teacher side is
+    softmaxed (the target distribution), the model side log-softmaxed, and the cross-entropy
+    ``-sum_k p_teacher[k] log q_model[k]`` over keys is averaged over batch, heads and query rows,
+    then over the layer pairs.  ``heads="first"`` (HASTE: SiT-XL's first 12 of 16 heads against
+    DINOv2-B's 12): model head h is paired with teacher head h (needs Hm >= Ht);
+    ``heads="mean"``: both sides' probability maps are averaged over their heads first.
+    """
+    if len(model_logits) != len(teacher_logits) or not model_logits:
+        raise ValueError(f"{len(model_logits)} model attention maps for {len(teacher_logits)} teacher maps")
+    terms = []
+    with torch.autocast(device_type=model_logits[0].device.type, enabled=False):
+        for a, g in zip(model_logits, teacher_logits):
+            a, g = a.float(), g.float().to(a.device)
+            if a.shape[-2:] != g.shape[-2:] or a.shape[0] != g.shape[0]:
+                raise ValueError(f"attention maps of shapes {tuple(a.shape)} and {tuple(g.shape)} are not on one token grid")
+            if heads == "first":
+                if a.shape[1] < g.shape[1]:
+                    raise ValueError(f"heads='first' needs at least the teacher's {g.shape[1]} heads, the model has {a.shape[1]}: use heads='mean'")
+                logq, p = a[:, :g.shape[1]].log_softmax(-1), g.softmax(-1)          # (B, Ht, T, T)
+            elif heads == "mean":
+                logq = a.log_softmax(-1).logsumexp(1) - math.log(a.shape[1])       # (B, T, T): log of the head-mean
+                p = g.softmax(-1).mean(1)                                          # (B, T, T)
+            else:
+                raise ValueError(f"unknown heads {heads!r}: use 'first' or 'mean'")
+            terms.append(-(p * logq).sum(-1).mean())
+    return torch.stack(terms).mean()
+
+
+def sra_teacher_time(t: Tensor, u: Tensor, t_max: float) -> Tensor:
+    """SRA's teacher time ``clamp(t - t_max * u, 0, 1)`` (vvvvvjdy/SRA ``SiT-SRA/loss.py``).
+
+    SRA's SiT code uses REPA's clock (linear ``alpha = 1 - t``, ``sigma = t``: t = 0 data, t = 1
+    noise), this toolkit's clock too, so no mapping is needed: the teacher sees the same data and
+    noise at a *lower* noise level."""
+    return (t - t_max * u).clamp(0, 1)
+
+
+def sra_loss(student: Tensor, target: Tensor, distance: str = "smooth_l1") -> Tensor:
+    """SRA's distance between the projected student tokens and the EMA teacher's raw block tokens
+    (B, T, D), float32; the target is not normalised (as the official code).
+    ``"smooth_l1"``: ``F.smooth_l1_loss(beta=0.05)`` averaged over all elements (the paper);
+    ``"cosine"``: ``1 - cos`` per token, averaged (the README's later default)."""
+    with torch.autocast(device_type=student.device.type, enabled=False):
+        s, y = student.float(), target.float()
+        if distance == "smooth_l1":
+            return F.smooth_l1_loss(s, y, beta=0.05)
+        if distance == "cosine":
+            return (1 - F.cosine_similarity(s, y, dim=-1)).mean()
+    raise ValueError(f"unknown SRA distance {distance!r}: use 'smooth_l1' or 'cosine'")
+
+
+def dispersive_loss(z: Tensor, tau: float = 0.5) -> Tensor:
+    """Dispersive loss (Wang & He, arXiv 2506.09027, the InfoNCE-L2 variant), float32 scalar.
+
+    ``log( (1/B^2) sum_{i,j} exp(-|z_i - z_j|^2 / (dim * tau)) )`` over all ordered pairs of the
+    batch, i = j included (those B terms are exp(0) = 1), with ``z`` (B, ...) flattened per sample
+    and ``dim`` its flattened size -- the paper's Algorithm 1 (``pdist(z)^2 / dim``, the pairs
+    counted both ways plus B zeros, ``log(mean(exp(-d / tau)))``).  Computed with ``pdist``
+    (exact differences, no Gram-matrix cancellation) and a logsumexp.  At most 0; lower when the
+    samples are spread apart.
+    """
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.float().reshape(z.shape[0], -1)                                      # (B, dim)
+        b, dim = z.shape
+        d = F.pdist(z).pow(2) / dim                                                # (B (B - 1) / 2,)
+        e = torch.cat([-d / tau, -d / tau, z.new_zeros(b)])                        # all B^2 ordered pairs
+        return e.logsumexp(0) - 2 * math.log(b)

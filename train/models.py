@@ -158,6 +158,7 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
     reg_dim = int(sd["cls_projectors2.weight"].shape[1]) if "cls_projectors2.weight" in sd else 0
     pos = sd["pos_embed"]
     tokens = pos.shape[1]
+    sra_dim = sd["sra_projector.0.weight"].shape[0] if "sra_projector.0.weight" in sd else 0
     size = _WIDTH_TO_SIZE.get(width)
     if size is None and name is None:
         raise UserError(f"no published size has width {width}: pass name= (e.g. 'SiT-B/2') with depth/hidden_size/num_heads overrides")
@@ -185,7 +186,7 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
         name=name or inferred, flavour=flavour, input_size=grid * patch, in_channels=in_ch,
         learn_sigma=out_ch == 2 * in_ch, num_classes=num_classes, null_class=null_class,
         z_dims=z_dims, projector_dim=proj_dim, projector=projector, projector_kernel=kernel, qk_norm=qk_norm,
-        depth=depth, hidden_size=width, reg_dim=reg_dim,
+        depth=depth, hidden_size=width, reg_dim=reg_dim, sra_projector_dim=sra_dim,
     )
     if "encoder_depth" in args:
         kw["encoder_depth"] = int(args["encoder_depth"])
@@ -308,4 +309,4 @@ def predict(
         a, s, da, ds = p.coefficients(tb)
         x_hat = (x_t - s * raw) / a.clamp_min(1e-4)
         v = da * x_hat + ds * raw
-    return ModelOutput(v, res.hidden, res.zs, res.cls)
+    return ModelOutput(v, res.hidden, res.zs, res.attn, res.sra, res.cls)

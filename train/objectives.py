@@ -24,7 +24,14 @@ name               config              what it does
 ``reg_loss``       ``reg_coeff``       REG (:mod:`train.reg`): velocity MSE of the encoder's
                                        global token, noised at the latents' t and fed to the
                                        model as one extra input token
+``attn_loss``      ``attn_coeff``      HASTE: the model's attention of ``attn_model_layers``
+                                       vs the first encoder's of ``attn_teacher_layers``
+``sra_loss``       ``sra_coeff``       SRA: projected student block at t vs the EMA model's
+                                       block at a lower noise level t' (no encoder)
+``dispersive_loss`` ``dispersive_coeff`` dispersive loss on one block's hidden states
 =================  ==================  ==================================================
+
+Both alignment terms (REPA's, HASTE's) weigh 0 from ``align_stop_step`` on (HASTE's stop).
 
 A term may also feed the model: ``inputs(ctx)`` runs before the forward pass (``ctx.res`` is still
 None) and returns keyword arguments of the forward (REG: the noisy global token ``cls_token``); what
@@ -33,14 +40,17 @@ it prepares for its loss it keeps in ``ctx.scratch``.  :func:`forward_inputs` me
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from train import interpolants as itp
 from train import reg
 from train.config import TrainConfig
-from train.losses import PROJECTION_LOSSES
+from train.errors import UserError
+from train.losses import PROJECTION_LOSSES, attention_distillation_loss, dispersive_loss, sra_loss, sra_teacher_time
 
 Tensor = torch.Tensor
 
@@ -104,7 +114,6 @@ class LossTerm:
     attn_blocks: tuple[int, ...] = ()
     project: bool = False
     sra_block: int | None = None
-    encoder_attention: bool = field(default=False)
 
     def weight(self, step: int) -> float:
         """The coefficient at 0-based step ``step``: ``coeff``, or 0 from ``stop_step`` on for alignment terms."""
@@ -125,11 +134,76 @@ class ProjectionTerm(LossTerm):
     the targets are the encoder tokens after ``target_norm`` (:func:`train.loop.training_targets`)."""
 
     def __init__(self, cfg: TrainConfig):
-        super().__init__("proj_loss", cfg.proj_coeff, getattr(cfg, "align_stop_step", 0), alignment=True, project=True)
+        super().__init__("proj_loss", cfg.proj_coeff, cfg.align_stop_step, alignment=True, project=True)
         self.fn = PROJECTION_LOSSES[cfg.proj_loss]
 
     def __call__(self, ctx: StepContext) -> Tensor:
         return self.fn(ctx.res.zs, ctx.targets())
+
+
+class AttentionTerm(LossTerm):
+    """HASTE's attention distillation (:func:`train.losses.attention_distillation_loss`): the model's
+    attention logits of ``attn_model_layers`` against the first encoder's of
+    ``attn_teacher_layers`` on the batch's images (online, no grad: the target caches hold tokens,
+    not attention).  The teacher's patch grid must be the model's token grid."""
+
+    def __init__(self, cfg: TrainConfig, encoder):
+        super().__init__("attn_loss", cfg.attn_coeff, cfg.align_stop_step, alignment=True,
+                         attn_blocks=tuple(cfg.attn_model_layers))
+        grid = math.isqrt(cfg.model.num_tokens)
+        if encoder.native_grid != grid:
+            raise UserError(f"encoder {encoder.name} attends over {encoder.native_grid} x {encoder.native_grid} patches but the model "
+                            f"has {grid} x {grid} tokens: attention distillation needs one grid (change model.input_size/patch or the encoder)")
+        self.encoder, self.teacher_layers, self.heads = encoder, tuple(cfg.attn_teacher_layers), cfg.attn_heads
+
+    def __call__(self, ctx: StepContext) -> Tensor:
+        teacher = self.encoder.attention(ctx.images, self.teacher_layers)            # [(B, Ht, T, T)]
+        return attention_distillation_loss([ctx.res.attn[b] for b in self.attn_blocks], teacher, self.heads)
+
+
+class SelfAlignmentTerm(LossTerm):
+    """SRA: ``distance(res.sra, h_b(EMA; x_t', t'))`` with ``t' = clamp(t - t_max u, 0, 1)``, the same
+    data, noise, labels and label-drop mask, the EMA model under no_grad; ``u`` from the step's
+    stream 2 (:meth:`StepContext.uniform`)."""
+
+    STREAM = 2
+
+    def __init__(self, cfg: TrainConfig):
+        s, b = sra_blocks(cfg)
+        super().__init__("sra_loss", cfg.sra_coeff, sra_block=s)
+        self.teacher_block, self.t_max, self.distance = b, cfg.sra_t_max, cfg.sra_distance
+
+    def target(self, ctx: StepContext) -> Tensor:
+        """The EMA model's block-b tokens (B, T, D) at the teacher time: no gradient."""
+        t2 = sra_teacher_time(ctx.t, ctx.uniform(self.STREAM), self.t_max)
+        x2 = itp.interpolate(ctx.x, ctx.noise, t2, ctx.path)
+        with torch.no_grad():
+            res = ctx.ema(x2, t2, ctx.labels, return_hidden=(self.teacher_block,), head=False, project=False,
+                          drop_mask=ctx.drop)
+        return res.hidden[self.teacher_block].detach()
+
+    def __call__(self, ctx: StepContext) -> Tensor:
+        return sra_loss(ctx.res.sra, self.target(ctx), self.distance)
+
+
+class DispersiveTerm(LossTerm):
+    """The dispersive loss (:func:`train.losses.dispersive_loss`) on block ``dispersive_block``."""
+
+    def __init__(self, cfg: TrainConfig):
+        block = cfg.dispersive_block or max(1, cfg.model.depth // 4)
+        super().__init__("dispersive_loss", cfg.dispersive_coeff, hidden_blocks=(block,))
+        self.tau = cfg.dispersive_tau
+
+    def __call__(self, ctx: StepContext) -> Tensor:
+        return dispersive_loss(ctx.res.hidden[self.hidden_blocks[0]], self.tau)
+
+
+def sra_blocks(cfg: TrainConfig) -> tuple[int, int]:
+    """(student, teacher) blocks of SRA: the configured ones, or SRA's SiT-XL 8 / 20 of 28 scaled to the depth."""
+    d = cfg.model.depth
+    return (cfg.sra_student_block or max(1, round(d * 8 / 28)), cfg.sra_teacher_block or max(1, round(d * 20 / 28)))
+
+
 
 
 class RegTerm(LossTerm):
@@ -163,15 +237,47 @@ def forward_inputs(terms: list[LossTerm], ctx: StepContext) -> dict:
     return out
 
 
-def build_terms(cfg: TrainConfig) -> list[LossTerm]:
+def build_terms(cfg: TrainConfig, encoders: list | None = None) -> list[LossTerm]:
     """The auxiliary terms of run ``cfg``, in a fixed order (their log order); a term whose
-    coefficient is 0 is left out."""
+    coefficient is 0 is left out.  ``encoders``: the loaded target encoders (HASTE's term reads
+    the first)."""
     terms: list[LossTerm] = []
     if cfg.proj_coeff > 0:
         terms.append(ProjectionTerm(cfg))
     if cfg.reg_coeff > 0:
         terms.append(RegTerm(cfg))
+    if cfg.attn_coeff > 0:
+        if not encoders:
+            raise UserError("attn_coeff > 0 distils a target encoder's attention: pass --encoders NAME or set attn_coeff=0")
+        terms.append(AttentionTerm(cfg, encoders[0]))
+    if cfg.sra_coeff > 0:
+        terms.append(SelfAlignmentTerm(cfg))
+    if cfg.dispersive_coeff > 0:
+        terms.append(DispersiveTerm(cfg))
     return terms
+
+
+def describe(cfg: TrainConfig) -> list[dict]:
+    """The objectives of ``cfg`` as the dry run lists them: name, weight and settings of each term."""
+    out = [{"name": "denoise_loss", "coeff": 1.0}]
+    if cfg.proj_coeff > 0:
+        out.append({"name": "proj_loss", "coeff": cfg.proj_coeff, "loss": cfg.proj_loss, "target_norm": cfg.target_norm,
+                    "block": cfg.model.encoder_depth, "encoders": list(cfg.encoders), "stop_step": cfg.align_stop_step})
+    if cfg.reg_coeff > 0:
+        out.append({"name": "reg_loss", "coeff": cfg.reg_coeff, "token": cfg.reg_token, "dim": cfg.model.reg_dim,
+                    "encoder": cfg.encoders[0] if cfg.encoders else None})
+    if cfg.attn_coeff > 0:
+        out.append({"name": "attn_loss", "coeff": cfg.attn_coeff, "model_layers": list(cfg.attn_model_layers),
+                    "teacher_layers": list(cfg.attn_teacher_layers), "encoder": cfg.encoders[0] if cfg.encoders else None,
+                    "heads": cfg.attn_heads, "stop_step": cfg.align_stop_step})
+    if cfg.sra_coeff > 0:
+        s, b = sra_blocks(cfg)
+        out.append({"name": "sra_loss", "coeff": cfg.sra_coeff, "student_block": s, "teacher_block": b,
+                    "t_max": cfg.sra_t_max, "distance": cfg.sra_distance, "projector_dim": cfg.model.sra_projector_dim})
+    if cfg.dispersive_coeff > 0:
+        out.append({"name": "dispersive_loss", "coeff": cfg.dispersive_coeff, "tau": cfg.dispersive_tau,
+                    "block": cfg.dispersive_block or max(1, cfg.model.depth // 4)})
+    return out
 
 
 def forward_needs(terms: list[LossTerm], step: int) -> dict:

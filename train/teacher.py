@@ -166,6 +166,24 @@ class TeacherViT(nn.Module):
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
         return self.norm(self.blocks(tokens + self.pos_embed))                    # (B, T, w)
 
+    def attention_logits(self, x: torch.Tensor, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """{block: attention logits ``q k^T / sqrt(head_dim)`` (B, heads, T, T)} of the 1-based
+        ``layers`` for images ``x`` in [-1, 1] (no class token: all T tokens are patches)."""
+        tokens = self.stem(x).flatten(2).transpose(1, 2) + self.pos_embed            # (B, T, w)
+        out: dict[int, torch.Tensor] = {}
+        for i, blk in enumerate(self.blocks, start=1):
+            if i in layers:  # pre-norm: the attention reads norm1(x); q, k from the packed projection
+                mha, h = blk.self_attn, blk.norm1(tokens)
+                b, t, w = h.shape
+                hd = w // mha.num_heads
+                q, k, _ = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+                q, k = (z.reshape(b, t, mha.num_heads, hd).transpose(1, 2) for z in (q, k))  # (B, H, T, hd)
+                out[i] = (q * hd**-0.5) @ k.transpose(-2, -1)                              # (B, H, T, T)
+            if i >= max(layers):
+                break
+            tokens = blk(tokens)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (supervised); the per-token head's output otherwise."""
         feats = self.forward_features(x)
