@@ -1,11 +1,16 @@
-"""``repa-probe`` (also ``python -m probe``): ``sweep | progress | compare | plot | pca``.
+"""``repa-probe`` (also ``python -m probe``): ``sweep | progress | compare | plot | pca | patch-align | similarity``.
 
 Each analysis writes ``<out>/<analysis>.{parquet,csv,json}`` and, unless ``--no-plot``, figures in
 ``<out>/figures``; extracted features are kept in ``<out>/store`` (``--store``), so running the same
 command again resumes.  Bad input ends in one line on stderr (``error: what is wrong: the fix``)
 and exit status 2.  The same analyses are ``probe.analyses.layer_sweep / training_progress / compare``;
 ``pca`` writes token PCA maps (``probe.pca.token_pca``): ``<out>/token_pca.{npz,csv,json}`` and
-``<out>/figures/token_pca.{png,pdf}``.
+``<out>/figures/token_pca.{png,pdf}``; ``patch-align`` per-patch alignment maps
+(``probe.patch_alignment.patch_alignment``) of one or more checkpoints on the same images:
+``<out>/patch_alignment.csv`` (+ ``.json``), ``<out>/patch_alignment_<run>.npz`` and
+``<out>/figures/patch_alignment.{png,pdf}``; ``similarity`` every layer of CKPT_A against every layer
+of CKPT_B (``probe.similarity.model_similarity``): ``<out>/similarity.{parquet,csv,json}`` and
+``<out>/figures/similarity.{png,pdf}``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
+
+import pandas as pd
 
 from probe import analyses, plots
 from probe.analyses import METRICS, ProbeConfig
@@ -127,6 +134,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default=d.device)
     p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("patch-align", help="per-patch alignment maps: projector and/or ridge predictions vs the teacher's tokens")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint paths or NAME=PATH pairs (drawn side by side)")
+    p.add_argument("--methods", nargs="+", default=["projector", "ridge"], choices=["projector", "ridge"],
+                   help="projector: the REPA projector (skipped for vanilla); ridge: a ridge map fitted on held-out images")
+    p.add_argument("--layers", nargs="+", type=int, help="ridge layers (default: the aligned depth)")
+    p.add_argument("--t", nargs="+", type=float, default=[0.0], help="noise levels in REPA time (default: 0)")
+    p.add_argument("--encoder", help="the teacher (default: the run's own; required for vanilla runs)")
+    p.add_argument("--n-fit", type=int, default=64, help="training-split images the ridge map is fitted on (default: %(default)s)")
+    p.add_argument("--ridge", type=float, default=1e-2, help="ridge penalty relative to the mean token variance (default: %(default)s)")
+    p.add_argument("--n-images", type=int, default=8, help="images shown (default: %(default)s)")
+    p.add_argument("--random-init-encoder", action="store_true", help="random encoder weights (offline demos)")
+    p.add_argument("--encoder-weights", nargs="+", default=[], help="a local weights path for the teacher")
+    for p in (p, sim := sub.add_parser("similarity", help="every layer of CKPT_A against every layer of CKPT_B (CKA, CKNNA)")):
+        p.add_argument("--out", type=Path, default=Path("probe-out"), help="output directory (default: %(default)s)")
+        p.add_argument("--dataset", default="scenes", help="scenes, shapes, digits or folder (default: %(default)s)")
+        p.add_argument("--data-root", help="image folder root for --dataset folder")
+        p.add_argument("--split", default=d.split, help="(default: %(default)s)")
+        p.add_argument("--train-split", default=d.train_split, help="(default: %(default)s)")
+        p.add_argument("--label", default=d.label, choices=LABELS)
+        p.add_argument("--seed", type=int, default=d.seed)
+        p.add_argument("--weights", default=d.weights, choices=["ema", "model"])
+        p.add_argument("--codec", default=d.codec)
+        p.add_argument("--batch-size", type=int, default=d.batch_size)
+        p.add_argument("--device", default=d.device)
+        p.add_argument("--no-plot", action="store_true")
+    sim.add_argument("checkpoint_a", type=Path, metavar="CKPT_A")
+    sim.add_argument("checkpoint_b", type=Path, metavar="CKPT_B", help="the same path as CKPT_A for a self-similarity map")
+    sim.add_argument("--layers-a", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers of CKPT_A")
+    sim.add_argument("--layers-b", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers of CKPT_B")
+    sim.add_argument("--t", nargs="+", type=float, default=[0.0], help="noise levels in REPA time (default: 0)")
+    sim.add_argument("--metrics", nargs="+", default=["cka", "cknna"], choices=["cka", "cknna", "mutual_knn"])
+    sim.add_argument("--pooling", default="mean", choices=POOLINGS)
+    sim.add_argument("--n-images", type=int, default=500, help="images (default: %(default)s)")
+    sim.add_argument("--k", type=int, default=d.k, help="neighbours for CKNNA / mutual k-NN (default: %(default)s)")
+    sim.add_argument("--store", type=Path, help="feature store (default: OUT/store)")
     return ap
 
 
@@ -150,6 +192,10 @@ def _run(args: argparse.Namespace) -> list[Path]:
         return plots.plot_all(analyses.load_table(args.table), args.out or args.table.parent / "figures", args.plot_layers)
     if args.command == "pca":
         return _pca(args)
+    if args.command == "patch-align":
+        return _patch_align(args)
+    if args.command == "similarity":
+        return _similarity(args)
     cfg = _config(args)
     kw = dict(dataset=args.dataset, encoders=args.encoders, out=args.out, config=cfg)
     if args.command == "sweep":
@@ -187,6 +233,45 @@ def _pca(args: argparse.Namespace) -> list[Path]:
              atomic_write(args.out / "token_pca.csv", lambda tmp: table.to_csv(tmp, index=False)),
              atomic_write(args.out / "token_pca.json", lambda tmp: Path(tmp).write_text(json.dumps(result.provenance, indent=2, default=str)))]
     return paths + plots.token_pca(result, args.out / "figures")
+
+
+def _patch_align(args: argparse.Namespace) -> list[Path]:
+    from probe.patch_alignment import patch_alignment
+    from train.checkpoints import atomic_write
+
+    named = {}
+    for item in args.checkpoints:
+        name, sep, path = item.rpartition("=") if "=" in item else ("", "", item)
+        path = Path(path)
+        named[name or (path.parent.parent.name if path.parent.name == "checkpoints" else path.stem)] = path
+    if len(named) != len(args.checkpoints):
+        raise UserError("two checkpoints share a run name: name them, e.g. REPA=a.pt vanilla=b.pt")
+    results = {}
+    for name, path in named.items():
+        results[name] = patch_alignment(path, args.dataset, methods=args.methods, layers=args.layers, ts=args.t, encoder=args.encoder,
+                                        n_images=args.n_images, n_fit=args.n_fit, ridge=args.ridge, label=args.label, seed=args.seed,
+                                        split=args.split, train_split=args.train_split, data_root=args.data_root, weights=args.weights,
+                                        codec=args.codec, batch_size=args.batch_size, device=args.device,
+                                        encoder_weights=tuple(args.encoder_weights), random_init_encoder=args.random_init_encoder)
+    table = pd.concat([r.table().assign(run=name) for name, r in results.items()], ignore_index=True)
+    prov = {name: r.provenance for name, r in results.items()}
+    paths = [results[name].save(args.out / f"patch_alignment_{name}.npz") for name in results]
+    paths += [atomic_write(args.out / "patch_alignment.csv", lambda tmp: table.to_csv(tmp, index=False)),
+              atomic_write(args.out / "patch_alignment.json", lambda tmp: Path(tmp).write_text(json.dumps(prov, indent=2, default=str)))]
+    return paths + ([] if args.no_plot else plots.patch_alignment(results, args.out / "figures"))
+
+
+def _similarity(args: argparse.Namespace) -> list[Path]:
+    from probe.similarity import model_similarity
+
+    same = args.checkpoint_a.resolve() == args.checkpoint_b.resolve()
+    df = model_similarity(args.checkpoint_a, args.checkpoint_a if same else args.checkpoint_b, layers_a=_layers(args.layers_a),
+                          layers_b=_layers(args.layers_b), ts=args.t, metrics=args.metrics, pooling=args.pooling, dataset=args.dataset,
+                          n_images=args.n_images, seed=args.seed, out=args.out, k=args.k, label=args.label, split=args.split,
+                          data_root=args.data_root, weights=args.weights, codec=args.codec, batch_size=args.batch_size,
+                          device=args.device, store=str(args.store or args.out / "store"))
+    paths = [args.out / f"similarity.{ext}" for ext in ("parquet", "csv", "json")]
+    return paths + ([] if args.no_plot else plots.similarity_heatmap(df, args.out / "figures"))
 
 
 def build_codec_downsample(codec: str) -> int:

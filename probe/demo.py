@@ -8,7 +8,8 @@
 3. every layer x noise level (t = 0, 0.25, 0.5) of every checkpoint of every run against the teacher
    (CKNNA, CKA, mutual k-NN, linear probes): the layer sweep, the training-progress curve and the
    REPA-vs-vanilla comparison are slices of that one table; and REPA's own objective on its final
-   checkpoint with the real and the null label (``projection_alignment``);
+   checkpoint with the real and the null label (``projection_alignment``); on the first seed's final
+   checkpoints, token PCA maps and per-patch alignment maps of both runs (``task_maps``);
 4. tables (parquet + CSV + JSON sidecars), a seed-aggregated results summary and figures in ``--out``,
    with the tables and figures copied to ``--figures``.
 
@@ -175,6 +176,37 @@ def task_figures(tables: str, out: str, what: str, align_depth: int, samples: di
     return [str(p) for p in paths]
 
 
+def task_maps(repa: str, vanilla: str, dataset: str, encoder: str, align: int, deeper: int, seed: int, out: str,
+              tables: str, random_init_encoder: bool = False) -> list[str]:
+    """What the final checkpoints of one seed see, into ``out``: token PCA maps of REPA and vanilla at
+    the aligned and a deeper layer, t = 0 and 0.5, beside the teacher's (``token_pca.png``), and the
+    per-patch alignment maps at the aligned layer (``patch_alignment.png``: REPA's projector and a
+    held-out ridge map for both runs); their tables (``token_pca.csv``, ``patch_alignment.csv``) in
+    ``tables``.  Six images, a fit on 64: a few seconds."""
+    from probe import plots
+    from probe.extract import image_set
+    from probe.patch_alignment import patch_alignment
+    from probe.pca import token_pca
+    from train.checkpoints import atomic_write
+    from train.data import build_dataset
+    from train.models import load
+
+    runs = {"REPA": repa, "vanilla": vanilla}
+    size = load(repa).cfg.input_size  # the demo's codec is the identity
+    shown = image_set(build_dataset(dataset, "val", size=size), 6, seed, f"{dataset}/val")
+    fit = image_set(build_dataset(dataset, "train", size=size), 64, seed + 1, f"{dataset}/train")
+    kw = dict(seed=seed, random_init_encoder=random_init_encoder, progress=False)
+    pcas = {name: token_pca(ckpt, shown, layers=[align, deeper], ts=(0.0, 0.5), encoder=encoder if name == "REPA" else None,
+                            fit_images=fit, **kw) for name, ckpt in runs.items()}
+    maps = {name: patch_alignment(ckpt, dataset, layers=[align], ts=(0.0, 0.5), encoder=encoder, n_images=len(shown), n_fit=len(fit),
+                                  **kw) for name, ckpt in runs.items()}
+    for name, table in (("token_pca", pd.concat([r.table().assign(run=n) for n, r in pcas.items()])),
+                        ("patch_alignment", pd.concat([r.table().assign(run=n) for n, r in maps.items()]))):
+        atomic_write(Path(tables) / f"{name}.csv", lambda tmp, table=table: table.to_csv(tmp, index=False))
+    paths = plots.token_pca_runs(pcas, out, "token_pca") + plots.patch_alignment(maps, out, "patch_alignment")
+    return [str(p) for p in paths]
+
+
 # ----------------------------------------------------------------------------------------------
 # Running a task graph
 # ----------------------------------------------------------------------------------------------
@@ -330,7 +362,12 @@ def plan(args: argparse.Namespace) -> Plan:
                for what in ("training", *metrics)]
     # the short projection tasks last: they fill the gaps while the last probes finish
     probes.sort(key=lambda t: t.name.startswith("projection "))
-    return Plan(tasks + probes + [tables] + figures, run_dirs, align, samples)
+    s0 = args.seeds[0]
+    final = {run: str(run_dirs[(s0, run)] / "checkpoints" / f"step_{cfg0.steps:07d}.pt") for run in RUNS}
+    maps = Task("maps", task_maps, (final["repa"], final["vanilla"], dataset, encoder, align,
+                                    min(cfg0.model.depth, align + 2), s0, str(args.out / "figures"), str(args.out / "tables")),
+                (f"train repa seed {s0}", f"train vanilla seed {s0}", "teacher"))
+    return Plan(tasks + probes + [maps, tables] + figures, run_dirs, align, samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,13 +429,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"no probe tables in {tables}: run python -m probe.demo without --figures-only first")
             print("== figures", flush=True)
             paths = draw(tables, figures, job.align_depth, job.samples)
+            maps = next(t for t in job.tasks if t.name == "maps")
+            if all(Path(c).is_file() for c in maps.args[:2]):  # the maps need the final checkpoints
+                paths += maps.fn(*maps.args)
         else:
             print(f"== {len(job.tasks)} tasks on {args.jobs} worker process(es): teacher, evaluator, {len(job.run_dirs)} training "
                   "runs, probes, tables, figures", flush=True)
             results = run_graph(job.tasks, args.jobs, say=lambda line: print(line, flush=True))
-            paths = [p for t in job.tasks if t.name.startswith("figures ") for p in results[t.name]]
+            paths = [p for t in job.tasks if t.name.startswith("figures ") or t.name == "maps" for p in results[t.name]]
         (args.figures / "tables").mkdir(parents=True, exist_ok=True)
-        for name in ("probe.csv", "probe.json", "projection_alignment.csv", "projection_alignment.json", "training_metrics.csv", "results.md"):
+        for name in ("probe.csv", "probe.json", "projection_alignment.csv", "projection_alignment.json", "training_metrics.csv", "results.md",
+                     "token_pca.csv", "patch_alignment.csv"):
             if (tables / name).is_file() and (tables / name).resolve() != (args.figures / "tables" / name).resolve():
                 shutil.copy(tables / name, args.figures / "tables" / name)
         for p in map(Path, paths):

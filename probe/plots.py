@@ -10,7 +10,9 @@ Each function writes ``<out>/<name>.png`` and ``.pdf`` and returns their paths:
 * :func:`metric_figures` -- whichever of these the table supports for one metric; :func:`plot_all`
   -- for every metric;
 * :func:`similarity_heatmap` -- layer x layer maps of a ``probe.similarity`` table (model A vs model B);
-* :func:`token_pca` -- input images beside the RGB maps of ``probe.pca.token_pca``.
+* :func:`token_pca` -- input images beside the RGB maps of ``probe.pca.token_pca``; :func:`token_pca_runs`
+  -- several runs' maps side by side with the teacher's;
+* :func:`patch_alignment` -- per-patch alignment heatmaps of ``probe.patch_alignment`` under the images.
 
 Tables holding several checkpoints of one run are drawn at each run's last step, except by
 :func:`progress_curves`.
@@ -240,4 +242,68 @@ def token_pca(result, out: str | os.PathLike, name: str = "token_pca", max_image
     prov = result.provenance
     fig.suptitle(f"Token PCA (components 1-3 as RGB) -- {prov.get('run')} step {prov.get('step')}, {prov.get('dataset')}, "
                  f"fitted on {prov.get('n_fit')} images, {prov.get('label')} label", fontsize=9)
+    return _save(fig, out, name)
+
+
+def token_pca_runs(results: dict, out: str | os.PathLike, name: str = "token_pca_runs", max_images: int = 6) -> list[Path]:
+    """Several runs' token PCA maps side by side (e.g. REPA and vanilla) from ``probe.pca.TokenPCA``
+    results on the same images: rows are images; columns the input, each encoder map of the first
+    result (the teacher), then every run's layer x t maps; draws only."""
+    first = next(iter(results.values()))
+    if any(r.indices.tolist() != first.indices.tolist() for r in results.values()):
+        raise UserError("the token PCA results show different images: compute them on the same image set")
+    n = min(len(first.images), max_images)
+    columns = [("input", None, None)] + [(f"teacher ({enc})", None, enc) for enc in first.encoder_maps]
+    columns += [(f"{run}\nlayer {layer}, t={t:g}", run, (li, ti)) for run, r in results.items()
+                for li, layer in enumerate(r.layers) for ti, t in enumerate(r.ts)]
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.25 * len(columns), 1.25 * n + 0.8), squeeze=False)
+    for i in range(n):
+        for j, (title, run, key) in enumerate(columns):
+            ax = axes[i, j]
+            if key is None:
+                image = first.images[i]
+            elif isinstance(key, str):
+                image = first.encoder_maps[key][i]
+            else:
+                image = results[run].maps[key[0], key[1], i]
+            ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=7)
+    prov = first.provenance
+    fig.suptitle(f"Token PCA (components 1-3 as RGB; each map's own PCA) -- {' vs '.join(results)}, step {prov.get('step')}, "
+                 f"{prov.get('dataset')}, fitted on {prov.get('n_fit')} images, {prov.get('label')} label", fontsize=9)
+    return _save(fig, out, name)
+
+
+def patch_alignment(results, out: str | os.PathLike, name: str = "patch_alignment", max_images: int = 8) -> list[Path]:
+    """Per-patch alignment maps (``probe.patch_alignment.PatchAlignment``, or ``{run: result}`` on
+    the same images): the images in the first row, then one row of heatmaps per run and panel
+    (method, layer, t), titled with the panel's mean from the result; one colour scale.  Draws only."""
+    results = results if isinstance(results, dict) else {results.provenance.get("run", "model"): results}
+    first = next(iter(results.values()))
+    if any(r.indices.tolist() != first.indices.tolist() for r in results.values()):
+        raise UserError("the patch-alignment results show different images: compute them on the same image set")
+    rows = [(run, i, p) for run, r in results.items() for i, p in enumerate(r.panels)]
+    if not rows:
+        raise UserError("the patch-alignment results hold no maps: pass results computed with a method")
+    n = min(len(first.images), max_images)
+    fig, axes = plt.subplots(len(rows) + 1, n, figsize=(1.2 * n + 1.6, 1.2 * (len(rows) + 1) + 0.8), squeeze=False,
+                             layout="constrained")
+    lo = min(float(r.maps.min()) for r in results.values())
+    for j in range(n):
+        axes[0, j].imshow(first.images[j].transpose(1, 2, 0), interpolation="nearest")
+    for k, (run, i, p) in enumerate(rows, start=1):
+        for j in range(n):
+            im = axes[k, j].imshow(results[run].maps[i, j], vmin=min(lo, 0.0), vmax=1.0, cmap="viridis", interpolation="nearest")
+        axes[k, 0].set_ylabel(f"{run}\n{p['method']} L{p['layer']}\nt={p['t']:g}: {p['value']:.2f}", fontsize=7, rotation=0,
+                              ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.8, label="cos(prediction, teacher token)")
+    prov = first.provenance
+    fig.suptitle(f"Per-patch alignment with {prov.get('target')} -- {prov.get('dataset')}, {prov.get('label')} label; "
+                 f"ridge fitted on {prov.get('n_fit')} held-out images (row label: the mean)", fontsize=9)
     return _save(fig, out, name)

@@ -161,3 +161,34 @@ def test_cached_part_is_reused_for_the_same_input_files_only(tmp_path):
     ckpt.write_bytes(b"retrained in place")  # same path, another file
     _cached_table(part, compute, [str(ckpt)])
     assert len(calls) == 2 and pd.read_parquet(first)["value"].tolist() == [2.0]
+
+
+def test_maps_task_draws_token_pca_and_patch_alignment_of_both_runs(tmp_path, monkeypatch):
+    """The demo's map figures on a seconds-long REPA/vanilla pair (random-weight teacher)."""
+    from probe.demo import task_maps
+    from train.cli import side_by_side
+    from train.config import override, preset
+
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
+    cfg = override(preset("tiny"), ["steps=2", "batch_size=8", "random_init_encoders=true", "model.depth=3", "model.hidden_size=32",
+                                    "model.num_heads=2", "model.encoder_depth=1", "model.projector_dim=32", "data.n_train=64",
+                                    "sample_every=0", "eval_every=0", "threads=1"])
+    side_by_side(cfg, tmp_path / "pair", progress=False)
+    ckpt = lambda run: str(tmp_path / "pair" / run / "checkpoints" / "latest.pt")  # noqa: E731
+    paths = task_maps(ckpt("repa"), ckpt("vanilla"), cfg.data.dataset, cfg.encoders[0], 1, 3, 0, str(tmp_path / "fig"),
+                      str(tmp_path / "tables"), random_init_encoder=True)
+    assert {Path(p).name for p in paths} == {"token_pca.png", "token_pca.pdf", "patch_alignment.png", "patch_alignment.pdf"}
+    pa = pd.read_csv(tmp_path / "tables" / "patch_alignment.csv")
+    assert sorted(set(zip(pa["run"], pa["method"]))) == [("REPA", "projector"), ("REPA", "ridge"), ("vanilla", "ridge")]
+    assert set(pa["layer"]) == {1} and set(pa["t"]) == {0.0, 0.5} and pa["value"].between(-1, 1).all()
+    pca = pd.read_csv(tmp_path / "tables" / "token_pca.csv")
+    assert set(pca.loc[pca.source == "model", "layer"]) == {1, 3} and set(pca["run"]) == {"REPA", "vanilla"}
+
+
+def test_plan_draws_the_maps_from_the_first_seeds_final_checkpoints(tmp_path):
+    job = plan(argparse.Namespace(seeds=[5, 6], steps=40, set=[], out=tmp_path, n_images=40, n_train=30))
+    maps = {t.name: t for t in job.tasks}["maps"]
+    assert maps.deps == ("train repa seed 5", "train vanilla seed 5", "teacher")
+    repa, vanilla, dataset, encoder, align, deeper, seed = maps.args[:7]
+    assert repa == str(tmp_path / "seed5" / "repa" / "checkpoints" / "step_0000040.pt") and "vanilla" in vanilla
+    assert (dataset, encoder, align, deeper, seed) == ("scenes", "builtin-ssl", 2, 4, 5)

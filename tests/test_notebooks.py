@@ -1,6 +1,7 @@
 """The notebooks run green, on small settings (REPA_NOTEBOOK_SMALL=1: a seconds-long training run
 and random-weight encoders), through the public API only."""
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -15,6 +16,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("REPA_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # the kernel imports this checkout's train/probe (not another install of them, e.g. a worktree's main checkout)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(path.parent.parent), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
