@@ -120,8 +120,11 @@ def read_config_file(path: Path) -> TrainConfig:
 
 
 def as_vanilla(cfg: TrainConfig) -> TrainConfig:
-    """The same run without REPA: lambda 0, no projector, no encoder."""
-    return dataclasses.replace(cfg, proj_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=()), encoders=(), encoder_weights=())
+    """The same run without REPA: lambda 0, no projector, no encoder (live alignment, when on, still
+    measures against the encoder the REPA run uses)."""
+    align_encoder = cfg.align_encoder or (cfg.encoders[0] if cfg.encoders else "")
+    return dataclasses.replace(cfg, proj_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=()), encoders=(), encoder_weights=(),
+                               align_encoder=align_encoder)
 
 
 def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = True) -> dict[str, Path]:
