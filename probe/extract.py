@@ -45,6 +45,7 @@ from train.interpolants import interpolate
 from train.latents import Codec, build_codec
 from train.loop import git_revision
 from train.models import DiffusionTransformer, model_time, predict
+from train.probe_set import image_noise, noise_seed, subset_indices  # noqa: F401 - noise_seed: public here too
 
 if TYPE_CHECKING:
     from probe.tokens import TokenPlan
@@ -144,26 +145,11 @@ def image_set(data: Any, n: int | None = None, seed: int = 0, name: str | None =
     total = len(data[0]) if isinstance(data, tuple) else len(data)
     if total == 0:
         raise UserError("the image set is empty: pass a dataset or split that holds images")
-    if n is None or n >= total:
-        indices = torch.arange(total)
-    else:
-        indices = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    indices = subset_indices(total, n, seed)
     if name is None:
         split = getattr(data, "split", None)
         name = "tensor" if isinstance(data, tuple) else type(data).__name__ + (f"/{split}" if split else "")
     return ImageSet(data, indices, name, digest([_fingerprint(data), indices.tolist()]))
-
-
-def noise_seed(seed: int, index: int) -> int:
-    """``(seed * 0x9E3779B1 + index) mod 2**32``: distinct for every image of one seed (torch's CPU
-    generator keeps only the low 32 bits of a seed, so wider mixes would collide)."""
-    return (seed * 0x9E3779B1 + index) % 2**32
-
-
-def image_noise(indices: Tensor, shape: Sequence[int], seed: int) -> Tensor:
-    """(B, *shape) standard normal noise; image ``i`` always gets the draw seeded by :func:`noise_seed`."""
-    return torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(noise_seed(seed, int(i))))
-                        for i in indices])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Each function writes ``<out>/<name>.png`` and ``.pdf`` and returns their paths:
 * :func:`similarity_heatmap` -- layer x layer maps of a ``probe.similarity`` table (model A vs model B);
 * :func:`token_pca` -- input images beside the RGB maps of ``probe.pca.token_pca``; :func:`token_pca_runs`
   -- several runs' maps side by side with the teacher's;
-* :func:`patch_alignment` -- per-patch alignment heatmaps of ``probe.patch_alignment`` under the images.
+* :func:`patch_alignment` -- per-patch alignment heatmaps of ``probe.patch_alignment`` under the images;
+* :func:`live_alignment` -- the live-alignment curves logged during training (``probe.summary.live_rows``).
 
 Tables holding several checkpoints of one run are drawn at each run's last step, except by
 :func:`progress_curves`.
@@ -176,6 +177,21 @@ def training_curves(metrics: pd.DataFrame, out: str | os.PathLike) -> list[Path]
             ax.set_yscale("log")
     grid.figure.suptitle(f"Training, REPA vs vanilla ({metrics['seed'].nunique()} seed(s); band: min-max over seeds)", y=1.02)
     return _save(grid.figure, out, "training_curves")
+
+
+def live_alignment(rows: pd.DataFrame, out: str | os.PathLike, name: str = "live_alignment") -> list[Path]:
+    """Live alignment against training step (a ``probe.summary.live_rows`` table): one panel per metric
+    (columns) and noise level (rows), one line per run and layer; band: min-max over seeds."""
+    if rows.empty:
+        raise UserError("no live-alignment values in these logs: train with --set align_every=N (e.g. 100)")
+    rows = rows.assign(line=rows["run"] + ", block " + rows["layer"].astype(str))
+    grid = sns.relplot(data=rows, x="step", y="value", hue="line", col="metric", row="t", kind="line", marker=".",
+                       facet_kws={"sharey": False}, height=2.6, aspect=1.3, errorbar=("pi", 100))
+    for (t, metric), ax in grid.axes_dict.items():
+        ax.set_title(f"{_label(metric)}, t = {t:g}", fontsize=9)
+        ax.set_ylabel("")
+    grid.figure.suptitle(f"Live alignment during training, EMA weights ({rows['seed'].nunique()} seed(s); band: min-max over seeds)", y=1.02)
+    return _save(grid.figure, out, name)
 
 
 def sample_grids(grids: dict[str, str | os.PathLike], out: str | os.PathLike) -> list[Path]:

@@ -64,6 +64,20 @@ def progress_rows(probe: pd.DataFrame, metric: str) -> pd.DataFrame:
     return p.groupby(["run", "seed_run", "t", "step"], as_index=False)["value"].max()
 
 
+def live_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Live-alignment rows (``train.live_align``: ``align/<metric>/layer<L>/t<t>`` columns of the
+    stacked metrics.jsonl) as a tidy table: run, seed, step, metric, layer, t, value (empty when the
+    runs were trained with ``align_every=0``)."""
+    cols = [c for c in metrics.columns if c.startswith("align/") and c.count("/") == 3]
+    if not cols:
+        return pd.DataFrame(columns=["run", "seed", "step", "metric", "layer", "t", "value"])
+    long = metrics.melt(id_vars=["run", "seed", "step"], value_vars=cols, var_name="key").dropna(subset=["value"])
+    parts = long["key"].str.split("/", expand=True)
+    return (long.assign(metric=parts[1], layer=parts[2].str.removeprefix("layer").astype(int),
+                        t=parts[3].str.removeprefix("t").astype(float), step=long["step"].astype(int))
+            [["run", "seed", "step", "metric", "layer", "t", "value"]].reset_index(drop=True))
+
+
 def fd_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     """Evaluation rows (run, seed, step, fd, class_acc)."""
     ev = metrics.dropna(subset=["fd"]) if "fd" in metrics else metrics.iloc[0:0]

@@ -39,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from probe.metrics import SPATIAL, cknna, default_r_far, prepare, spatial_metrics
+from train.probe_set import token_pairs  # noqa: F401 - public here too
 from train.checkpoints import atomic_write
 from train.encoders import resample_tokens
 from train.errors import UserError
@@ -48,14 +49,6 @@ if TYPE_CHECKING:
     from probe.extract import Features
 
 TOKEN_METRICS = ("cknna_token", *SPATIAL)
-
-
-def token_pairs(n_images: int, n_tokens: int, m: int, seed: int) -> Tensor:
-    """``(min(m, N T), 2)`` long (image position, token index) pairs, drawn without replacement from
-    the ``N x T`` tokens by ``torch.Generator().manual_seed(seed)``, sorted (image-major)."""
-    total = n_images * n_tokens
-    flat = torch.arange(total) if m >= total else torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:m].sort().values
-    return torch.stack([flat // n_tokens, flat % n_tokens], 1)
 
 
 @dataclass

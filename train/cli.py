@@ -120,9 +120,11 @@ def read_config_file(path: Path) -> TrainConfig:
 
 
 def as_vanilla(cfg: TrainConfig) -> TrainConfig:
-    """The same run without REPA: lambda 0, no projector, no encoder (and so no REG token)."""
+    """The same run without REPA: lambda 0, no projector, no encoder (and so no REG token); live
+    alignment, when on, still measures against the encoder the REPA run uses."""
+    align_encoder = cfg.align_encoder or (cfg.encoders[0] if cfg.encoders else "")
     return dataclasses.replace(cfg, proj_coeff=0.0, reg_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=(), reg_dim=0),
-                               encoders=(), encoder_weights=())
+                               encoders=(), encoder_weights=(), align_encoder=align_encoder)
 
 
 def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = True) -> dict[str, Path]:

@@ -21,6 +21,9 @@ import math
 from dataclasses import dataclass
 
 FLAVOURS = ("repa", "sit", "dit")
+# TrainConfig fields of live alignment (train.live_align): measuring, not training (a run resumes with others)
+LIVE_ALIGN_FIELDS = ("align_every", "align_layers", "align_ts", "align_encoder", "align_images", "align_train_images",
+                     "align_token_samples", "align_seed")
 PROJECTORS = ("mlp", "conv")
 TARGET_NORMS = ("none", "spatial")
 
@@ -272,6 +275,18 @@ class TrainConfig:
     sample_steps: int = 50
     eval_every: int = 0  # 0: never; else evaluate the EMA model every N steps (see train.evaluate)
     eval_samples: int = 256
+    # live alignment (train.live_align): every align_every steps (0: off) and at step 0, the EMA model's
+    # CKNNA (pooled and token-level), LDS and linear probe at align_layers (empty: the aligned block
+    # model.encoder_depth) x align_ts against align_encoder (empty: the first of encoders), on
+    # align_images val images (align_train_images train images fit the probe; 0: no probe)
+    align_every: int = 0
+    align_layers: tuple[int, ...] = ()
+    align_ts: tuple[float, ...] = (0.0, 0.5)
+    align_encoder: str = ""
+    align_images: int = 256
+    align_train_images: int = 256
+    align_token_samples: int = 2000
+    align_seed: int = 0
     threads: int = 0  # 0: torch default
     compile: bool = False
     tensorboard: bool = False
@@ -288,6 +303,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         self.attn_teacher_layers = tuple(self.attn_teacher_layers)
         self.attn_model_layers = tuple(self.attn_model_layers)
+        self.align_layers = (self.align_layers,) if isinstance(self.align_layers, int) else tuple(self.align_layers)
+        self.align_ts = (self.align_ts,) if isinstance(self.align_ts, (int, float)) else tuple(self.align_ts)
 
     @property
     def vanilla(self) -> bool:
@@ -345,6 +362,16 @@ class TrainConfig:
             errs.append(f"the identity codec gives 3 channels but model.in_channels is {self.model.in_channels}: set it to 3")
         if self.data.codec == "identity" and self.model.input_size != self.data.image_size:
             errs.append(f"model.input_size {self.model.input_size} differs from data.image_size {self.data.image_size} with the identity codec: make them equal")
+        if self.align_every:
+            if not (self.align_encoder or self.encoders):
+                errs.append("align_every needs an encoder to align with: set align_encoder=NAME (the encoder a REPA run would use)")
+            bad = [x for x in self.align_layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= self.model.depth]
+            if bad:
+                errs.append(f"align_layers {list(self.align_layers)} must be block indices in 0..{self.model.depth}: e.g. [{self.model.encoder_depth}]")
+            if self.align_train_images == 1:
+                errs.append("align_train_images 1: a linear probe needs at least 2 training images: use 0 (no probe) or e.g. 256")
+            if not self.align_ts or not all(_finite(t) and 0 <= t <= 1 for t in self.align_ts):
+                errs.append(f"align_ts {list(self.align_ts)} must be REPA times in [0, 1]: e.g. [0, 0.5]")
         p = self.model.class_dropout_prob
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             errs.append(f"model.class_dropout_prob {p!r} is not a probability: use a number in [0, 1]")
@@ -390,6 +417,11 @@ _NUMBERS = (
     ("sample_steps", True, 1, True, math.inf, "a positive integer such as 50"),
     ("eval_every", True, 0, True, math.inf, "0 (never) or a positive integer"),
     ("eval_samples", True, 1, True, math.inf, "a positive integer"),
+    ("align_every", True, 0, True, math.inf, "0 (off) or a positive integer such as 100"),
+    ("align_images", True, 11, True, math.inf, "an integer above 10 (k = 10 neighbours) such as 256"),
+    ("align_train_images", True, 0, True, math.inf, "0 (no linear probe) or at least 2, such as 256"),
+    ("align_token_samples", True, 11, True, math.inf, "an integer above 10 such as 2000"),
+    ("align_seed", True, 0, True, 2**63 - 1, "a non-negative integer"),
     ("seed", True, 0, True, 2**63 - 1, "a non-negative integer"),
     ("threads", True, 0, True, 4096, "0 (the torch default) or a positive integer"),
 )

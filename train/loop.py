@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from train import interpolants as itp
 from train.checkpoints import atomic_save, atomic_write, newest_intact_checkpoint, nonfinite_tensors, read_checkpoint
-from train.config import TrainConfig
+from train.config import LIVE_ALIGN_FIELDS, TrainConfig
 from train.errors import UserError
+from train.live_align import LiveAlignment
 from train.losses import denoising_loss, spatial_normalize
 from train.models import DiffusionTransformer
 from train.objectives import StepContext, build_terms, forward_inputs, forward_needs
@@ -138,7 +139,7 @@ def check_resume_config(out: Path, cfg: TrainConfig) -> None:
         raise UserError(f"{out} holds a run whose config.json this version cannot read ({e}): use a new --out directory") from None
     new = json.loads(json.dumps(cfg.to_dict()))
     ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "threads", "device", "tensorboard",
-              "lr", "max_grad_norm", "mixed_precision"}
+              "lr", "max_grad_norm", "mixed_precision", *LIVE_ALIGN_FIELDS}  # measuring changes no weight
     diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
     if diff:
         raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}): use a new --out directory or the same options")
@@ -345,8 +346,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
                    **{k: v.to(device) for k, v in show_reg.items()})
         save_grid(codec.decode(x, uint8=True).cpu(), out / "samples" / f"step_{step:07d}.png", nrow=min(cfg.model.num_classes, 8))
 
+    # live alignment (align_every): the EMA model against the target encoder on a fixed probe set
+    live = LiveAlignment(cfg, codec, device) if cfg.align_every and acc.is_main_process else None
     if step == 0:
         save(0)  # the series starts at initialisation
+        if live is not None:
+            log({"step": 0, **live(ema, 0)})
 
     # --- the loop ----------------------------------------------------------------------------------
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {'+'.join(tm.name.removesuffix('_loss') for tm in terms) or 'vanilla'}",
@@ -439,6 +444,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             sample_grid(step)
         if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and acc.is_main_process:
             log({"step": step, **evaluator(ema, step)})
+        if live is not None and (step % cfg.align_every == 0 or step == cfg.steps):
+            log({"step": step, **live(ema, step)})
     bar.close()
     if step == end and not at_ckpt:
         save(step)
