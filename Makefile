@@ -3,12 +3,13 @@
 #   make test   - the test suite
 #   make extended - the same study at 2000 steps per run (about 18 minutes; behind RESULTS.md)
 #   make controls - the extended study's other arms: the shuffled-target control and the iREPA variant
+#   make compare  - vanilla, REPA, iREPA, HASTE, SRA, Dispersive and REG side by side (3 seeds x 2000 steps)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo extended controls test bench install clean
+.PHONY: demo extended controls compare test bench install clean
 
 # pip byte-compiles what it installs one file at a time (about 75 s on 2 cores); compileall on all
 # cores does the same in about 40 s. Like pip, it goes on past files it cannot compile (a few of
@@ -30,6 +31,9 @@ extended: $(STAMP)
 
 controls: $(STAMP)
 	bash studies/controls.sh
+
+compare: $(STAMP)
+	bash studies/compare.sh
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

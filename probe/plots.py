@@ -13,7 +13,8 @@ Each function writes ``<out>/<name>.png`` and ``.pdf`` and returns their paths:
 * :func:`token_pca` -- input images beside the RGB maps of ``probe.pca.token_pca``; :func:`token_pca_runs`
   -- several runs' maps side by side with the teacher's;
 * :func:`patch_alignment` -- per-patch alignment heatmaps of ``probe.patch_alignment`` under the images;
-* :func:`live_alignment` -- the live-alignment curves logged during training (``probe.summary.live_rows``).
+* :func:`live_alignment` -- the live-alignment curves logged during training (``probe.summary.live_rows``);
+* :func:`objective_comparison` -- objectives side by side: FD, class accuracy, CKNNA and LDS against step.
 
 Tables holding several checkpoints of one run are drawn at each run's last step, except by
 :func:`progress_curves`.
@@ -191,6 +192,27 @@ def live_alignment(rows: pd.DataFrame, out: str | os.PathLike, name: str = "live
         ax.set_title(f"{_label(metric)}, t = {t:g}", fontsize=9)
         ax.set_ylabel("")
     grid.figure.suptitle(f"Live alignment during training, EMA weights ({rows['seed'].nunique()} seed(s); band: min-max over seeds)", y=1.02)
+    return _save(grid.figure, out, name)
+
+
+def objective_comparison(evals: pd.DataFrame, alignment: pd.DataFrame, out: str | os.PathLike,
+                         name: str = "compare_objectives", t: float = 0.0) -> list[Path]:
+    """Objectives side by side (``studies.compare`` tables): FD and class accuracy of samples (``evals``:
+    arm, seed, step, fd, class_acc) and, at noise level ``t``, CKNNA and LDS of the aligned block
+    (``alignment``: arm, seed, step, metric, t, value) against step; band: min-max over seeds."""
+    gen = evals.melt(id_vars=["arm", "seed", "step"], value_vars=["fd", "class_acc"], var_name="panel")
+    al = alignment[(alignment["t"] == t) & alignment["metric"].isin(["cknna", "lds"])].rename(columns={"metric": "panel"})
+    long = pd.concat([gen, al[["arm", "seed", "step", "panel", "value"]]], ignore_index=True)
+    titles = {"fd": "Fréchet distance (evaluator, log)", "class_acc": "class accuracy of samples",
+              "cknna": f"CKNNA with the teacher, aligned block, t = {t:g}", "lds": f"LDS of the aligned block, t = {t:g}"}
+    grid = sns.relplot(data=long, x="step", y="value", hue="arm", col="panel", col_wrap=2, col_order=list(titles), kind="line",
+                       marker=".", facet_kws={"sharey": False, "sharex": False}, height=3.0, aspect=1.5, errorbar=("pi", 100))
+    for panel, ax in grid.axes_dict.items():
+        ax.set_title(titles[panel], fontsize=10)
+        ax.set_ylabel("")
+        if panel == "fd":
+            ax.set_yscale("log")
+    grid.figure.suptitle(f"Objectives on the built-in default ({evals['seed'].nunique()} seeds; band: min-max over seeds)", y=1.02)
     return _save(grid.figure, out, name)
 
 
