@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from probe.summary import results_markdown
+from probe.summary import live_rows, results_markdown
 from train.config import TrainConfig, override, preset
 from train.errors import UserError
 
@@ -61,10 +61,13 @@ RUNS = ("repa", "vanilla")
 DEMO_METRICS = ("cknna", "cka", "mutual_knn", "linear_probe", "cknna_token", "lds")
 
 
+LIVE_EVERY = 100  # live alignment of every run (train.live_align); its overhead at this interval: BENCHMARKS.md
+
+
 def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> TrainConfig:
     """The tiny preset with ``seed``, ``steps`` and ``FIELD=VALUE`` overrides (as ``repa-train --set``),
-    on one thread (each task of the graph gets one core)."""
-    cfg = dataclasses.replace(preset("tiny"), seed=seed, threads=1)
+    on one thread (each task of the graph gets one core), with live alignment every :data:`LIVE_EVERY` steps."""
+    cfg = dataclasses.replace(preset("tiny"), seed=seed, threads=1, align_every=LIVE_EVERY)
     try:
         cfg = override(cfg, ([f"steps={steps}"] if steps is not None else []) + list(sets or []))
     except (ValueError, KeyError, TypeError) as e:
@@ -158,6 +161,7 @@ def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: l
     save_table(proj, tables, "projection_alignment")
     metrics = read_metrics({(seed, run): Path(d) for seed, run, d in run_dirs})
     metrics.to_csv(tables / "training_metrics.csv", index=False)
+    live_rows(metrics).to_csv(tables / "live_alignment.csv", index=False)  # logged by the runs (align_every)
     (tables / "results.md").write_text(results_markdown(probe, metrics, teacher, align_depth, proj) + "\n")
     return str(tables)
 
@@ -170,6 +174,10 @@ def task_figures(tables: str, out: str, what: str, align_depth: int, samples: di
     if what == "training":
         metrics = pd.read_csv(Path(tables) / "training_metrics.csv")
         paths = plots.training_curves(metrics, out) + plots.sample_grids({r: p for r, p in samples.items() if Path(p).is_file()}, out)
+        live = Path(tables) / "live_alignment.csv"
+        live = pd.read_csv(live) if live.is_file() else pd.DataFrame()
+        if not live.empty:
+            paths += plots.live_alignment(live, out)
     else:
         probe = pd.read_csv(Path(tables) / "probe.csv", keep_default_na=False, na_values=[""])  # "null" is a label mode
         paths = plots.metric_figures(probe, out, what, layers=(align_depth,))  # all seeds: mean and sd band

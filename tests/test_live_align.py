@@ -1,6 +1,7 @@
 """Live alignment during training (train.live_align): logged values equal an offline probe."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -98,3 +99,18 @@ def test_live_rows_and_figure(runs, tmp_path):
     assert one["value"].item() == _live(root / "repa").loc[4, "align/cknna/layer2/t0.5"]
     paths = live_alignment(rows, tmp_path)
     assert paths[0].exists() and paths[0].stat().st_size > 10_000
+
+
+def test_the_demo_trains_with_live_alignment_and_draws_it(runs, tmp_path):
+    from probe.demo import LIVE_EVERY, demo_config, task_figures
+    from probe.summary import live_rows
+
+    assert demo_config(0, 300).align_every == LIVE_EVERY and demo_config(0, 300, ["align_every=0"]).align_every == 0
+    cfg, root = runs
+    logs = pd.concat([pd.read_json(root / r / "metrics.jsonl", lines=True).assign(run=r, seed=0) for r in ("repa", "vanilla")])
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    logs.to_csv(tables / "training_metrics.csv", index=False)
+    live_rows(logs).to_csv(tables / "live_alignment.csv", index=False)
+    paths = task_figures(str(tables), str(tmp_path / "fig"), "training", 1, {})
+    assert {Path(p).name for p in paths} >= {"training_curves.png", "live_alignment.png"}
