@@ -9,6 +9,7 @@ metrics.jsonl).  Overhead = (median on - median off) / median off.  Sample grids
 are off in both, so only the measurement differs.
 
     python benchmarks/bench_live_align.py                         # tiny preset, 400 steps, align_every 100 and 200
+    python benchmarks/bench_live_align.py --steps 2000 --every 100 --rounds 1   # the extended study's length
     python benchmarks/bench_live_align.py --quick                 # a smoke run (seconds)
 """
 

@@ -286,7 +286,7 @@ class TrainConfig:
     align_ts: tuple[float, ...] = (0.0, 0.5)
     align_encoder: str = ""
     align_images: int = 256
-    align_train_images: int = 256
+    align_train_images: int = 128
     align_token_samples: int = 2000
     align_seed: int = 0
     threads: int = 0  # 0: torch default
