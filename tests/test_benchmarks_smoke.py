@@ -51,3 +51,13 @@ def test_bench_linear_probe_quick(tmp_path, keep_threads):
     assert size["batched_vs_one_at_a_time_max_abs_acc_diff"] <= 1 / size["n_test"]
     for m in size["methods"].values():
         assert len(m["accuracies"]) == 4 and 0 <= m["accuracy_min"] <= m["accuracy_max"] <= 1 and m["seconds"] > 0
+
+
+def test_bench_live_align_quick(tmp_path, keep_threads):
+    out = tmp_path / "live_align.json"
+    res = _load("bench_live_align").main(["--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["summary"].keys() == res["summary"].keys() == {"off", "every-10"}
+    assert saved["summary"]["off"]["align_calls"] == 0
+    assert saved["summary"]["every-10"]["align_calls"] == 3  # steps 0, 10, 20
+    assert saved["summary"]["every-10"]["align_seconds_median"] > 0
