@@ -144,3 +144,27 @@ def test_scenes_plain_has_no_background_texture():
     # without texture the background is a linear ramp: its second differences along a row vanish (up to rounding)
     row = plain.images[0, 0, 0].float()
     assert (row[2:] - 2 * row[1:-1] + row[:-2]).abs()[bg[0, 0, 1:-1]].max() <= 2
+
+
+def test_a_second_process_waits_for_the_teacher_being_trained_instead_of_training_a_copy(tmp_path):
+    """While another process holds the build lock of a teacher (it is training it), a caller waits;
+    when the file appears it returns it without training (no sidecar of its own is written)."""
+    import subprocess
+    import sys
+    import time
+
+    cfg = TEACHERS["builtin-ssl"]
+    path = teacher_path(cfg, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from train.rundir import build_lock\n"
+        f"p = Path({str(path)!r})\n"
+        "with build_lock(p):\n"
+        "    print('locked', flush=True); time.sleep(1.5); p.write_bytes(b'trained elsewhere')\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    start = time.time()
+    assert train_builtin_teacher(cfg, tmp_path, progress=False) == path
+    waited = time.time() - start
+    holder.wait()
+    assert waited > 0.5 and path.read_bytes() == b"trained elsewhere"  # it waited, then read the other's file
+    assert not path.with_suffix(".json").exists()  # and trained nothing itself

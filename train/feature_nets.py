@@ -186,18 +186,23 @@ def train_builtin_evaluator(cfg: EvaluatorConfig = EvaluatorConfig(), cache_dir:
     """
     from train.checkpoints import atomic_save
 
+    from train.rundir import build_lock
+
     path = evaluator_path(cfg, cache_dir)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model, sidecar = _fit_evaluator(cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
-    atomic_save({"format": _EVALUATOR_FORMAT, "config": asdict(cfg), "model": model.state_dict()}, path)
+    with build_lock(path):  # a second process needing this evaluator waits and reads it
+        if path.exists():
+            return path
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            model, sidecar = _fit_evaluator(cfg, progress)
+        finally:
+            torch.set_num_threads(threads)
+        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+        atomic_save({"format": _EVALUATOR_FORMAT, "config": asdict(cfg), "model": model.state_dict()}, path)
     return path
 
 

@@ -6,6 +6,9 @@
 * :func:`remove_stale_temporaries` deletes the ``.<name>.<random>.tmp`` files that
   :func:`train.checkpoints.atomic_write` leaves when the process is killed mid-write; only the lock
   holder calls it, so no live writer owns them.
+* :func:`build_lock` serialises building one cached artefact (a built-in teacher or evaluator):
+  a second process that needs it waits for the first to finish and then reads its file, instead of
+  training a copy of its own.
 * :func:`die_with_parent` makes a child process (``--side-by-side --jobs 2``) end when its parent
   does: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, and a thread that polls the parent's pid
   everywhere (the same check covers a parent that died before the child started).
@@ -18,7 +21,9 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from train.errors import UserError
 
@@ -141,3 +146,23 @@ def die_with_parent(parent: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+@contextmanager
+def build_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive, blocking ``flock`` on ``<path>.lock`` while building the file ``path``.
+
+    Callers check ``path.exists()`` again once inside: the process that waited finds the finished
+    file.  The kernel drops the lock when its holder dies (kill -9 included), so a waiter then
+    builds the file itself; the build writes atomically, so no reader ever sees a partial file.
+    """
+    import fcntl
+
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # blocks while another process builds it
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -313,13 +313,24 @@ def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str |
     Deterministic given ``cfg`` (it runs on ``cfg.threads`` threads, the caller's count restored).
     Writes ``<key>.json`` (config, training seconds, the held-out linear-probe accuracy of the
     mean-pooled tokens and, for the supervised kind, the head's accuracy) and then
-    ``<key>.safetensors`` (config in its metadata), each atomically.
+    ``<key>.safetensors`` (config in its metadata), each atomically.  Under a build lock
+    (``train.rundir.build_lock``): a second process that needs the same teacher waits for it.
     """
-    from safetensors.torch import save_file
+    from train.rundir import build_lock
 
     path = teacher_path(cfg, cache_dir)
     if path.exists():
         return path
+    with build_lock(path):  # a second process needing this teacher waits and reads it
+        if not path.exists():
+            _train_teacher(cfg, path, progress)
+    return path
+
+
+def _train_teacher(cfg: TeacherConfig, path: Path, progress: bool) -> None:
+    """The training behind :func:`train_builtin_teacher`: fit, measure, write sidecar then weights."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -353,7 +364,6 @@ def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str |
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     meta = {"format": TEACHER_FORMAT, "config": json.dumps(asdict(cfg))}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
-    return path
 
 
 def load_teacher(cfg: TeacherConfig, weights: str | os.PathLike | None = None,
