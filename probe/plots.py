@@ -256,31 +256,32 @@ def similarity_heatmap(df: pd.DataFrame, out: str | os.PathLike, name: str = "si
     return _save(fig, out, name)
 
 
-def token_pca(result, out: str | os.PathLike, name: str = "token_pca", max_images: int = 8) -> list[Path]:
-    """The shown images (rows, at most ``max_images``) beside their token PCA maps (columns: the
-    model's layer x t maps, then each encoder's) from a ``probe.pca.TokenPCA``; draws only."""
-    n = min(len(result.images), max_images)
-    columns = [("input", None)] + [(f"layer {layer}, t={t:g}", (li, ti)) for li, layer in enumerate(result.layers)
-                                   for ti, t in enumerate(result.ts)] + [(enc, enc) for enc in result.encoder_maps]
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n + 0.6), squeeze=False)
+def _rgb_grid(n: int, columns: list, title: str, out: str | os.PathLike, name: str, cell: float) -> list[Path]:
+    """Rows of ``n`` images x ``columns`` (``(title, image_of_row)`` pairs, each image ``(3, g, g)`` in [0, 1])."""
+    fig, axes = plt.subplots(n, len(columns), figsize=(cell * len(columns), cell * n + 0.7), squeeze=False)
     for i in range(n):
-        for j, (title, key) in enumerate(columns):
+        for j, (col_title, image_of) in enumerate(columns):
             ax = axes[i, j]
-            if key is None:
-                image = result.images[i]
-            elif isinstance(key, str):
-                image = result.encoder_maps[key][i]
-            else:
-                image = result.maps[key[0], key[1], i]
-            ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+            ax.imshow(image_of(i).transpose(1, 2, 0), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(title, fontsize=7)
-    prov = result.provenance
-    fig.suptitle(f"Token PCA (components 1-3 as RGB) -- {prov.get('run')} step {prov.get('step')}, {prov.get('dataset')}, "
-                 f"fitted on {prov.get('n_fit')} images, {prov.get('label')} label", fontsize=9)
+                ax.set_title(col_title, fontsize=7)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, out, name)
+
+
+def token_pca(result, out: str | os.PathLike, name: str = "token_pca", max_images: int = 8) -> list[Path]:
+    """The shown images (rows, at most ``max_images``) beside their token PCA maps (columns: the
+    model's layer x t maps, then each encoder's) from a ``probe.pca.TokenPCA``; draws only."""
+    columns = [("input", lambda i: result.images[i])]
+    columns += [(f"layer {layer}, t={t:g}", lambda i, li=li, ti=ti: result.maps[li, ti, i])
+                for li, layer in enumerate(result.layers) for ti, t in enumerate(result.ts)]
+    columns += [(enc, lambda i, enc=enc: result.encoder_maps[enc][i]) for enc in result.encoder_maps]
+    prov = result.provenance
+    title = (f"Token PCA (components 1-3 as RGB) -- {prov.get('run')} step {prov.get('step')}, {prov.get('dataset')}, "
+             f"fitted on {prov.get('n_fit')} images, {prov.get('label')} label")
+    return _rgb_grid(min(len(result.images), max_images), columns, title, out, name, 1.3)
 
 
 def token_pca_runs(results: dict, out: str | os.PathLike, name: str = "token_pca_runs", max_images: int = 6) -> list[Path]:
@@ -290,29 +291,14 @@ def token_pca_runs(results: dict, out: str | os.PathLike, name: str = "token_pca
     first = next(iter(results.values()))
     if any(r.indices.tolist() != first.indices.tolist() for r in results.values()):
         raise UserError("the token PCA results show different images: compute them on the same image set")
-    n = min(len(first.images), max_images)
-    columns = [("input", None, None)] + [(f"teacher ({enc})", None, enc) for enc in first.encoder_maps]
-    columns += [(f"{run}\nlayer {layer}, t={t:g}", run, (li, ti)) for run, r in results.items()
+    columns = [("input", lambda i: first.images[i])]
+    columns += [(f"teacher ({enc})", lambda i, enc=enc: first.encoder_maps[enc][i]) for enc in first.encoder_maps]
+    columns += [(f"{run}\nlayer {layer}, t={t:g}", lambda i, r=r, li=li, ti=ti: r.maps[li, ti, i]) for run, r in results.items()
                 for li, layer in enumerate(r.layers) for ti, t in enumerate(r.ts)]
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.25 * len(columns), 1.25 * n + 0.8), squeeze=False)
-    for i in range(n):
-        for j, (title, run, key) in enumerate(columns):
-            ax = axes[i, j]
-            if key is None:
-                image = first.images[i]
-            elif isinstance(key, str):
-                image = first.encoder_maps[key][i]
-            else:
-                image = results[run].maps[key[0], key[1], i]
-            ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=7)
     prov = first.provenance
-    fig.suptitle(f"Token PCA (components 1-3 as RGB; each map's own PCA) -- {' vs '.join(results)}, step {prov.get('step')}, "
-                 f"{prov.get('dataset')}, fitted on {prov.get('n_fit')} images, {prov.get('label')} label", fontsize=9)
-    return _save(fig, out, name)
+    title = (f"Token PCA (components 1-3 as RGB; each map's own PCA) -- {' vs '.join(results)}, step {prov.get('step')}, "
+             f"{prov.get('dataset')}, fitted on {prov.get('n_fit')} images, {prov.get('label')} label")
+    return _rgb_grid(min(len(first.images), max_images), columns, title, out, name, 1.25)
 
 
 def patch_alignment(results, out: str | os.PathLike, name: str = "patch_alignment", max_images: int = 8) -> list[Path]:

@@ -20,3 +20,13 @@ def random_sit(size: int, depth: int, seed: int = 0):
     for p in m.parameters():
         p.data.normal_(0, 0.1)
     return m.eval()
+
+
+def save_ckpt(model, path, step):
+    """``model`` as a toolkit checkpoint at ``path`` (its weights as both training and EMA weights)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    torch.save({"model_config": model.cfg.to_dict(), "model": sd, "ema": sd, "step": step}, path)
+    return path

@@ -19,7 +19,7 @@ from train.losses import attention_distillation_loss, dispersive_loss, sra_loss,
 from train.models import DiffusionTransformer, load
 from train.objectives import SelfAlignmentTerm, StepContext, build_terms
 
-from test_train import micro, weights
+from test_train import kill_9_and_resume, micro, weights
 
 SRA = ["sra_coeff=2.0", "model.sra_projector_dim=64", "proj_coeff=0", "model.z_dims=[]", "encoders=[]"]
 HASTE = ["attn_coeff=0.5", "attn_model_layers=[1,2]", "attn_teacher_layers=[1,2]", 'model.name="SiT-T/2"',
@@ -303,28 +303,11 @@ def test_bad_objective_settings_are_one_line(tmp_path, capsys, sets, msg):
 def test_kill_9_an_sra_run_then_the_same_command_gives_identical_weights(tmp_path):
     """A real kill (SIGKILL mid-run) of a run with SRA (its own random stream and an EMA teacher), then
     the same command: bitwise the weights of an uninterrupted run."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     args = ["--preset", "tiny", "--steps", "40", "--ckpt-every", "5", "--no-progress", "--threads", "1", "--set",
             "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.encoder_depth=1", "data.n_train=128",
             "batch_size=8", "log_every=1", "sample_every=0", "eval_every=0", 'ckpt_series="all"',
             "sra_coeff=2.0", "model.sra_projector_dim=64", "sra_student_block=1", "sra_teacher_block=2", "--vanilla"]
-    ref, run = tmp_path / "ref", tmp_path / "killed"
-    assert main_train(args + ["--out", str(ref)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(run)], env={**os.environ, "PYTHONPATH": str(root)},
-                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "checkpoints" / "step_0000015.pt").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "checkpoints" / "step_0000040.pt").exists(), "finished before the kill"
-    assert main_train(args + ["--out", str(run)]) == 0
+    ref, run = kill_9_and_resume(tmp_path, args)
     a, b = weights(ref / "checkpoints" / "latest.pt"), weights(run / "checkpoints" / "latest.pt")
     for part in ("model", "ema"):
         for k in a[part]:

@@ -23,6 +23,7 @@ from train.data import build_dataset
 from train.encoders import load_encoder, resample_tokens
 from train.errors import UserError
 from train.models import build, load
+from conftest import save_ckpt
 
 SIZE, DEPTH, TS = 8, 3, (0.0, 0.25, 0.5)
 FAST = dict(n_images=24, n_train=40, ts=(0.0, 0.5), probe_epochs=5, probe_batch_size=16, batch_size=16,
@@ -42,13 +43,6 @@ def tiny(flavour="repa", seed=0):
     for p in m.parameters():
         p.data.normal_(0, 0.1)
     return m.eval()
-
-
-def save_ckpt(model, path, step):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = model.state_dict()
-    torch.save({"model_config": model.cfg.to_dict(), "model": sd, "ema": sd, "step": step}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from probe.metrics import _cka_dense
 from probe.similarity import COLUMNS, model_similarity
 from train.data import build_dataset
 from train.errors import UserError
-from conftest import random_sit
+from conftest import random_sit, save_ckpt
 
 SIZE, DEPTH = 8, 3
 
@@ -22,12 +22,6 @@ def _cache(tmp_path, monkeypatch):
 
 def tiny(seed=0):
     return random_sit(SIZE, DEPTH, seed)
-
-
-def save_ckpt(model, path, step):
-    sd = model.state_dict()
-    torch.save({"model_config": model.cfg.to_dict(), "model": sd, "ema": sd, "step": step}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

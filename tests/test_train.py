@@ -144,23 +144,28 @@ def test_killed_between_the_checkpoint_writes_keeps_the_series_complete(tmp_path
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def kill_9_and_resume(tmp_path, args: list[str], kill_at: int = 15, last: int = 40) -> tuple[Path, Path]:
+    """Train ``args`` uninterrupted (``ref``), then the same command in a subprocess killed with
+    SIGKILL once step ``kill_at``'s checkpoint exists, then the same command again (``killed``)."""
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    assert main_train(args + ["--out", str(ref)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(run)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / f"step_{kill_at:07d}.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / f"step_{last:07d}.pt").exists(), "finished before the kill"
+    assert main_train(args + ["--out", str(run)]) == 0
+    return ref, run
+
+
 def test_kill_9_then_same_command_gives_identical_weights(tmp_path):
     args = ["--preset", "tiny", "--steps", "40", "--ckpt-every", "5", "--no-progress", "--threads", "1",
             "--set", "random_init_encoders=true", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
             "model.encoder_depth=1", "model.projector_dim=64", "data.n_train=128", "batch_size=8", "log_every=1", "sample_every=0", "eval_every=0", "ckpt_series=\"all\""]
-    ref = tmp_path / "ref"
-    assert main_train(args + ["--out", str(ref)]) == 0
-    run = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(run)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "checkpoints" / "step_0000015.pt").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "checkpoints" / "step_0000040.pt").exists(), "finished before the kill"
-    assert main_train(args + ["--out", str(run)]) == 0
+    ref, run = kill_9_and_resume(tmp_path, args)
     a, b = weights(ref / "checkpoints" / "latest.pt"), weights(run / "checkpoints" / "latest.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k

@@ -17,10 +17,9 @@ flavour    prediction                       time input
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from train.config_checks import check_live_alignment, check_numbers, check_objectives
+from train.config_checks import check_live_alignment, check_numbers, check_objectives, finite
 
 FLAVOURS = ("repa", "sit", "dit")
 # TrainConfig fields of live alignment (train.live_align): measuring, not training (a run resumes with others)
@@ -175,11 +174,6 @@ def published_config(name: str, flavour: str | None = None, **overrides) -> Mode
 # ------------------------------------------------------------------------------------------------
 # Training configuration and presets
 # ------------------------------------------------------------------------------------------------
-
-
-def _finite(value) -> bool:
-    """A real number (not a bool, not a string), finite."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @dataclass
@@ -342,9 +336,9 @@ class TrainConfig:
             errs.append("target_shuffle=class reads another image's cached targets: set cache_targets=true")
         if self.target_norm not in TARGET_NORMS:
             errs.append(f"target_norm {self.target_norm!r} is unknown: use none or spatial (iREPA)")
-        if not _finite(self.target_norm_gamma):
+        if not finite(self.target_norm_gamma):
             errs.append(f"target_norm_gamma {self.target_norm_gamma!r} is not a finite number: use 0.6 (latent SiT) or 0.8 (pixel JiT)")
-        if not (_finite(self.target_norm_eps) and self.target_norm_eps > 0):
+        if not (finite(self.target_norm_eps) and self.target_norm_eps > 0):
             errs.append(f"target_norm_eps {self.target_norm_eps!r} is not a positive finite number (a constant channel divides by it): use 1e-6")
         if self.reg_token not in ("auto", "mean"):
             errs.append(f"reg_token {self.reg_token!r} is unknown: use auto (class token where there is one) or mean (mean patch token)")
