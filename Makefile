@@ -3,13 +3,14 @@
 #   make test   - the test suite
 #   make extended - the same study at 2000 steps per run (about 18 minutes; behind RESULTS.md)
 #   make controls - the extended study's other arms: the shuffled-target control and the iREPA variant
+#   make teachers - train the shipped Fashion-MNIST teachers and evaluator (committed in train/weights/)
 #   make compare  - vanilla, REPA, iREPA, HASTE, SRA, Dispersive and REG side by side (3 seeds x 2000 steps)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo extended controls compare test bench install clean
+.PHONY: demo extended controls compare test bench install clean teachers
 
 # pip byte-compiles what it installs one file at a time (about 75 s on 2 cores); compileall on all
 # cores does the same in about 40 s. Like pip, it goes on past files it cannot compile (a few of
@@ -28,6 +29,11 @@ demo: $(STAMP)
 
 extended: $(STAMP)
 	$(PY) -m probe.demo --steps 2000 --set eval_every=250 --out runs/extended --figures figures/extended $(DEMO_ARGS)
+
+# the shipped Fashion-MNIST teachers and evaluator (train/weights/): about an hour of one core each,
+# resumable; skips what is built (--rebuild in TEACHERS_ARGS trains again)
+teachers: $(STAMP)
+	$(PY) -m train.make_teachers $(TEACHERS_ARGS)
 
 controls: $(STAMP)
 	bash studies/controls.sh

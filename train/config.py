@@ -354,10 +354,12 @@ class TrainConfig:
             errs.append(f"model.reg_dim {self.model.reg_dim} differs from the first encoder's width {self.model.z_dims[0]}: set them equal")
         if self.ckpt_series not in ("all", "log"):
             errs.append(f"ckpt_series {self.ckpt_series!r} is unknown: use all or log")
-        if self.data.codec == "identity" and self.model.in_channels != 3:
-            errs.append(f"the identity codec gives 3 channels but model.in_channels is {self.model.in_channels}: set it to 3")
-        if self.data.codec == "identity" and self.model.input_size != self.data.image_size:
-            errs.append(f"model.input_size {self.model.input_size} differs from data.image_size {self.data.image_size} with the identity codec: make them equal")
+        pixel_channels = {"identity": 3, "grey": 1}  # pixel-space codecs (train.latents.CODEC_CHANNELS)
+        if self.data.codec in pixel_channels and self.model.in_channels != pixel_channels[self.data.codec]:
+            c = pixel_channels[self.data.codec]
+            errs.append(f"the {self.data.codec} codec gives {c} channel{'s' * (c > 1)} but model.in_channels is {self.model.in_channels}: set it to {c}")
+        if self.data.codec in pixel_channels and self.model.input_size != self.data.image_size:
+            errs.append(f"model.input_size {self.model.input_size} differs from data.image_size {self.data.image_size} with the {self.data.codec} codec: make them equal")
         errs += check_live_alignment(self)
         p = self.model.class_dropout_prob
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:

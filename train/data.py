@@ -1,6 +1,8 @@
 """Image datasets: every dataset yields ``(image, label)`` with ``image`` a ``(3, H, W)`` uint8 tensor.
 
-* the built-in ``scenes``, ``shapes`` and ``digits`` (:mod:`train.synthetic`, re-exported here);
+* the real ``fashion-mnist`` (the default, :mod:`train.fashion_mnist`: Debian's package, ``data.root``
+  or ``$REPA_DATA``) and the built-in ``scenes``, ``shapes`` and ``digits`` (:mod:`train.synthetic`),
+  re-exported here;
 * :class:`ImageFolderDataset` -- ImageNet-style ``root/<class>/<image>`` folders with the ADM/DiT
   centre crop (:mod:`train.folders`, re-exported here);
 * :class:`LatentCacheDataset` -- a stored SD-VAE latent cache (:mod:`train.latent_cache`).
@@ -24,6 +26,8 @@ import torch
 from torch.utils.data import Dataset
 
 from train.errors import UserError
+from train.builtin_datasets import BUILTIN
+from train.fashion_mnist import FashionMNISTDataset  # noqa: F401 (re-exported)
 from train.synthetic import (GENERATED, SCENE_CLASSES, SHAPE_CLASSES, DigitsDataset,  # noqa: F401 (re-exported)
                              ScenesDataset, ShapesDataset, render_scenes, render_shapes)
 from train.folders import IMAGE_EXTENSIONS, ImageFolderDataset, center_crop_arr  # noqa: F401 (re-exported)
@@ -109,7 +113,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
-    **GENERATED,
+    **BUILTIN,
     "digits": lambda split, **kw: DigitsDataset(split, **kw),
     "folder": _folder,
     "latents": _latents,

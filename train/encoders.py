@@ -347,7 +347,7 @@ def load_encoder(name: str, weights: str | os.PathLike | None = None, grid: int 
     if grid is not None and grid < 1:
         raise UserError(f"encoder grid {grid} must be positive — pass the SiT token grid (image/latent side / patch)")
     if name in TEACHERS:
-        model, source = load_teacher(TEACHERS[name], weights, random_init)
+        model, source = load_teacher(TEACHERS[name], weights, random_init, name=name)
         cfg = model.cfg
         encoder = Encoder(name, EncoderSpec(spec.arch, cfg.patch, cfg.image_size, hub=False), model, TEACHER_MEAN,
                           TEACHER_STD, source, grid)

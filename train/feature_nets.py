@@ -81,11 +81,14 @@ class EvaluatorConfig:
     shift: int = 3  # max random translation in pixels
     seed: int = 1
     data_seed: int = 0
+    stem_stride: int = 2  # 1 keeps the full resolution in the first stage (small images)
 
     def key(self) -> str:
         fields = asdict(self)
         if self.dataset == "shapes":  # the key of the evaluator from before the field existed
             fields.pop("dataset")
+        if self.stem_stride == 2:  # nor this one
+            fields.pop("stem_stride")
         blob = json.dumps({"format": _EVALUATOR_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -108,14 +111,14 @@ class ResBlock(nn.Module):
 
 
 class EvaluatorCNN(nn.Module):
-    """A small ResNet: stride-2 3x3 conv stem, one :class:`ResBlock` per width (stride 2 from the
+    """A small ResNet: a 3x3 conv stem (stride ``stem_stride``), one :class:`ResBlock` per width (stride 2 from the
     second on), global average pooling -> penultimate features ``(B, widths[-1])``, linear head.
     Input: images in ``[-1, 1]`` at ``image_size``."""
 
     def __init__(self, cfg: EvaluatorConfig) -> None:
         super().__init__()
         w = cfg.widths
-        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, 2, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, cfg.stem_stride, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
         self.stages = nn.Sequential(*[ResBlock(w[max(i - 1, 0)], w[i], 1 if i == 0 else 2) for i in range(len(w))])
         self.head = nn.Linear(w[-1], cfg.num_classes)
 
@@ -127,6 +130,9 @@ class EvaluatorCNN(nn.Module):
 
 
 EVALUATORS: dict[str, EvaluatorConfig] = {
+    # shipped (train/weights/fashion-evaluator.*, make teachers): all 60,000 training images
+    "fashion-mnist": EvaluatorConfig(dataset="fashion-mnist", image_size=16, widths=(32, 64, 128), n_train=60_000,
+                                     steps=3000, batch_size=128, lr=3e-3, warmup=150, shift=1, stem_stride=1),
     "shapes": EvaluatorConfig(),
     "scenes": EvaluatorConfig(dataset="scenes", image_size=16, num_classes=8, steps=600, warmup=60, shift=2),
     "scenes-plain": EvaluatorConfig(dataset="scenes-plain", image_size=16, num_classes=8, steps=600, warmup=60, shift=2),
@@ -154,8 +160,9 @@ def _evaluator_input(images: Tensor, size: int) -> Tensor:
     return x
 
 
-def _fit_evaluator(cfg: EvaluatorConfig, progress: bool) -> tuple[EvaluatorCNN, dict[str, Any]]:
-    """Train an :class:`EvaluatorCNN` on its dataset's train split; score it on the val split."""
+def _fit_evaluator(cfg: EvaluatorConfig, progress: bool, state_path: Path | None = None) -> tuple[EvaluatorCNN, dict[str, Any]]:
+    """Train an :class:`EvaluatorCNN` on its dataset's train split (resumable from ``state_path``);
+    score it on the val split."""
     from train.data import build_dataset
 
     start, cpu_start = time.time(), time.process_time()
@@ -164,7 +171,7 @@ def _fit_evaluator(cfg: EvaluatorConfig, progress: bool) -> tuple[EvaluatorCNN, 
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = EvaluatorCNN(cfg)
-    fit_classifier(model, data, cfg, gen, "built-in evaluator", progress)
+    fit_classifier(model, data, cfg, gen, "built-in evaluator", progress, state_path=state_path)
     val = build_dataset(cfg.dataset, "val", size=cfg.image_size, seed=cfg.data_seed)
     with torch.no_grad():
         pred = torch.cat([model(to_float(val.images[i:i + 500])).argmax(1) for i in range(0, len(val), 500)])
@@ -206,6 +213,31 @@ def train_builtin_evaluator(cfg: EvaluatorConfig = EvaluatorConfig(), cache_dir:
     return path
 
 
+SHIPPED_EVALUATORS = {"fashion-mnist": "fashion-evaluator"}  # dataset -> shipped weights (train.shipped)
+
+
+def save_evaluator(model: EvaluatorCNN, cfg: EvaluatorConfig, path: Path) -> None:
+    """The evaluator as safetensors (config and format in the metadata), written atomically."""
+    from safetensors.torch import save_file
+
+    meta = {"format": _EVALUATOR_FORMAT, "config": json.dumps(asdict(cfg))}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_evaluator(path: Path) -> dict[str, Any]:
+    """``{"format", "config", "model"}`` from a file written by :func:`save_evaluator`."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return {"format": meta.get("format"), "config": json.loads(meta.get("config", "{}")), "model": load_file(str(path))}
+    except (OSError, ValueError, SafetensorError) as e:
+        raise UserError(f"{path} is not a built-in evaluator file ({e}): pass one written by save_evaluator") from e
+
+
 class BuiltinEvaluator(FeatureNet):
     """The built-in evaluator as a feature network: penultimate features and shapes-class logits.
     Images of another size are resized to the evaluator's (bilinear)."""
@@ -217,8 +249,15 @@ class BuiltinEvaluator(FeatureNet):
         from train.checkpoints import read_checkpoint
 
         super().__init__()
-        path = Path(weights) if weights else train_builtin_evaluator(cfg, cache_dir, progress)
-        state = read_checkpoint(path)
+        from train.shipped import verified_path
+
+        if weights:
+            path = Path(weights)
+        elif cfg.dataset in SHIPPED_EVALUATORS:  # committed with the project, sha256-checked
+            path = verified_path(SHIPPED_EVALUATORS[cfg.dataset])
+        else:
+            path = train_builtin_evaluator(cfg, cache_dir, progress)
+        state = read_evaluator(path) if path.suffix == ".safetensors" else read_checkpoint(path)
         if not isinstance(state, dict) or state.get("format") != _EVALUATOR_FORMAT:
             raise UserError(f"{path} is not a built-in evaluator file: pass one written by train_builtin_evaluator, "
                             "or no weights to use the cached one")

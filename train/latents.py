@@ -155,6 +155,24 @@ class IdentityCodec(Codec):
         return z
 
 
+class GreyCodec(Codec):
+    """Pixel space for grey images (Fashion-MNIST): one channel, the mean of the three in ``[-1, 1]``
+    (the three are equal for grey data); decoding repeats it into three channels.  Zero std."""
+
+    name, channels, downsample = "grey", 1, 1
+
+    def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_float(images).mean(1, keepdim=True)                               # (B, 1, H, W)
+        return x, torch.zeros_like(x)
+
+    def from_moments(self, mean: torch.Tensor, std: torch.Tensor, sample: bool = True,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        return (mean - self.shift) * self.scale  # deterministic: no noise draw
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z.expand(-1, 3, -1, -1)                                           # (B, 3, H, W)
+
+
 SD_VAE_CONFIG = dict(
     in_channels=3, out_channels=3,
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -228,7 +246,8 @@ class SDVAECodec(Codec):
         return self.dec_vae.decode(z.to(next(self.dec_vae.parameters()).device)).sample
 
 
-CODECS: dict[str, Callable[..., Codec]] = {"identity": IdentityCodec, "sd-vae": SDVAECodec}
+CODECS: dict[str, Callable[..., Codec]] = {"identity": IdentityCodec, "grey": GreyCodec, "sd-vae": SDVAECodec}
+CODEC_CHANNELS = {"identity": 3, "grey": 1, "sd-vae": 4}  # latent channels per codec (config checks)
 
 
 def build_codec(name: str, **kw) -> Codec:

@@ -46,6 +46,7 @@ from torch import nn
 
 from train.checkpoints import atomic_write, repa_cache_dir
 from train.errors import UserError
+from train.fit import augment, fit, fit_classifier  # noqa: F401 (re-exported: the evaluator trains with them)
 
 TEACHER_MEAN = TEACHER_STD = (0.5, 0.5, 0.5)
 TEACHER_FORMAT = "repa-builtin-teacher/1"
@@ -76,19 +77,30 @@ class TeacherConfig:
     seed: int = 0
     data_seed: int = 0
     threads: int = 1
+    # ssl: masks drawn on a grid of mask_block x mask_block token blocks (SimMIM's mask patches;
+    # 1 = per token); norm_pix: targets normalised per patch (MAE's norm_pix_loss) or raw pixels
+    mask_block: int = 1
+    norm_pix: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"unknown teacher kind {self.kind!r}: use one of {', '.join(KINDS)}")
-        from train.synthetic import GENERATED
+        from train.builtin_datasets import BUILTIN
 
-        if self.dataset not in GENERATED:
-            raise UserError(f"unknown teacher dataset {self.dataset!r}: use one of {', '.join(GENERATED)}")
+        if self.dataset not in BUILTIN:
+            raise UserError(f"unknown teacher dataset {self.dataset!r}: use one of {', '.join(BUILTIN)}")
+        g = self.image_size // self.patch
+        if self.mask_block < 1 or g % self.mask_block:
+            raise UserError(f"mask_block {self.mask_block} does not divide the {g} x {g} token grid: use a divisor of {g}")
         if self.kind == "dense" and self.dataset != "scenes":
             raise UserError("the dense teacher trains on the per-pixel ground truth of the scenes dataset: set dataset='scenes'")
 
     def key(self) -> str:
-        blob = json.dumps({"format": TEACHER_FORMAT, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        for name, default in (("mask_block", 1), ("norm_pix", True)):  # keys from before these fields
+            if fields[name] == default:
+                fields.pop(name)
+        blob = json.dumps({"format": TEACHER_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -96,7 +108,20 @@ def _scenes_teacher(kind: str, size: int = 16) -> TeacherConfig:
     return TeacherConfig(kind=kind, dataset="scenes", num_classes=8, image_size=size, patch=size // 8)
 
 
+def _fashion_teacher(kind: str) -> TeacherConfig:
+    """The shipped Fashion-MNIST teachers (:mod:`train.shipped`; ``make teachers``): 16 px, patch 2
+    (8 x 8 tokens, the student's grid), width 128, 4 blocks, on all 60,000 training images.  Their
+    compute is recorded in their cards (``train/weights/<name>.json``)."""
+    common = dict(kind=kind, dataset="fashion-mnist", image_size=16, patch=2, width=128, depth=4, heads=4,
+                  num_classes=10, n_train=60_000, steps=2400, batch_size=128, lr=1e-3, warmup=200)
+    if kind == "ssl":  # SimMIM: 60 % of 4 x 4 blocks of 2 x 2 tokens masked, raw pixels predicted
+        return TeacherConfig(**common, mask_ratio=0.6, mask_block=2, norm_pix=False)
+    return TeacherConfig(**common, shift=2)
+
+
 TEACHERS: dict[str, TeacherConfig] = {
+    "fashion-ssl": _fashion_teacher("ssl"),
+    "fashion-supervised": _fashion_teacher("supervised"),
     "builtin-dense": _scenes_teacher("dense"),
     "builtin-ssl": _scenes_teacher("ssl"),
     "builtin-supervised": _scenes_teacher("supervised"),
@@ -194,53 +219,6 @@ class TeacherViT(nn.Module):
 # Training
 # ----------------------------------------------------------------------------------------------
 
-def augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to ``shift`` pixels (edge padding) and horizontal flips."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (shift,) * 4, mode="replicate")
-    dy, dx = (torch.randint(0, 2 * shift + 1, (2, b, 1), generator=gen))
-    rows, cols = dy + torch.arange(h), dx + torch.arange(w)
-    x = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def fit(model: nn.Module, cfg, gen: torch.Generator, batch_loss: Callable[[torch.Tensor], torch.Tensor],
-        n: int, desc: str, progress: bool = True, max_grad_norm: float | None = None) -> nn.Module:
-    """The one training loop of the built-in networks: ``cfg.steps`` AdamW steps (``lr``,
-    ``weight_decay``) with a linear warm-up over ``warmup`` steps then cosine decay; each step draws
-    ``cfg.batch_size`` indices in ``[0, n)`` with replacement from ``gen`` and minimises
-    ``batch_loss(indices)``.  Returns the model in eval mode."""
-    from tqdm.auto import tqdm
-
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
-                                              * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    model.train()
-    for _ in tqdm(range(cfg.steps), desc=desc, disable=not progress):
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        loss = batch_loss(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
-def fit_classifier(model: nn.Module, data, cfg, gen: torch.Generator, desc: str, progress: bool = True,
-                   label_smoothing: float = 0.0, max_grad_norm: float | None = None) -> nn.Module:
-    """Train a classifier (the supervised teacher, the built-in evaluator) with :func:`fit` on
-    ``data.images``/``data.labels``, each batch shifted by up to ``cfg.shift`` pixels and flipped
-    (:func:`augment`)."""
-    def loss(idx: torch.Tensor) -> torch.Tensor:
-        x = augment(data.images[idx].float() / 127.5 - 1.0, cfg.shift, gen)
-        return F.cross_entropy(model(x), data.labels[idx], label_smoothing=label_smoothing)
-
-    return fit(model, cfg, gen, loss, len(data), desc, progress, max_grad_norm)
-
-
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, T, p*p, C)``: the pixels of every patch, patches in row-major order."""
     b, c, h, w = x.shape
@@ -263,11 +241,12 @@ def dense_loss(model: TeacherViT, x: torch.Tensor, type_map: torch.Tensor, depth
 
 def masked_loss(model: TeacherViT, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """SimMIM: the masked patches are zeroed in the input and their tokens replaced; the MSE of the
-    predicted pixels of the masked patches against each patch's pixels normalised to zero mean and
-    unit variance."""
+    predicted pixels of the masked patches against each patch's pixels, normalised to zero mean and
+    unit variance when ``cfg.norm_pix`` (MAE's norm_pix_loss), raw otherwise."""
     p = model.cfg.patch
     target = patchify(x, p).flatten(2)                                            # (B, T, p*p*3)
-    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    if model.cfg.norm_pix:
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
     g = int(math.isqrt(mask.shape[1]))
     pixel_mask = mask.reshape(-1, 1, g, 1, g, 1).expand(-1, 1, g, p, g, p).reshape(x.shape[0], 1, g * p, g * p)
     pred = model.head(model.forward_features(x.masked_fill(pixel_mask, 0.0), mask))  # (B, T, p*p*3)
@@ -288,21 +267,24 @@ def _teacher_loss(model: TeacherViT, data, gen: torch.Generator) -> Callable[[to
                                  data.depth_map[idx], data.boundary[idx])
             return dense_loss(model, x, tm, dm, bd)
     else:  # ssl
-        t = (cfg.image_size // cfg.patch) ** 2
-        n_mask = round(cfg.mask_ratio * t)
+        g, m = cfg.image_size // cfg.patch, cfg.mask_block
+        blocks = (g // m) ** 2  # masks on the coarse grid of m x m token blocks, then repeated per token
+        n_mask = round(cfg.mask_ratio * blocks)
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
             (x,) = flip(idx, data.images[idx].float() / 127.5 - 1.0)
-            order = torch.rand(len(idx), t, generator=gen).argsort(1)
-            mask = torch.zeros(len(idx), t, dtype=torch.bool).scatter_(1, order[:, :n_mask], True)
+            order = torch.rand(len(idx), blocks, generator=gen).argsort(1)
+            mask = torch.zeros(len(idx), blocks, dtype=torch.bool).scatter_(1, order[:, :n_mask], True)
+            if m > 1:
+                mask = mask.reshape(-1, g // m, 1, g // m, 1).expand(-1, -1, m, -1, m).reshape(len(idx), g * g)
             return masked_loss(model, x, mask)
     return loss
 
 
 def _dataset(cfg: TeacherConfig, split: str):
-    from train.synthetic import GENERATED
+    from train.builtin_datasets import BUILTIN
 
-    return GENERATED[cfg.dataset](split, n=cfg.n_train if split == "train" else None, size=cfg.image_size,
+    return BUILTIN[cfg.dataset](split, n=cfg.n_train if split == "train" else None, size=cfg.image_size,
                                   seed=cfg.data_seed)
 
 
@@ -327,8 +309,9 @@ def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str |
     return path
 
 
-def _train_teacher(cfg: TeacherConfig, path: Path, progress: bool) -> None:
-    """The training behind :func:`train_builtin_teacher`: fit, measure, write sidecar then weights."""
+def _train_teacher(cfg: TeacherConfig, path: Path, progress: bool, state_path: Path | None = None) -> dict[str, Any]:
+    """The training behind :func:`train_builtin_teacher`: fit (resumable from ``state_path``), measure,
+    write sidecar then weights; returns the sidecar."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -342,10 +325,11 @@ def _train_teacher(cfg: TeacherConfig, path: Path, progress: bool) -> None:
             torch.manual_seed(cfg.seed)
             model = TeacherViT(cfg)
         if cfg.kind == "supervised":
-            fit_classifier(model, data, cfg, gen, "built-in teacher", progress, cfg.label_smoothing, max_grad_norm=1.0)
+            fit_classifier(model, data, cfg, gen, "built-in teacher", progress, cfg.label_smoothing, max_grad_norm=1.0,
+                           state_path=state_path)
         else:
             fit(model, cfg, gen, _teacher_loss(model, data, gen), len(data), f"built-in teacher ({cfg.kind})",
-                progress, max_grad_norm=1.0)
+                progress, max_grad_norm=1.0, state_path=state_path)
         seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
         val = _dataset(cfg, "val")
         tokens = lambda images: model.forward_features(images.float() / 127.5 - 1.0)  # noqa: E731
@@ -364,18 +348,27 @@ def _train_teacher(cfg: TeacherConfig, path: Path, progress: bool) -> None:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     meta = {"format": TEACHER_FORMAT, "config": json.dumps(asdict(cfg))}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    return sidecar
 
 
 def load_teacher(cfg: TeacherConfig, weights: str | os.PathLike | None = None,
-                 random_init: bool = False) -> tuple[TeacherViT, str]:
+                 random_init: bool = False, name: str | None = None) -> tuple[TeacherViT, str]:
     """The teacher and a description of its source: random weights of ``cfg``'s architecture, the
-    file ``weights`` (its own config, which must be of ``cfg``'s kind), or ``cfg`` cached/trained."""
+    file ``weights`` (its own config, which must be of ``cfg``'s kind), the shipped weights of
+    ``name`` (sha256-verified, :mod:`train.shipped`), or ``cfg`` cached/trained."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from train.shipped import SHIPPED, verified_path
+
     if random_init:
         return TeacherViT(cfg).eval(), "random-init"
-    path = Path(weights).expanduser() if weights is not None else train_builtin_teacher(cfg)
+    if weights is not None:
+        path = Path(weights).expanduser()
+    elif name in SHIPPED:
+        path = verified_path(name)
+    else:
+        path = train_builtin_teacher(cfg)
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -391,7 +384,8 @@ def load_teacher(cfg: TeacherConfig, weights: str | os.PathLike | None = None,
     if file_cfg.kind != cfg.kind:
         raise UserError(f"{path} holds a {file_cfg.kind} teacher, not a {cfg.kind} one — pass the encoder name of its kind "
                         f"(builtin-{file_cfg.kind})")
-    return model.eval(), f"builtin:{path.resolve()}"
+    source = f"shipped:{name}:{path.name}" if weights is None and name in SHIPPED else f"builtin:{path.resolve()}"
+    return model.eval(), source
 
 
 def linear_probe_accuracy(tokens: Callable[[torch.Tensor], torch.Tensor], train_ds, val_ds, n_train: int = 5000,
