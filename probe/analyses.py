@@ -38,6 +38,7 @@ from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, _check_choice
 from probe.linear import METHODS, probe_accuracy
 from probe.metrics import cka, cknna, mutual_knn, prepare
 from probe.tokens import TOKEN_METRICS, TokenPlan, encoder_tokens, reference_rows, token_plan, token_rows
+from probe.run_defaults import resolve as resolve_defaults
 from train.data import build_dataset
 from train.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resample_tokens
 from train.checkpoints import atomic_write
@@ -64,7 +65,7 @@ class ProbeConfig:
     ``r_far`` for ``lds`` (``r_far=None``: scaled to the grid, ``probe.metrics.default_r_far``).
     """
 
-    dataset: str = "shapes"
+    dataset: str | None = None  # None: the checkpoint's own (probe.run_defaults)
     data_root: str | None = None
     image_size: int | None = None
     split: str = "val"
@@ -84,7 +85,7 @@ class ProbeConfig:
     r_far: int | None = None
     label: str = "null"
     seed: int = 0
-    codec: str = "identity"
+    codec: str | None = None  # None: the checkpoint's own, else by its channels (probe.run_defaults)
     weights: str = "ema"
     encoder_weights: tuple[str, ...] = ()
     random_init_encoder: bool = False
@@ -290,15 +291,16 @@ def _measure(model: DiffusionTransformer, eval_set: ImageSet, train_set: ImageSe
 def _analyse(runs: Sequence[tuple[str, Checkpoint]], dataset: str | tuple[Any, Any], encoders: Sequence[str | Encoder],
              config: ProbeConfig | None, options: dict) -> pd.DataFrame:
     """Run every checkpoint of ``runs`` against shared images and encoder features."""
-    cfg = dataclasses.replace(config or ProbeConfig(), **options, dataset=dataset if isinstance(dataset, str) else "custom")
+    cfg = dataclasses.replace(config or ProbeConfig(), **options)
     for _, ckpt in runs:
         if not isinstance(ckpt, DiffusionTransformer) and not Path(ckpt).is_file():
             raise UserError(f"checkpoint {ckpt} does not exist: check the path")
+    model = _load_model(runs[0][1], cfg)
+    cfg, dataset, encoders = resolve_defaults(cfg, model, dataset or cfg.dataset, encoders)
     for enc in encoders:
         if isinstance(enc, str) and enc not in ENCODERS:
             raise UserError(f"unknown encoder {enc!r}: choose one of {', '.join(ENCODERS)}")
     codec = build_codec(cfg.codec).to(cfg.device)
-    model = _load_model(runs[0][1], cfg)
     resolve_layers(model, cfg.layers)  # fail before any encoding
     eval_set, train_set = _image_sets(dataset, cfg, model, codec)
     plan = token_plan(cfg, len(eval_set), model.cfg.num_tokens)  # None unless a token-level metric is asked for
@@ -325,13 +327,15 @@ def _analyse(runs: Sequence[tuple[str, Checkpoint]], dataset: str | tuple[Any, A
 # Public analyses
 # ----------------------------------------------------------------------------------------------
 
-def layer_sweep(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] = "shapes",
-                encoders: Sequence[str | Encoder] = ("builtin-teacher",), out: str | os.PathLike | None = None,
+def layer_sweep(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] | None = None,
+                encoders: Sequence[str | Encoder] | None = None, out: str | os.PathLike | None = None,
                 config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
     """Every layer x noise level of one checkpoint against ``encoders`` (REPA Fig. 2a/2b).
 
     ``dataset``: a dataset name (``train.data``; evaluation and probe-training splits from the
-    config) or a ``(train_images, eval_images)`` pair of anything ``probe.extract.image_set`` takes.
+    config) or a ``(train_images, eval_images)`` pair of anything ``probe.extract.image_set`` takes;
+    ``dataset``, ``encoders`` (and ``config.codec``) left ``None`` are the checkpoint's own
+    (:mod:`probe.run_defaults`).
     ``options`` override :class:`ProbeConfig` fields (``ts=``, ``layers=``, ``k=``, ...); with
     ``out`` the table is saved there as ``layer_sweep.{parquet,csv,json}``.
     """
@@ -339,8 +343,8 @@ def layer_sweep(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] = "shapes
     return _maybe_save(df, out, "layer_sweep")
 
 
-def training_progress(checkpoints: str | os.PathLike | Sequence[Checkpoint], dataset: str | tuple[Any, Any] = "shapes",
-                      encoders: Sequence[str | Encoder] = ("builtin-teacher",), out: str | os.PathLike | None = None,
+def training_progress(checkpoints: str | os.PathLike | Sequence[Checkpoint], dataset: str | tuple[Any, Any] | None = None,
+                      encoders: Sequence[str | Encoder] | None = None, out: str | os.PathLike | None = None,
                       config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
     """A checkpoint series (a run directory or a list) measured like :func:`layer_sweep` (Fig. 2c)."""
     series = run_checkpoints(checkpoints) if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
@@ -348,8 +352,8 @@ def training_progress(checkpoints: str | os.PathLike | Sequence[Checkpoint], dat
     return _maybe_save(df, out, "training_progress")
 
 
-def compare(checkpoints: Mapping[str, Checkpoint] | str | os.PathLike, dataset: str | tuple[Any, Any] = "shapes",
-            encoders: Sequence[str | Encoder] = ("builtin-teacher",), out: str | os.PathLike | None = None,
+def compare(checkpoints: Mapping[str, Checkpoint] | str | os.PathLike, dataset: str | tuple[Any, Any] | None = None,
+            encoders: Sequence[str | Encoder] | None = None, out: str | os.PathLike | None = None,
             config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
     """Named checkpoints side by side, e.g. ``{"REPA": ..., "vanilla": ...}`` (Fig. 3).
 
@@ -364,7 +368,7 @@ def compare(checkpoints: Mapping[str, Checkpoint] | str | os.PathLike, dataset: 
     return _maybe_save(df, out, "compare")
 
 
-def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] = "shapes", encoder: str = "builtin-teacher",
+def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] | None = None, encoder: str | None = None,
                          out: str | os.PathLike | None = None, labels: Sequence[str] = ("real", "null"),
                          weights: Sequence[str] = ("ema", "model"), baseline_images: int = 2000,
                          config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
@@ -389,15 +393,16 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
     encoder's tokens are spatially normalised (iREPA) before the cosine and the baselines, and the
     rows record ``target_norm`` and ``target_norm_gamma``.  The run's own projector (MLP or conv) is used.
     """
-    cfg = dataclasses.replace(config or ProbeConfig(), **options, metrics=("linear_probe",), n_train=0,
-                              dataset=dataset if isinstance(dataset, str) else "custom")
+    cfg = dataclasses.replace(config or ProbeConfig(), **options, metrics=("linear_probe",), n_train=0)
     if not isinstance(checkpoint, DiffusionTransformer) and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist: check the path")
     for label in labels:
         _check_choice(label, LABELS, "label mode")
-    codec = build_codec(cfg.codec).to(cfg.device)
     models = {w: _load_model(checkpoint, dataclasses.replace(cfg, weights=w)) for w in weights}
     model = next(iter(models.values()))
+    cfg, dataset, (default_encoder, *_) = resolve_defaults(cfg, model, dataset or cfg.dataset)
+    encoder = encoder or default_encoder
+    codec = build_codec(cfg.codec).to(cfg.device)
     if not model.projectors:
         raise UserError(f"{_run_name(checkpoint)} has no projector (a vanilla or published SiT/DiT checkpoint): pass a REPA checkpoint")
     size = cfg.image_size or model.cfg.input_size * codec.downsample

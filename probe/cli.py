@@ -57,16 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = ProbeConfig()
     common = _Parser(add_help=False)
     g = common.add_argument_group("images")
-    g.add_argument("--dataset", default=d.dataset, help="shapes, digits or folder (default: %(default)s)")
+    g.add_argument("--dataset", default=d.dataset, help="fashion-mnist, scenes, shapes, digits or folder (default: the checkpoint's own)")
     g.add_argument("--data-root", help="image folder root for --dataset folder")
     g.add_argument("--image-size", type=int, help="default: the model's input size x the codec's downsampling")
     g.add_argument("--split", default=d.split, help="evaluation split (default: %(default)s)")
     g.add_argument("--train-split", default=d.train_split, help="linear-probe training split (default: %(default)s)")
     g.add_argument("--n-images", type=int, default=d.n_images, help="evaluation images (default: %(default)s)")
     g.add_argument("--n-train", type=int, default=d.n_train, help="linear-probe training images; 0 skips probes (default: %(default)s)")
-    g.add_argument("--codec", default=d.codec, help="identity or sd-vae (default: %(default)s)")
+    g.add_argument("--codec", default=d.codec, help="identity, grey or sd-vae (default: the checkpoint's own)")
     g = common.add_argument_group("targets")
-    g.add_argument("--encoders", nargs="+", default=["builtin-teacher"], help="target encoders (default: builtin-teacher)")
+    g.add_argument("--encoders", nargs="+", default=None, help="target encoders (default: the checkpoint's own)")
     g.add_argument("--encoder-weights", nargs="+", default=[], help="one local weights path per encoder ('' for the default)")
     g.add_argument("--random-init-encoder", action="store_true", help="random encoder weights (offline demos)")
     g = common.add_argument_group("measurement")
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     # options of the three picture commands (pca, patch-align, similarity): images, model weights, output
     pics = argparse.ArgumentParser(add_help=False)
     pics.add_argument("--out", type=Path, default=Path("probe-out"), help="output directory (default: %(default)s)")
-    pics.add_argument("--dataset", default="scenes", help="scenes, shapes, digits or folder (default: %(default)s)")
+    pics.add_argument("--dataset", default=None, help="fashion-mnist, scenes, shapes, digits or folder (default: the checkpoint's own)")
     pics.add_argument("--data-root", help="image folder root for --dataset folder")
     pics.add_argument("--split", default=d.split, help="(default: %(default)s)")
     pics.add_argument("--label", default=d.label, choices=LABELS)
@@ -208,11 +208,16 @@ def _pca(args: argparse.Namespace) -> list[Path]:
     from probe.pca import token_pca
     from train.checkpoints import atomic_write
     from train.data import build_dataset
+    from probe.run_defaults import trained_on
     from train.models import load
 
     if not args.checkpoint.is_file():
         raise UserError(f"checkpoint {args.checkpoint} does not exist: check the path")
     model = load(args.checkpoint, weights=args.weights, device=args.device)
+    found = trained_on(model)
+    if args.dataset is None:
+        args.dataset, args.data_root = found["dataset"], args.data_root or found["data_root"]
+    args.codec = args.codec or found["codec"]
     kw = {"size": model.cfg.input_size * build_codec_downsample(args.codec), **({"root": args.data_root} if args.data_root else {})}
     data = build_dataset(args.dataset, args.split, **kw)
     name = f"{args.dataset}/{args.split}"
@@ -271,7 +276,7 @@ def build_codec_downsample(codec: str) -> int:
     """The pixel-to-latent downsampling of ``codec`` (1 for identity) without loading its weights."""
     from train.latents import build_codec
 
-    return 1 if codec == "identity" else build_codec(codec).downsample
+    return 1 if codec in ("identity", "grey") else build_codec(codec).downsample
 
 
 def main(argv: Sequence[str] | None = None) -> int:

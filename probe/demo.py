@@ -89,9 +89,14 @@ def _worker_init() -> None:
 
 
 def task_teacher(name: str) -> dict:
-    """Train (or load) the built-in teacher ``name``; its sidecar (config, time, held-out accuracy)."""
+    """Train (or load) the built-in teacher ``name``; its sidecar (config, time, held-out accuracy),
+    or for a shipped teacher its card (sha256-checked weights; nothing is trained)."""
+    from train.shipped import SHIPPED, verified_path
     from train.teacher import TEACHERS, train_builtin_teacher
 
+    if name in SHIPPED:
+        card = json.loads(verified_path(name).with_suffix(".json").read_text())
+        return {"name": name, "config": card["recipe"]["config"], **card}
     if name not in TEACHERS:
         return {"name": name}  # a published encoder: nothing to train
     path = train_builtin_teacher(TEACHERS[name], progress=False)

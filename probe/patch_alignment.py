@@ -37,6 +37,7 @@ from torch import Tensor
 
 from probe.analyses import Checkpoint, ProbeConfig, _load_model, _run_name
 from probe.extract import LABELS, ImageSet, _check_choice, _model_t, check_ts, image_noise, image_set, model_provenance, resolve_layers
+from probe.run_defaults import resolve as resolve_defaults
 from train.checkpoints import atomic_write
 from train.config import TrainConfig
 from train.data import build_dataset
@@ -164,7 +165,7 @@ def _tokens(model: DiffusionTransformer, images: ImageSet, layers: list[int], ts
     return torch.cat(targets), {k: cat(v) for k, v in hidden.items()}, {k: cat(v) for k, v in projected.items()}
 
 
-def patch_alignment(checkpoint: Checkpoint, images: Any = "scenes", methods: Sequence[str] = METHODS,
+def patch_alignment(checkpoint: Checkpoint, images: Any = None, methods: Sequence[str] = METHODS,
                     layers: Sequence[int] | str | None = None, ts: Sequence[float] = (0.0,), encoder: str | None = None,
                     n_images: int | None = 8, fit_images: Any = None, n_fit: int | None = 64, ridge: float = 1e-2,
                     label: str = "null", seed: int = 0, config: ProbeConfig | None = None, **options: Any) -> PatchAlignment:
@@ -204,6 +205,7 @@ def patch_alignment(checkpoint: Checkpoint, images: Any = "scenes", methods: Seq
             raise UserError(f"{_run_name(checkpoint)} has no projector (a vanilla or published checkpoint): pass a REPA checkpoint or --methods ridge")
         methods, skipped = tuple(m for m in methods if m != "projector"), ["projector"]
     chosen = resolve_layers(model, [model.cfg.encoder_depth] if layers is None else layers)
+    cfg, images, _ = resolve_defaults(cfg, model, images)
     codec = build_codec(cfg.codec).to(cfg.device)
     size = cfg.image_size or model.cfg.input_size * codec.downsample
     shown = _images(images, cfg.split, n_images, seed, size, cfg)

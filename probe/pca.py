@@ -31,6 +31,7 @@ from torch import Tensor
 
 from probe.analyses import Checkpoint, ProbeConfig, _load_model, _run_name
 from probe.extract import DEFAULT_TS, check_ts, encoder_features, extract, image_set, model_provenance
+from probe.run_defaults import trained_on
 from train.checkpoints import atomic_write
 from train.encoders import ENCODERS, Encoder, load_encoder
 from train.errors import UserError
@@ -133,6 +134,7 @@ def token_pca(checkpoint: Checkpoint, images: Any, layers: str | Sequence[int] =
         if isinstance(enc, str) and enc not in ENCODERS:
             raise UserError(f"unknown encoder {enc!r}: choose one of {', '.join(ENCODERS)}")
     model = _load_model(checkpoint, cfg)
+    cfg = dataclasses.replace(cfg, codec=cfg.codec or trained_on(model)["codec"])
     codec = build_codec(cfg.codec).to(cfg.device)
     shown = image_set(images)
     fit_set = shown if fit_images is None else image_set(fit_images)

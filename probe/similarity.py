@@ -30,6 +30,7 @@ import torch
 from probe.analyses import ALIGNMENT, Checkpoint, ProbeConfig, _image_sets, _load_model, _maybe_save, _run_name
 from probe.extract import extract, model_provenance, resolve_layers
 from probe.metrics import prepare
+from probe.run_defaults import resolve as resolve_defaults
 from train.encoders import resample_tokens
 from train.errors import UserError
 from train.latents import build_codec
@@ -44,7 +45,7 @@ COLUMNS = ["run_a", "checkpoint_a", "step_a", "model_a", "run_b", "checkpoint_b"
 def model_similarity(ckpt_a: Checkpoint, ckpt_b: Checkpoint, layers_a: str | Sequence[int] = "all",
                      layers_b: str | Sequence[int] = "all", ts: Sequence[float] = (0.0,),
                      metrics: Sequence[str] = ("cka", "cknna"), pooling: str = "mean",
-                     dataset: str | tuple[Any, Any] | Any = "scenes", n_images: int = 500, seed: int = 0,
+                     dataset: str | tuple[Any, Any] | Any = None, n_images: int = 500, seed: int = 0,
                      out: str | os.PathLike | None = None, config: ProbeConfig | None = None,
                      **options: Any) -> pd.DataFrame:
     """Every ``layers_a`` of ``ckpt_a`` against every ``layers_b`` of ``ckpt_b`` at each t (see the module docstring).
@@ -61,14 +62,14 @@ def model_similarity(ckpt_a: Checkpoint, ckpt_b: Checkpoint, layers_a: str | Seq
     bad = [m for m in metrics if m not in ALIGNMENT]
     if bad or not metrics:
         raise UserError(f"unknown similarity metric {bad[0] if bad else None!r}: use one or more of {', '.join(ALIGNMENT)}")
-    name = dataset if isinstance(dataset, str) else "custom"
     cfg = dataclasses.replace(config or ProbeConfig(), **{"progress": False, **options}, ts=tuple(ts), metrics=metrics,
-                              pooling=pooling, n_images=n_images, seed=seed, n_train=0, layers="all", dataset=name)
+                              pooling=pooling, n_images=n_images, seed=seed, n_train=0, layers="all")
     for ckpt in (ckpt_a, ckpt_b):
         if not isinstance(ckpt, DiffusionTransformer) and not Path(ckpt).is_file():
             raise UserError(f"checkpoint {ckpt} does not exist: check the path")
-    codec = build_codec(cfg.codec).to(cfg.device)
     model_a = _load_model(ckpt_a, cfg)
+    cfg, dataset, _ = resolve_defaults(cfg, model_a, dataset)
+    codec = build_codec(cfg.codec).to(cfg.device)
     model_b = model_a if ckpt_b is ckpt_a else _load_model(ckpt_b, cfg)
     chosen = {"a": resolve_layers(model_a, layers_a), "b": resolve_layers(model_b, layers_b)}
     if model_b.cfg.input_size != model_a.cfg.input_size or model_b.cfg.in_channels != model_a.cfg.in_channels:

@@ -40,7 +40,9 @@ def read_evals(root: Path) -> pd.DataFrame:
             if "fd" in rec:
                 rows.append({"variant": variant, "seed": seed, "step": rec["step"], "fd": rec["fd"],
                              "class_acc": rec.get("class_acc", np.nan), "eval_n": rec.get("eval_n"),
-                             "planned_steps": steps_cfg})
+                             "planned_steps": steps_cfg,
+                             **{k: rec.get(k, np.nan) for k in ("kid", "kid_std", "fd_half_a", "fd_half_b", "kid_half_a",
+                                                                "kid_half_b", "precision", "recall", "class_confidence")}})
     return pd.DataFrame(rows)
 
 

@@ -4,9 +4,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import tempfile  # noqa: E402
+
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def write_fake_fashion(folder, n_train: int = 512, n_test: int = 256, seed: int = 0, gz: bool = True):
+    """A small Fashion-MNIST stand-in in the real IDX format: 28 x 28 grey images of 10 classes, class
+    c a bright rectangle whose rows and columns depend on c, plus noise.  Tests never read the real data."""
+    from pathlib import Path
+
+    from train.fashion_mnist import write_idx
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, c in enumerate(labels):
+            r0, c0 = 2 + 2 * (c % 5), 2 + 4 * (c // 5)
+            images[i, r0:r0 + 12, c0:c0 + 10 + c] += 180
+        ext = ".gz" if gz else ""
+        write_idx(folder / f"{stem}-images-idx3-ubyte{ext}", np.clip(images, 0, 255).astype(np.uint8))
+        write_idx(folder / f"{stem}-labels-idx1-ubyte{ext}", labels.astype(np.uint8))
+    return folder
+
+
+# Every test (and every process a test starts) reads this stand-in, never the real Fashion-MNIST
+# (train.fashion_mnist looks in $REPA_DATA before Debian's folder).
+FAKE_FASHION = write_fake_fashion(tempfile.mkdtemp(prefix="fake-fashion-"))
+os.environ["REPA_DATA"] = str(FAKE_FASHION)
 
 
 def random_sit(size: int, depth: int, seed: int = 0):

@@ -277,7 +277,11 @@ def test_training_evaluator_uses_fixed_noise(evaluator_file):
     state = torch.get_rng_state()
     first = evaluator(model, 10)
     assert torch.equal(state, torch.get_rng_state())  # the training run's RNG is untouched
-    assert set(first) == {"fd", "precision", "recall", "class_acc", "eval_n", "eval_sampler", "eval_steps", "eval_feature"}
+    assert set(first) == {"fd", "kid", "kid_std", "precision", "recall", "class_acc", "class_confidence", "class_histogram",
+                          "fd_half_a", "fd_half_b", "kid_half_a", "kid_half_b", "eval_n", "eval_sampler", "eval_steps",
+                          "eval_feature", "eval_reference"}
+    assert sum(first["class_histogram"]) == 12 and 0 < first["class_confidence"] <= 1
+    assert first["fd_half_a"] != first["fd_half_b"]  # two disjoint halves of the samples: the noise of one estimate
     assert first["eval_n"] == 12 and first["eval_sampler"] == "euler" and first["eval_steps"] == 2
     assert evaluator(twin, 20) == first  # same weights, same noise: same numbers
     assert evaluator(other, 30)["fd"] != first["fd"]

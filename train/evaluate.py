@@ -45,13 +45,14 @@ from train.feature_nets import (FeatureNet, EVALUATOR, _EVALUATOR_FORMAT, Evalua
                                 INCEPTION_FILE, _tf_pool_block, fid_inception, inception_weights, InceptionFeatures,
                                 load_feature_net, extract, PR_MAX, Reference, real_images, reference)  # noqa: F401 - re-exported
 from train.generation_metrics import (feature_statistics, _psd_sqrt, frechet_distance, _kth_nn_radius, _in_manifold,
-                                      precision_recall, inception_score)  # noqa: F401 - re-exported
+                                      precision_recall, inception_score, kid)  # noqa: F401 - re-exported
 from train.latents import Codec, build_codec
 from train.samples import (SampleSpec, seeded_generator, sample_labels, sample_chunk, default_codec, generate,
                            generate_spec, _png_path, _write_png, _read_png, _png_ok, _save_npz, npz_name, shard,
                            sample_to_dir, load_samples)  # noqa: F401 - re-exported
 
 Tensor = torch.Tensor
+KID_SUBSET = 1000  # torch-fidelity's default subset size
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
@@ -60,22 +61,29 @@ Tensor = torch.Tensor
 
 def evaluate_samples(images: Tensor, labels: Tensor | None, net: FeatureNet, ref: Reference, k: int = 3,
                      batch: int = 256) -> dict[str, Any]:
-    """Score uint8 samples against ``ref``: ``fd`` (Frechet distance in ``net``'s features), ``precision``
+    """Score uint8 samples against ``ref``: ``fd`` (Frechet distance in ``net``'s features), ``kid`` and
+    ``kid_std`` (:func:`train.generation_metrics.kid`: 100 subsets of min(1000, N) against the
+    reference's stored features, at most :data:`PR_MAX`), ``precision``
     and ``recall`` (k-NN manifolds, up to :data:`PR_MAX` of each set, equal sizes), and where ``net``
     offers them ``sfid``, ``inception_score`` (+ std), and ``class_acc`` (the fraction of samples
     classified as their label; needs labels and a network trained on the reference dataset)."""
     feats = extract(net, images, batch)
     mu, sigma = feature_statistics(feats["features"])
     res: dict[str, Any] = {"fd": frechet_distance(mu, sigma, *ref.stats["features"])}
+    res.update(kid(feats["features"], ref.features, subset_size=min(KID_SUBSET, len(images), len(ref.features))))
     m = min(len(ref.features), len(feats["features"]), PR_MAX)
     res.update(precision_recall(ref.features[:m], feats["features"][:m], k=k))
     if "spatial" in feats and "spatial" in ref.stats:
         res["sfid"] = frechet_distance(*feature_statistics(feats["spatial"]), *ref.stats["spatial"])
     if "is_logits" in feats:
         res["inception_score"], res["inception_score_std"] = inception_score(feats["is_logits"])
-    if "class_logits" in feats and labels is not None and ref.meta.get("dataset") == net.classes_of:
-        pred = torch.from_numpy(feats["class_logits"]).argmax(1)
-        res["class_acc"] = (pred == labels.cpu()).float().mean().item()
+    if "class_logits" in feats and ref.meta.get("dataset") == net.classes_of:
+        prob = torch.from_numpy(feats["class_logits"]).double().softmax(1)
+        pred = prob.argmax(1)
+        res["class_confidence"] = prob.max(1).values.mean().item()  # the evaluator's mean top-class probability
+        res["class_histogram"] = torch.bincount(pred, minlength=prob.shape[1]).tolist()
+        if labels is not None:
+            res["class_acc"] = (pred == labels.cpu()).float().mean().item()
     res.update(n=len(images), pr_n=m, k=k, feature=net.provenance,
                reference={key: ref.meta[key] for key in ("dataset", "root", "split", "n", "size")})
     return res
@@ -131,15 +139,21 @@ def build_training_evaluator(cfg: TrainConfig, feature: str = EVALUATOR, feature
                       labels=tuple(range(cfg.model.num_classes)), path=cfg.path)
     codec = build_codec(cfg.data.codec)
     net = load_feature_net(feature, feature_weights, progress=progress, dataset=cfg.data.dataset)
-    ref = reference(net, cfg.data.dataset, "train", ref_n, cfg.data.image_size, cfg.data.root, progress=progress)
+    ref = reference(net, cfg.data.dataset, cfg.eval_ref_split, ref_n, cfg.data.image_size, cfg.data.root, progress=progress)
 
     def evaluate(ema: nn.Module, step: int) -> dict[str, Any]:
         device = next(ema.parameters()).device
         images, labels = generate_spec(ema, spec, codec.to(device))
         res = evaluate_samples(images, labels, net.to(device), ref)
-        return {"fd": res["fd"], "precision": res["precision"], "recall": res["recall"],
-                **({"class_acc": res["class_acc"]} if "class_acc" in res else {}),
-                "eval_n": spec.n, "eval_sampler": spec.sampler, "eval_steps": spec.steps, "eval_feature": net.cache_id}
+        out = {key: res[key] for key in ("fd", "kid", "kid_std", "precision", "recall", "class_acc", "class_confidence",
+                                         "class_histogram") if key in res}
+        if spec.n >= 8:  # the noise of one estimate: the same scores on the two halves of the samples
+            half = spec.n // 2
+            for tag, part in (("a", slice(0, half)), ("b", slice(half, 2 * half))):
+                r = evaluate_samples(images[part], labels[part], net, ref)
+                out.update({f"fd_half_{tag}": r["fd"], f"kid_half_{tag}": r["kid"]})
+        return {**out, "eval_n": spec.n, "eval_sampler": spec.sampler, "eval_steps": spec.steps,
+                "eval_feature": net.cache_id, "eval_reference": f"{cfg.data.dataset}/{cfg.eval_ref_split} ({ref.meta.get('n')})"}
 
     return evaluate
 

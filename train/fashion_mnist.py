@@ -108,9 +108,15 @@ def locate(split: str, root: str | os.PathLike | None = None, download: bool = T
                     f"{INSTALL_HELP}")
 
 
-@functools.lru_cache(maxsize=8)
 def _load(split: str, size: int, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     images_path, labels_path = locate(split, root)
+    stamp = tuple(p.stat().st_mtime_ns for p in (images_path, labels_path))
+    return _read(images_path, labels_path, size, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _read(images_path: Path, labels_path: Path, size: int, stamp: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded and resized once per process (``stamp``: the files' modification times)."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f"{images_path} ({images.shape}) and {labels_path} ({labels.shape}) do not pair up as N images "

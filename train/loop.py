@@ -138,7 +138,8 @@ def check_resume_config(out: Path, cfg: TrainConfig) -> None:
     except (TypeError, ValueError) as e:
         raise UserError(f"{out} holds a run whose config.json this version cannot read ({e}): use a new --out directory") from None
     new = json.loads(json.dumps(cfg.to_dict()))
-    ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "threads", "device", "tensorboard",
+    ignore = {"steps", "log_every", "ckpt_every", "sample_every", "eval_every", "eval_samples", "eval_ref_split", "threads",
+              "device", "tensorboard",
               "lr", "max_grad_norm", "mixed_precision", *LIVE_ALIGN_FIELDS}  # measuring changes no weight
     diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
     if diff:
