@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from train.captions import CAPTIONED
 from train.errors import UserError
 from train.synthetic import (GENERATED, SCENE_CLASSES, SHAPE_CLASSES, DigitsDataset,  # noqa: F401 (re-exported)
                              ScenesDataset, ShapesDataset, render_scenes, render_shapes)
@@ -113,6 +114,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": lambda split, **kw: DigitsDataset(split, **kw),
     "folder": _folder,
     "latents": _latents,
+    **CAPTIONED,  # text-to-image (train.captions): captioned-scenes, captioned-shapes, coco-features
 }
 
 
