@@ -124,3 +124,25 @@ def test_kill_9_then_same_command_gives_identical_weights(tmp_path):
     assert a["step"] == b["step"] == 12
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+def test_sampling_from_prompts_and_bad_prompt_files(tmp_path):
+    """A built-in T2I checkpoint samples from a prompt file with text guidance; an empty file is one line."""
+    from train.sampling_t2i import generate_t2i, read_prompts
+
+    out = tmp_path / "run"
+    assert main_train(TINY + ["--steps", "1", "--out", str(out)]) == 0
+    model = load(out / "checkpoints" / "latest.pt")
+    (tmp_path / "prompts.txt").write_text("a large star with a ring\n\na large circle\n")
+    prompts = read_prompts(tmp_path / "prompts.txt")
+    assert prompts == ["a large star with a ring", "a large circle"]
+    for sampler in ("euler", "sde"):
+        x = generate_t2i(model, prompts, sampler=sampler, steps=2, cfg_scale=4.0)
+        assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+    more = generate_t2i(model, prompts + ["a large cross"], steps=2)  # sample i depends on (seed, i) and its prompt only
+    torch.testing.assert_close(more[:2], generate_t2i(model, prompts, steps=2), rtol=1e-5, atol=1e-5)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(UserError, match="holds no prompt"):
+        read_prompts(tmp_path / "empty.txt")
+    with pytest.raises(UserError, match="does not know"):
+        generate_t2i(model, ["a purple elephant"], steps=1)
