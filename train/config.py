@@ -17,6 +17,7 @@ flavour    prediction                       time input
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from train.config_checks import check_live_alignment, check_numbers, check_objectives, finite
@@ -40,6 +41,17 @@ PATCHES = (2, 4, 8)
 # REPA's alignment depth per size (paper: 4 for B, 8 for L and XL; S and T: a third of the depth).
 DEFAULT_ALIGN_DEPTH = {"T": 2, "S": 4, "B": 4, "L": 8, "XL": 8}
 MODEL_NAMES = tuple(f"{fam}-{size}/{p}" for fam in ("SiT", "DiT") for size in SIZES for p in PATCHES)
+# REPA's text-to-image MMDiT (train.mmdit) is named by its depth d: width 32 d and d heads of width 32,
+# the official models/mmdit.py rule; "MMDiT-d24/2" is the MS-COCO model of the paper.
+MMDIT_NAMES = tuple(f"MMDiT-d{d}/{p}" for d in (2, 4, 6, 12, 24) for p in PATCHES)
+
+
+def size_of(fam: str, size: str) -> tuple[int, int, int]:
+    """(depth, width, heads) of a parsed name: ``SIZES`` for SiT/DiT, ``(d, 32 d, d)`` for MMDiT-d{d}."""
+    if fam == "MMDiT":
+        d = int(size[1:])
+        return d, 32 * d, d
+    return SIZES[size]
 
 
 def parse_name(name: str) -> tuple[str, str, int]:
@@ -49,9 +61,11 @@ def parse_name(name: str) -> tuple[str, str, int]:
         size, patch = rest.split("/")
         if fam in ("SiT", "DiT") and size in SIZES and int(patch) in PATCHES:
             return fam, size, int(patch)
+        if fam == "MMDiT" and re.fullmatch(r"d[1-9][0-9]?", size) and int(patch) in PATCHES:
+            return fam, size, int(patch)
     except ValueError:
         pass
-    raise ValueError(f"unknown model name {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    raise ValueError(f"unknown model name {name!r}: use one of {', '.join(MODEL_NAMES)} or MMDiT-d{{depth}}/{{patch}} (e.g. MMDiT-d24/2)")
 
 
 @dataclass
@@ -100,14 +114,25 @@ class ModelConfig:
     # SRA's projector (train.objectives.SelfAlignmentTerm): Linear(D, P) - SiLU - Linear(P, D) on the
     # student block's tokens; P = sra_projector_dim, 0 = none.  SRA's SimpleHead uses P = 2 D.
     sra_projector_dim: int = 0
+    # MMDiT only (train.mmdit, names MMDiT-d{depth}/{patch}): the caption features' width (768: CLIP
+    # ViT-L/14 text tokens) and token count (77) of the null (empty-caption) context the model keeps,
+    # and the official architecture options (qk_norm is then "rms", "ln" or "" for none).
+    context_dim: int = 0
+    context_len: int = 0
+    mmdit_qk_norm: str = ""
+    rmsnorm: bool = False
+    swiglu: bool = False
+    scale_mod_only: bool = False
+    register_length: int = 0
 
     def __post_init__(self) -> None:
         fam, size, patch = parse_name(self.name)
-        depth, width, heads = SIZES[size]
+        depth, width, heads = size_of(fam, size)
         self.depth = self.depth or depth
         self.hidden_size = self.hidden_size or width
         self.num_heads = self.num_heads or heads
-        self.encoder_depth = self.encoder_depth or min(DEFAULT_ALIGN_DEPTH[size], self.depth)
+        align = DEFAULT_ALIGN_DEPTH.get(size, max(1, self.depth // 3))  # MMDiT: official 8 of 24
+        self.encoder_depth = self.encoder_depth or min(align, self.depth)
         self.z_dims = tuple(int(z) for z in self.z_dims)
         if self.flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {self.flavour!r}: use one of {FLAVOURS}")
@@ -132,6 +157,15 @@ class ModelConfig:
             raise ValueError(f"reg_dim {r!r} is not a non-negative integer: use 0 (no REG) or the target encoder's width")
         if r and self.flavour != "repa":
             raise ValueError(f"reg_dim {r} needs flavour 'repa' (REG predicts REPA-time velocities), not {self.flavour!r}")
+        if fam == "MMDiT":
+            if self.mmdit_qk_norm not in ("", "rms", "ln"):
+                raise ValueError(f"mmdit_qk_norm {self.mmdit_qk_norm!r} is unknown: use '' (none), 'rms' or 'ln'")
+            if self.context_dim < 1 or self.flavour != "repa" or r:
+                raise ValueError(f"{self.name} needs context_dim >= 1 (the caption features' width), flavour 'repa' and reg_dim 0")
+
+    @property
+    def is_mmdit(self) -> bool:
+        return self.name.startswith("MMDiT-")
 
     @property
     def patch_size(self) -> int:
@@ -429,6 +463,19 @@ PRESETS = {
     "SiT-L/2": lambda: _imagenet("SiT-L/2", 8),
     "SiT-XL/2": lambda: _imagenet("SiT-XL/2", 8),
 }
+
+
+def _tiny_t2i() -> TrainConfig:
+    """Text-to-image on the built-in captioned scenes (train.captions): a 4-block, width-64 MMDiT
+    conditioned on 12 caption tokens of width 32, REPA at block 2 against the built-in SSL teacher."""
+    cfg = _tiny()
+    cfg.model = ModelConfig(name="MMDiT-d4/2", input_size=16, in_channels=3, num_classes=8, depth=4, hidden_size=64,
+                            num_heads=2, encoder_depth=2, z_dims=(64,), projector_dim=128, context_dim=32, context_len=12)
+    cfg.data.dataset, cfg.eval_every = "captioned-scenes", 0
+    return cfg
+
+
+PRESETS["tiny-t2i"] = _tiny_t2i
 
 
 def preset(name: str) -> TrainConfig:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from train.captions import CAPTIONED
 from train.errors import UserError
 from train.builtin_datasets import BUILTIN
 from train.fashion_mnist import FashionMNISTDataset  # noqa: F401 (re-exported)
@@ -117,6 +118,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": lambda split, **kw: DigitsDataset(split, **kw),
     "folder": _folder,
     "latents": _latents,
+    **CAPTIONED,  # text-to-image (train.captions): captioned-scenes, captioned-shapes, coco-features
 }
 
 

@@ -39,7 +39,7 @@ from train.config import LIVE_ALIGN_FIELDS, TrainConfig
 from train.errors import UserError
 from train.live_align import LiveAlignment
 from train.losses import denoising_loss, spatial_normalize
-from train.models import DiffusionTransformer
+from train.models import DiffusionTransformer, build_model
 from train.objectives import StepContext, build_terms, forward_inputs, forward_needs
 from train.rundir import lock_run_dir, remove_stale_temporaries
 from train.targets import TargetSource, class_partners  # noqa: F401 (re-exported)
@@ -219,12 +219,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
 
     # --- data, codec, encoders ------------------------------------------------------------------
     data_kw = {"size": cfg.data.image_size}
-    if cfg.data.dataset in ("folder", "latents"):
+    if cfg.data.dataset in ("folder", "latents", "coco-features"):
         data_kw["root"] = cfg.data.root  # data.hflip: the loop flips (below), not the dataset
     elif cfg.data.n_train is not None:
         data_kw["n"] = cfg.data.n_train
     dataset = build_dataset(cfg.data.dataset, "train", **data_kw)
-    validate_dataset(dataset, cfg.data.image_size, cfg.model.num_classes)
+    if cfg.model.is_mmdit or hasattr(dataset, "null_context"):  # text-to-image: captions stand in for labels
+        from train.captions import check_captioned
+        check_captioned(dataset, cfg)
+    else:
+        validate_dataset(dataset, cfg.data.image_size, cfg.model.num_classes)
     in_memory = isinstance(getattr(dataset, "images", None), Tensor)
     if cfg.data.hflip and hasattr(dataset, "moments") and not dataset.has_flips:
         raise UserError(f"data.hflip needs the latents of mirrored images, which the cache {cfg.data.root} lacks: "
@@ -247,11 +251,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
             raise UserError(f"projector widths {cfg.model.z_dims} do not match encoder widths {tuple(e.dim for e in encoders)}: set model.z_dims to the encoders' widths")
 
     # --- model, EMA, optimizer --------------------------------------------------------------------
-    model = DiffusionTransformer(cfg.model)
+    model = build_model(cfg.model)
     torch.manual_seed(cfg.seed)
     model.initialize_weights()  # after the seed: REPA and vanilla twins share the backbone init
+    if cfg.model.is_mmdit:  # the dataset's empty-caption features: the null context of guidance
+        model.null_context.copy_(dataset.null_context)
     model = model.to(device)
-    ema = DiffusionTransformer(cfg.model).to(device).eval().requires_grad_(False)
+    ema = build_model(cfg.model).to(device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
@@ -306,6 +312,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
     show_gen = torch.Generator().manual_seed(cfg.seed + 12345)
     show_noise = torch.randn(n_show, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size, generator=show_gen)
     show_labels = torch.arange(n_show) % min(cfg.model.num_classes, 8)
+    if cfg.model.is_mmdit:  # the first captions' features (N, L, C)
+        show_labels = torch.stack([torch.as_tensor(dataset[j][1]) for j in range(n_show)])
     show_reg = {"cls_noise": torch.randn(n_show, cfg.model.reg_dim, generator=show_gen)} if cfg.model.reg_dim else {}  # REG's token
 
     last_good, at_ckpt = step, True  # the newest checkpoint known to hold finite weights
@@ -378,11 +386,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
         for k in range(cfg.grad_accum):
             sl = slice((k * world + rank) * micro, (k * world + rank + 1) * micro)
             idx = idx_all[sl]
-            if in_memory:
-                images, labels = dataset.images[idx], dataset.labels[idx]
+            if in_memory:  # caption features stand in for the labels of a text-to-image run
+                images, labels = dataset.images[idx], getattr(dataset, "contexts", dataset.labels)[idx]
             else:
                 items = [dataset[int(i)] for i in idx]
-                images, labels = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+                images, labels = torch.stack([a for a, _ in items]), torch.stack([torch.as_tensor(b) for _, b in items])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             flip = flip_all[sl] if flip_all is not None else None
             if flip is not None:

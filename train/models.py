@@ -36,6 +36,15 @@ def build(name: str = "SiT-XL/2", **overrides) -> DiffusionTransformer:
     return DiffusionTransformer(ModelConfig(name=name, **overrides))
 
 
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network a config describes: :class:`train.mmdit.MMDiT` for ``MMDiT-d{depth}/{p}`` names,
+    else :class:`DiffusionTransformer`."""
+    if cfg.is_mmdit:
+        from train.mmdit import MMDiT
+        return MMDiT(cfg)
+    return DiffusionTransformer(cfg)
+
+
 def num_params(model: nn.Module) -> int:
     """All parameters, the frozen position table included (as the published counts do)."""
     return sum(p.numel() for p in model.parameters())
@@ -195,7 +204,7 @@ def infer_config(sd: dict, name: str | None = None, flavour: str = "auto", meta:
 
 
 def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto", weights: str = "ema",
-         device: str | torch.device = "cpu", **overrides) -> DiffusionTransformer:
+         device: str | torch.device = "cpu", null_context=None, **overrides) -> DiffusionTransformer:
     """Load any DiT / SiT / REPA / repa-toolkit checkpoint, or a diffusers ``DiTTransformer2DModel``
     folder (or the pipeline folder holding ``transformer/``; :mod:`train.diffusers_dit`), into a model
     in eval mode.
@@ -207,6 +216,11 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
     carries ``flavour`` and ``time_convention``; :func:`predict` converts REPA time for it, and
     ``train_config``: the run's TrainConfig as a dict for this toolkit's checkpoints, else None (the
     probes read the target normalisation the run trained with from it).
+
+    Text-to-image MMDiTs (:mod:`train.mmdit`; REPA's official ``train_t2i.py`` checkpoints and this
+    toolkit's) are told by their ``joint_blocks``; every official tensor must fit (strict), and
+    ``null_context`` (a tensor or an ``.npy`` path: the feature folder's ``empty_context.npy``) gives
+    the empty-caption features that official files do not hold (needed for guidance and null probes).
     """
     from train.checkpoints import read_checkpoint
     from train.diffusers_dit import diffusers_dit_dir, read_diffusers_dit
@@ -224,7 +238,22 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
         return model.to(device).eval()
     obj = read_checkpoint(path)
     sd, meta = _unwrap(obj, weights)
-    if "model_config" in meta:
+    from train.mmdit import is_mmdit_state, read_null_context
+    mmdit = is_mmdit_state(sd)
+    if null_context is not None:
+        if not mmdit:
+            raise UserError(f"null_context= is for text-to-image MMDiT checkpoints; {path} holds a class-conditional model: drop it")
+        null_context = read_null_context(null_context)
+        if "null_context" not in sd or sd["null_context"].shape[0] == 0:
+            sd = {**sd, "null_context": null_context}
+            if "model_config" in meta:
+                meta["model_config"] = {**meta["model_config"], "context_len": int(null_context.shape[0])}
+    if mmdit and "null_context" not in sd:  # the official layout: everything but the toolkit's null context
+        sd = {**sd, "null_context": torch.zeros(0, sd["context_embedder.weight"].shape[1])}
+    if mmdit and "model_config" not in meta:
+        from train.mmdit import infer_mmdit_config
+        cfg = infer_mmdit_config(sd, name, meta, **overrides)
+    elif "model_config" in meta:
         cfg = ModelConfig.from_dict({**meta["model_config"], **overrides})
         if name and name != cfg.name:
             raise UserError(f"checkpoint holds a {cfg.name} model but name={name!r}: pass name={cfg.name!r} or omit it")
@@ -232,7 +261,7 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
         cfg = infer_config(sd, name, flavour, meta, filename=str(path), **overrides)
     if flavour not in ("auto", cfg.flavour):
         cfg.flavour = flavour
-    model = DiffusionTransformer(cfg)
+    model = build_model(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint does not fit {cfg.name}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}: pass the matching name/flavour or a checkpoint of this model")
@@ -248,7 +277,10 @@ def load(path: str | os.PathLike, name: str | None = None, flavour: str = "auto"
 # ----------------------------------------------------------------------------------------------
 
 def null_labels(model: DiffusionTransformer, n: int, device=None) -> Tensor:
-    """The null-class labels (id ``num_classes``) the paper's analysis feeds."""
+    """The null-class labels (id ``num_classes``) the paper's analysis feeds; an MMDiT's null
+    (empty-caption) context (n, L, C)."""
+    if hasattr(model, "null_contexts"):
+        return model.null_contexts(n, device)
     if not model.cfg.null_class:
         raise UserError(f"{model.cfg.name} has no null-class row (trained without label dropout): pass real labels")
     return torch.full((n,), model.num_classes, dtype=torch.long, device=device)
