@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo extended controls compare test bench install clean teachers
+.PHONY: demo extended controls compare test bench install clean teachers data
 
 # pip byte-compiles what it installs one file at a time (about 75 s on 2 cores); compileall on all
 # cores does the same in about 40 s. Like pip, it goes on past files it cannot compile (a few of
@@ -24,10 +24,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# the default's data: found, or Debian's package installed (as root), or torchvision's download; says which
+data: $(STAMP)
+	$(PY) -m train.get_data
+
+demo: $(STAMP) data
 	$(PY) -m probe.demo $(DEMO_ARGS)
 
-extended: $(STAMP)
+extended: $(STAMP) data
 	$(PY) -m probe.demo --steps 2000 --set eval_every=250 --out runs/extended --figures figures/extended $(DEMO_ARGS)
 
 # the shipped Fashion-MNIST teachers and evaluator (train/weights/): about an hour of one core each,

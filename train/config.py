@@ -455,27 +455,25 @@ def _tiny_shapes() -> TrainConfig:
     return _cpu_run("SiT-T/4", 32, 10, "shapes", "builtin-teacher", eval_samples=128)
 
 
-PRESETS = {
-    "tiny": _tiny,
-    "tiny-scenes": _tiny_scenes,
-    "tiny-shapes": _tiny_shapes,
-    "SiT-B/2": lambda: _imagenet("SiT-B/2", 4),
-    "SiT-L/2": lambda: _imagenet("SiT-L/2", 8),
-    "SiT-XL/2": lambda: _imagenet("SiT-XL/2", 8),
-}
-
-
 def _tiny_t2i() -> TrainConfig:
     """Text-to-image on the built-in captioned scenes (train.captions): a 4-block, width-64 MMDiT
     conditioned on 12 caption tokens of width 32, REPA at block 2 against the built-in SSL teacher."""
-    cfg = _tiny()
+    cfg = _tiny_scenes()
     cfg.model = ModelConfig(name="MMDiT-d4/2", input_size=16, in_channels=3, num_classes=8, depth=4, hidden_size=64,
                             num_heads=2, encoder_depth=2, z_dims=(64,), projector_dim=128, context_dim=32, context_len=12)
     cfg.data.dataset, cfg.eval_every = "captioned-scenes", 0
     return cfg
 
 
-PRESETS["tiny-t2i"] = _tiny_t2i
+PRESETS = {
+    "tiny": _tiny,
+    "tiny-scenes": _tiny_scenes,
+    "tiny-shapes": _tiny_shapes,
+    "tiny-t2i": _tiny_t2i,
+    "SiT-B/2": lambda: _imagenet("SiT-B/2", 4),
+    "SiT-L/2": lambda: _imagenet("SiT-L/2", 8),
+    "SiT-XL/2": lambda: _imagenet("SiT-XL/2", 8),
+}
 
 
 def preset(name: str) -> TrainConfig:
