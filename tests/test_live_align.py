@@ -12,7 +12,7 @@ from train.cli import as_vanilla, main_train
 from train.config import TrainConfig
 from train.live_align import LiveAlignment
 from train.loop import train
-from tests.test_train import micro
+from test_train import micro
 
 pytestmark = pytest.mark.filterwarnings("ignore:linear probes get only")
 
