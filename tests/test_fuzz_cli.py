@@ -220,7 +220,7 @@ def _scalar(hint):
 
 def field_bad_values(name: str, hint, tmp: Path) -> dict[str, str]:
     base, is_list = _scalar(hint)
-    rule = RULES.get(name)
+    rule = rules.FIELD_RULES.get(name)
     wrap = (lambda v: f"[{v}]") if is_list else (lambda v: v)  # noqa: E731
     if base in (int, float):
         assert rule is not None and rule.kind in NUMERIC, f"numeric field {name} has no rule in train.rules.RULES"
@@ -264,7 +264,7 @@ def test_every_config_field_refuses_nonsense_in_one_line(tmp_path, capsys):
                 why = "wrote files"
             if why:
                 failures.append(f"--set {name}={value} ({what}): {why}")
-        rule = RULES.get(name)
+        rule = rules.FIELD_RULES.get(name)
         if rule is not None and rule.kind in NUMERIC and rule.lo == 0 and rule.lo_ok:
             assert rule.zero, f"{name}: its rule admits 0 without saying what 0 means"
             zero = "[0, 0]" if name == "betas" else "[0]" if _scalar(hint)[1] else "0"

@@ -379,8 +379,8 @@ def test_cli_sweep_end_to_end(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("bad, message", [
     (["--checkpoint", "missing.pt"], "does not exist"),
     (["--encoders", "no-such-encoder"], "unknown encoder"),
-    (["--t", "0", "1.5"], "must lie in [0, 1]"),
-    (["--t", "abc"], "invalid float"),
+    (["--t", "0", "1.5"], "'1.5' is not a finite number in [0, 1]"),
+    (["--t", "abc"], "argument --t: 'abc' is not a finite number"),
     (["--layers", "1", "9"], "must lie in 0..3"),
 ])
 def test_cli_bad_input_one_line_exit_2(run_dir, tmp_path, capsys, bad, message):

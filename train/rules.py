@@ -319,7 +319,7 @@ def field_problem(cls, key: str, value: Any, prefix: str = "") -> tuple[Any, str
     single value for a list field becomes a one-element list (``--set encoders=NAME``)."""
     hint = hints(cls)[key]
     name = prefix + key
-    rule = RULES.get(name)
+    rule = FIELD_RULES.get(name)
     if typing.get_origin(hint) is tuple and Ellipsis in typing.get_args(hint) and not isinstance(value, (list, tuple)):
         if _typed(typing.get_args(hint)[0], value):
             value = [value]
@@ -330,7 +330,7 @@ def field_problem(cls, key: str, value: Any, prefix: str = "") -> tuple[Any, str
         return value, None
     items = value if isinstance(value, (list, tuple)) else [value]
     for v in items:
-        problem = number_problem(rule, v) if rule.kind in NUMERIC else path_problem(rule, v) if isinstance(v, str) else None
+        problem = number_problem(rule, v) if rule.kind in NUMERIC else parse_text(rule, v)[1] if isinstance(v, str) else None
         if problem:
             return value, f"{name} {value!r} {problem}"
     return value, None
