@@ -142,9 +142,8 @@ METRICS = (*ALIGNMENT, "linear_probe", *TOKEN_METRICS)  # the token-level ones a
 COLUMNS = ["run", "checkpoint", "step", "flavour", "model", "weights", "layer", "t", "model_t", "metric", "target",
            "value", "is_reference", "pooling", "preprocessing", "k", "cknna_mode", "seed", "n_images", "n_train",
            "label", "dataset", "codec", "probe_method", "code_version"]
-
-# the columns repa-probe plot draws from (load_table refuses a table without them)
-TABLE_COLUMNS = ["run", "step", "layer", "t", "metric", "target", "value", "is_reference"]
+WRITES_TABLES = ("write one with repa-probe sweep --checkpoint CKPT --out DIR (DIR/layer_sweep.parquet), "
+                 "repa-probe progress --run RUN --out DIR or repa-probe compare --run RUN --out DIR")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,17 +488,10 @@ def load_table(path: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"table {path} does not exist: pass a .parquet or .csv written by repa-probe")
     if path.suffix not in (".parquet", ".csv"):
         raise UserError(f"table {path} is not .parquet or .csv: pass a table written by repa-probe")
-    writes = ("write one with repa-probe sweep --checkpoint CKPT --out DIR (DIR/layer_sweep.parquet), "
-              "repa-probe progress --run RUN --out DIR or repa-probe compare --run RUN --out DIR")
     try:
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False, na_values=[""])
     except Exception as e:  # noqa: BLE001 - whatever the reader says, the file is not a table: one line
-        raise UserError(f"table {path} is not a readable {path.suffix[1:]} table ({type(e).__name__}): {writes}") from None
-    missing = [c for c in TABLE_COLUMNS if c not in df.columns]
-    if missing:
-        raise UserError(f"table {path} lacks the column(s) {', '.join(missing)} of a repa-probe table: {writes}")
-    if not (~df["is_reference"].astype(str).str.lower().isin(("true", "1"))).any():
-        raise UserError(f"table {path} holds no measured rows (only reference rows or none): {writes}")
+        raise UserError(f"table {path} is not a readable {path.suffix[1:]} table ({type(e).__name__}): {WRITES_TABLES}") from None
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         df.attrs["probe"] = json.loads(sidecar.read_text())

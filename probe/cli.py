@@ -178,7 +178,8 @@ def _config(args: argparse.Namespace) -> ProbeConfig:
 def _run(args: argparse.Namespace) -> list[Path]:
     """Run the subcommand; returns the paths it wrote."""
     if args.command == "plot":
-        return plots.plot_all(analyses.load_table(args.table), args.out or args.table.parent / "figures", args.plot_layers)
+        table = plots.check_table(analyses.load_table(args.table), args.table)
+        return plots.plot_all(table, args.out or args.table.parent / "figures", args.plot_layers)
     if args.command == "pca":
         return _pca(args)
     if args.command == "patch-align":

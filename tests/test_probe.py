@@ -317,14 +317,15 @@ def test_token_level_settings_fail_early(run_dir):
         compare({"fine": tiny(), "coarse": coarse}, "shapes", **{**FAST, "n_train": 0, "metrics": ("rmsc",)})
 
 
-def test_cli_accepts_token_level_metrics():
+def test_cli_accepts_token_level_metrics(tmp_path):
     from probe.cli import _config, build_parser
 
-    args = build_parser().parse_args(["sweep", "--checkpoint", "x.pt", "--metrics", "cknna", "cknna_token", "lds", "cds", "rmsc",
+    (tmp_path / "x.pt").write_bytes(b"x")  # checkpoint paths must exist where they are parsed
+    args = build_parser().parse_args(["sweep", "--checkpoint", str(tmp_path / "x.pt"), "--metrics", "cknna", "cknna_token", "lds", "cds", "rmsc",
                                       "--token-samples", "500", "--r-near", "2", "--r-far", "5"])
     cfg = _config(args)
     assert cfg.metrics == ("cknna", "cknna_token", "lds", "cds", "rmsc") and (cfg.token_samples, cfg.r_near, cfg.r_far) == (500, 2, 5)
-    assert _config(build_parser().parse_args(["sweep", "--checkpoint", "x.pt"])).r_far is None
+    assert _config(build_parser().parse_args(["sweep", "--checkpoint", str(tmp_path / "x.pt")])).r_far is None
 
 
 def synthetic_table():
