@@ -115,7 +115,7 @@ def read_config_file(path: Path) -> TrainConfig:
     d = d.get("config", d) if isinstance(d, dict) else d
     if not isinstance(d, dict):
         raise UserError(f"config file {path} does not hold a JSON object of config fields: pass a config such as a run's config.json")
-    bad = unknown_fields(d) if isinstance(d, dict) else []
+    bad = unknown_fields(d)
     if bad:
         name, close = bad[0]
         hint = f"did you mean {'.'.join(name.split('.')[:-1] + close)!r}?" if close else "see repa-train --dry-run for the fields"
