@@ -143,6 +143,8 @@ METRICS = (*ALIGNMENT, "linear_probe", *TOKEN_METRICS)  # the token-level ones a
 COLUMNS = ["run", "checkpoint", "step", "flavour", "model", "weights", "layer", "t", "model_t", "metric", "target",
            "value", "is_reference", "pooling", "preprocessing", "k", "cknna_mode", "seed", "n_images", "n_train",
            "label", "dataset", "codec", "probe_method", "code_version"]
+WRITES_TABLES = ("write one with repa-probe sweep --checkpoint CKPT --out DIR (DIR/layer_sweep.parquet), "
+                 "repa-probe progress --run RUN --out DIR or repa-probe compare --run RUN --out DIR")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,7 +493,10 @@ def load_table(path: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"table {path} does not exist: pass a .parquet or .csv written by repa-probe")
     if path.suffix not in (".parquet", ".csv"):
         raise UserError(f"table {path} is not .parquet or .csv: pass a table written by repa-probe")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False, na_values=[""])
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except Exception as e:  # noqa: BLE001 - whatever the reader says, the file is not a table: one line
+        raise UserError(f"table {path} is not a readable {path.suffix[1:]} table ({type(e).__name__}): {WRITES_TABLES}") from None
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         df.attrs["probe"] = json.loads(sidecar.read_text())

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 import pandas as pd
 
@@ -28,14 +28,10 @@ from probe.analyses import METRICS, ProbeConfig
 from probe.extract import DEFAULT_TS, LABELS, POOLINGS
 from probe.linear import METHODS
 from train.errors import UserError
+from train.rules import Parser, option
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit 2, like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message}: see {self.prog} --help", file=sys.stderr)
-        raise SystemExit(2)
+_Parser = Parser  # argparse whose usage errors are one line and exit 2 (train.rules)
 
 
 def _layers(values: list[str]) -> str | list[int]:
@@ -44,7 +40,7 @@ def _layers(values: list[str]) -> str | list[int]:
     try:
         return [int(v) for v in values]
     except ValueError:
-        raise UserError(f"--layers {' '.join(values)} is not valid: pass 'all' or layer numbers, e.g. --layers 2 4 6") from None
+        raise UserError(f"--layers {' '.join(map(str, values))} is not valid: pass 'all' or layer numbers, e.g. --layers 2 4 6") from None
 
 
 def _named(pairs: list[str]) -> dict[str, Path]:
@@ -58,110 +54,110 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     g = common.add_argument_group("images")
     g.add_argument("--dataset", default=d.dataset, help="fashion-mnist, scenes, shapes, digits or folder (default: the checkpoint's own)")
-    g.add_argument("--data-root", help="image folder root for --dataset folder")
-    g.add_argument("--image-size", type=int, help="default: the model's input size x the codec's downsampling")
+    g.add_argument("--data-root", type=option("image_root", str), help="image folder root for --dataset folder")
+    g.add_argument("--image-size", type=option("image_size"), help="default: the model's input size x the codec's downsampling")
     g.add_argument("--split", default=d.split, help="evaluation split (default: %(default)s)")
     g.add_argument("--train-split", default=d.train_split, help="linear-probe training split (default: %(default)s)")
-    g.add_argument("--n-images", type=int, default=d.n_images, help="evaluation images (default: %(default)s)")
-    g.add_argument("--n-train", type=int, default=d.n_train, help="linear-probe training images; 0 skips probes (default: %(default)s)")
+    g.add_argument("--n-images", type=option("n_images"), default=d.n_images, help="evaluation images (default: %(default)s)")
+    g.add_argument("--n-train", type=option("n_train"), default=d.n_train, help="linear-probe training images; 0 skips probes (default: %(default)s)")
     g.add_argument("--codec", default=d.codec, help="identity, grey or sd-vae (default: the checkpoint's own)")
     g = common.add_argument_group("targets")
     g.add_argument("--encoders", nargs="+", default=None, help="target encoders (default: the checkpoint's own)")
-    g.add_argument("--encoder-weights", nargs="+", default=[], help="one local weights path per encoder ('' for the default)")
+    g.add_argument("--encoder-weights", nargs="+", type=option("encoder_weights", str), default=[], help="one local weights path per encoder ('' for the default)")
     g.add_argument("--random-init-encoder", action="store_true", help="random encoder weights (offline demos)")
     g = common.add_argument_group("measurement")
-    g.add_argument("--t", nargs="+", type=float, default=list(DEFAULT_TS), help="noise levels in REPA time, 0 = clean (default: 0 0.25 0.5)")
-    g.add_argument("--layers", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers")
+    g.add_argument("--t", nargs="+", type=option("t"), default=list(DEFAULT_TS), help="noise levels in REPA time, 0 = clean (default: 0 0.25 0.5)")
+    g.add_argument("--layers", nargs="+", type=option("layers"), default=["all"], help="'all' (0..depth) or layer numbers")
     g.add_argument("--metrics", nargs="+", default=list(d.metrics), choices=METRICS,
                    help="default: %(default)s; opt-in: cknna_token (patch tokens as samples), lds, cds, rmsc (iREPA's spatial metrics)")
-    g.add_argument("--token-samples", type=int, default=d.token_samples, help="(image, token) pairs for cknna_token (default: %(default)s)")
-    g.add_argument("--r-near", type=int, default=d.r_near, help="lds: near pairs at Manhattan distance 1..R (default: %(default)s)")
-    g.add_argument("--r-far", type=int, default=d.r_far, help="lds: far pairs at distance >= R (default: iREPA's 6 on 16x16, scaled to the grid)")
-    g.add_argument("--k", type=int, default=d.k, help="neighbours for CKNNA / mutual k-NN (default: %(default)s)")
+    g.add_argument("--token-samples", type=option("token_samples"), default=d.token_samples, help="(image, token) pairs for cknna_token (default: %(default)s)")
+    g.add_argument("--r-near", type=option("r_near"), default=d.r_near, help="lds: near pairs at Manhattan distance 1..R (default: %(default)s)")
+    g.add_argument("--r-far", type=option("r_far"), default=d.r_far, help="lds: far pairs at distance >= R (default: iREPA's 6 on 16x16, scaled to the grid)")
+    g.add_argument("--k", type=option("k"), default=d.k, help="neighbours for CKNNA / mutual k-NN (default: %(default)s)")
     g.add_argument("--cknna-mode", default=d.cknna_mode, choices=["reference", "exact"])
-    g.add_argument("--q", type=float, default=d.q, help="outlier clipping quantile; 1 disables (default: %(default)s)")
+    g.add_argument("--q", type=option("q"), default=d.q, help="outlier clipping quantile; 1 disables (default: %(default)s)")
     g.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation before the metrics")
     g.add_argument("--pooling", default=d.pooling, choices=POOLINGS)
     g.add_argument("--label", default=d.label, choices=LABELS, help="class label fed to the model (default: null)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=option("seed"), default=d.seed)
     g.add_argument("--weights", default=d.weights, choices=["ema", "model"], help="which weights of training checkpoints")
     g.add_argument("--probe-method", default=d.probe_method, choices=METHODS)
-    g.add_argument("--probe-epochs", type=int, default=d.probe_epochs)
-    g.add_argument("--probe-batch-size", type=int, default=d.probe_batch_size)
-    g.add_argument("--probe-lr", type=float, default=d.probe_lr)
+    g.add_argument("--probe-epochs", type=option("probe_epochs"), default=d.probe_epochs)
+    g.add_argument("--probe-batch-size", type=option("batch_size"), default=d.probe_batch_size)
+    g.add_argument("--probe-lr", type=option("probe_lr"), default=d.probe_lr)
     g = common.add_argument_group("running")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--device", default=d.device)
-    g.add_argument("--out", type=Path, default=Path("probe-out"), help="output directory (default: %(default)s)")
-    g.add_argument("--store", type=Path, help="feature store (default: OUT/store)")
+    g.add_argument("--batch-size", type=option("batch_size"), default=d.batch_size)
+    g.add_argument("--device", type=option("device"), default=d.device)
+    g.add_argument("--out", type=option("out"), default=Path("probe-out"), help="output directory (default: %(default)s)")
+    g.add_argument("--store", type=option("out"), help="feature store (default: OUT/store)")
     g.add_argument("--no-plot", action="store_true")
     g.add_argument("--no-progress", action="store_true")
 
     ap = _Parser(prog="repa-probe", description="Probe every layer x noise level of diffusion transformers against vision encoders.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sweep", parents=[common], help="one checkpoint, every layer x t (Fig. 2a/2b)")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=option("checkpoint"), required=True)
     p = sub.add_parser("progress", parents=[common], help="a checkpoint series (Fig. 2c)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", type=Path, help="a repa-train run directory (its checkpoints/step_*.pt)")
-    src.add_argument("--checkpoints", nargs="+", type=Path)
-    p.add_argument("--plot-layers", nargs="+", type=int, default=[], help="layers drawn besides the max over layers")
+    src.add_argument("--run", type=option("run_dir"), help="a repa-train run directory (its checkpoints/step_*.pt)")
+    src.add_argument("--checkpoints", nargs="+", type=option("checkpoint"))
+    p.add_argument("--plot-layers", nargs="+", type=option("probe_layers"), default=[], help="layers drawn besides the max over layers")
     p = sub.add_parser("compare", parents=[common], help="named checkpoints side by side, e.g. REPA vs vanilla (Fig. 3)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", type=Path, help="a repa-train --side-by-side directory")
-    src.add_argument("--checkpoints", nargs="+", help="NAME=PATH pairs")
+    src.add_argument("--run", type=option("run_dir"), help="a repa-train --side-by-side directory")
+    src.add_argument("--checkpoints", nargs="+", type=option("named_checkpoint", str), help="NAME=PATH pairs")
     p = sub.add_parser("plot", help="figures from a saved table")
-    p.add_argument("--table", type=Path, required=True, help="a .parquet or .csv written by repa-probe")
-    p.add_argument("--out", type=Path, help="figure directory (default: beside the table, figures/)")
-    p.add_argument("--plot-layers", nargs="+", type=int, default=[], help="layers drawn in progress curves")
+    p.add_argument("--table", type=option("table"), required=True, help="a .parquet or .csv written by repa-probe")
+    p.add_argument("--out", type=option("out"), help="figure directory (default: beside the table, figures/)")
+    p.add_argument("--plot-layers", nargs="+", type=option("probe_layers"), default=[], help="layers drawn in progress curves")
     # options of the three picture commands (pca, patch-align, similarity): images, model weights, output
-    pics = argparse.ArgumentParser(add_help=False)
-    pics.add_argument("--out", type=Path, default=Path("probe-out"), help="output directory (default: %(default)s)")
+    pics = Parser(add_help=False)
+    pics.add_argument("--out", type=option("out"), default=Path("probe-out"), help="output directory (default: %(default)s)")
     pics.add_argument("--dataset", default=None, help="fashion-mnist, scenes, shapes, digits or folder (default: the checkpoint's own)")
-    pics.add_argument("--data-root", help="image folder root for --dataset folder")
+    pics.add_argument("--data-root", type=option("image_root", str), help="image folder root for --dataset folder")
     pics.add_argument("--split", default=d.split, help="(default: %(default)s)")
     pics.add_argument("--label", default=d.label, choices=LABELS)
-    pics.add_argument("--seed", type=int, default=d.seed)
+    pics.add_argument("--seed", type=option("seed"), default=d.seed)
     pics.add_argument("--weights", default=d.weights, choices=["ema", "model"])
     pics.add_argument("--codec", default=d.codec)
-    pics.add_argument("--batch-size", type=int, default=d.batch_size)
-    pics.add_argument("--device", default=d.device)
+    pics.add_argument("--batch-size", type=option("batch_size"), default=d.batch_size)
+    pics.add_argument("--device", type=option("device"), default=d.device)
     pics.add_argument("--no-plot", action="store_true")
     p = sub.add_parser("pca", parents=[pics], help="token PCA maps: the first three principal components of patch tokens as RGB")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--n-images", type=int, default=8, help="images shown (default: %(default)s)")
-    p.add_argument("--n-fit", type=int, default=64, help="images the PCA is fitted on (default: %(default)s)")
-    p.add_argument("--layers", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers")
-    p.add_argument("--t", nargs="+", type=float, default=[0.0], help="noise levels in REPA time (default: 0)")
+    p.add_argument("--checkpoint", type=option("checkpoint"), required=True)
+    p.add_argument("--n-images", type=option("n_images"), default=8, help="images shown (default: %(default)s)")
+    p.add_argument("--n-fit", type=option("n_fit"), default=64, help="images the PCA is fitted on (default: %(default)s)")
+    p.add_argument("--layers", nargs="+", type=option("layers"), default=["all"], help="'all' (0..depth) or layer numbers")
+    p.add_argument("--t", nargs="+", type=option("t"), default=[0.0], help="noise levels in REPA time (default: 0)")
     p.add_argument("--encoders", nargs="*", default=[], help="target encoders whose token maps are shown too")
-    p.add_argument("--encoder-weights", nargs="+", default=[], help="one local weights path per encoder ('' for the default)")
+    p.add_argument("--encoder-weights", nargs="+", type=option("encoder_weights", str), default=[], help="one local weights path per encoder ('' for the default)")
     p.add_argument("--random-init-encoder", action="store_true", help="random encoder weights (offline demos)")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("patch-align", parents=[pics],
                        help="per-patch alignment maps: projector and/or ridge predictions vs the teacher's tokens")
-    p.add_argument("checkpoints", nargs="+", help="checkpoint paths or NAME=PATH pairs (drawn side by side)")
+    p.add_argument("checkpoints", nargs="+", type=option("named_checkpoint", str), help="checkpoint paths or NAME=PATH pairs (drawn side by side)")
     p.add_argument("--methods", nargs="+", default=["projector", "ridge"], choices=["projector", "ridge"],
                    help="projector: the REPA projector (skipped for vanilla); ridge: a ridge map fitted on held-out images")
-    p.add_argument("--layers", nargs="+", type=int, help="ridge layers (default: the aligned depth)")
-    p.add_argument("--t", nargs="+", type=float, default=[0.0], help="noise levels in REPA time (default: 0)")
+    p.add_argument("--layers", nargs="+", type=option("probe_layers"), help="ridge layers (default: the aligned depth)")
+    p.add_argument("--t", nargs="+", type=option("t"), default=[0.0], help="noise levels in REPA time (default: 0)")
     p.add_argument("--encoder", help="the teacher (default: the run's own; required for vanilla runs)")
     p.add_argument("--train-split", default=d.train_split, help="split the ridge map is fitted on (default: %(default)s)")
-    p.add_argument("--n-fit", type=int, default=64, help="training-split images the ridge map is fitted on (default: %(default)s)")
-    p.add_argument("--ridge", type=float, default=1e-2, help="ridge penalty relative to the mean token variance (default: %(default)s)")
-    p.add_argument("--n-images", type=int, default=8, help="images shown (default: %(default)s)")
+    p.add_argument("--n-fit", type=option("n_fit"), default=64, help="training-split images the ridge map is fitted on (default: %(default)s)")
+    p.add_argument("--ridge", type=option("ridge"), default=1e-2, help="ridge penalty relative to the mean token variance (default: %(default)s)")
+    p.add_argument("--n-images", type=option("n_images"), default=8, help="images shown (default: %(default)s)")
     p.add_argument("--random-init-encoder", action="store_true", help="random encoder weights (offline demos)")
-    p.add_argument("--encoder-weights", nargs="+", default=[], help="a local weights path for the teacher")
+    p.add_argument("--encoder-weights", nargs="+", type=option("encoder_weights", str), default=[], help="a local weights path for the teacher")
     sim = sub.add_parser("similarity", parents=[pics], help="every layer of CKPT_A against every layer of CKPT_B (CKA, CKNNA)")
-    sim.add_argument("checkpoint_a", type=Path, metavar="CKPT_A")
-    sim.add_argument("checkpoint_b", type=Path, metavar="CKPT_B", help="the same path as CKPT_A for a self-similarity map")
-    sim.add_argument("--layers-a", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers of CKPT_A")
-    sim.add_argument("--layers-b", nargs="+", default=["all"], help="'all' (0..depth) or layer numbers of CKPT_B")
-    sim.add_argument("--t", nargs="+", type=float, default=[0.0], help="noise levels in REPA time (default: 0)")
+    sim.add_argument("checkpoint_a", type=option("checkpoint"), metavar="CKPT_A")
+    sim.add_argument("checkpoint_b", type=option("checkpoint"), metavar="CKPT_B", help="the same path as CKPT_A for a self-similarity map")
+    sim.add_argument("--layers-a", nargs="+", type=option("layers"), default=["all"], help="'all' (0..depth) or layer numbers of CKPT_A")
+    sim.add_argument("--layers-b", nargs="+", type=option("layers"), default=["all"], help="'all' (0..depth) or layer numbers of CKPT_B")
+    sim.add_argument("--t", nargs="+", type=option("t"), default=[0.0], help="noise levels in REPA time (default: 0)")
     sim.add_argument("--metrics", nargs="+", default=["cka", "cknna"], choices=["cka", "cknna", "mutual_knn"])
     sim.add_argument("--pooling", default="mean", choices=POOLINGS)
-    sim.add_argument("--n-images", type=int, default=500, help="images (default: %(default)s)")
-    sim.add_argument("--k", type=int, default=d.k, help="neighbours for CKNNA / mutual k-NN (default: %(default)s)")
-    sim.add_argument("--store", type=Path, help="feature store (default: OUT/store)")
+    sim.add_argument("--n-images", type=option("n_images"), default=500, help="images (default: %(default)s)")
+    sim.add_argument("--k", type=option("k"), default=d.k, help="neighbours for CKNNA / mutual k-NN (default: %(default)s)")
+    sim.add_argument("--store", type=option("out"), help="feature store (default: OUT/store)")
     return ap
 
 
@@ -182,7 +178,8 @@ def _config(args: argparse.Namespace) -> ProbeConfig:
 def _run(args: argparse.Namespace) -> list[Path]:
     """Run the subcommand; returns the paths it wrote."""
     if args.command == "plot":
-        return plots.plot_all(analyses.load_table(args.table), args.out or args.table.parent / "figures", args.plot_layers)
+        table = plots.check_table(analyses.load_table(args.table), args.table)
+        return plots.plot_all(table, args.out or args.table.parent / "figures", args.plot_layers)
     if args.command == "pca":
         return _pca(args)
     if args.command == "patch-align":

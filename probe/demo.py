@@ -54,6 +54,7 @@ import pandas as pd
 from probe.summary import live_rows, results_markdown
 from train.config import TrainConfig, override, preset
 from train.errors import UserError
+from train.rules import Parser, option
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ("repa", "vanilla")
@@ -69,11 +70,11 @@ def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> 
     on one thread (each task of the graph gets one core), with live alignment every :data:`LIVE_EVERY` steps."""
     cfg = dataclasses.replace(preset("tiny"), seed=seed, threads=1, align_every=LIVE_EVERY)
     try:
-        cfg = override(cfg, ([f"steps={steps}"] if steps is not None else []) + list(sets or []))
+        cfg = override(cfg, ([f"steps={steps}"] if steps is not None else []) + list(sets or []), strict=True)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"bad --set override: {e}") from None
     if errs := cfg.check():
-        raise UserError("; ".join(errs))
+        raise UserError(errs[0])
     return cfg
 
 
@@ -413,18 +414,18 @@ def draw(tables: Path, out: Path, align_depth: int, samples: dict[str, str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m probe.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
-    ap.add_argument("--figures", type=Path, default=ROOT / "figures")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, help="training steps per run (default: the tiny preset's)")
+    ap = Parser(prog="python -m probe.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=option("out"), default=ROOT / "runs" / "demo")
+    ap.add_argument("--figures", type=option("out"), default=ROOT / "figures")
+    ap.add_argument("--seeds", type=option("seed"), nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=option("steps"), help="training steps per run (default: the tiny preset's)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="override training fields, e.g. model.class_dropout_prob=1.0 (as repa-train --set)")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    ap.add_argument("--jobs", type=int, default=min(cores, 8),
+    ap.add_argument("--jobs", type=option("jobs"), default=min(cores, 8),
                     help="worker processes, one thread each (default: the CPU cores, at most 8)")
-    ap.add_argument("--n-images", type=int, default=500, help="evaluation images probed per checkpoint")
-    ap.add_argument("--n-train", type=int, default=500, help="images the linear probes are fitted on")
+    ap.add_argument("--n-images", type=option("n_images"), default=500, help="evaluation images probed per checkpoint")
+    ap.add_argument("--n-train", type=option("n_train"), default=500, help="images the linear probes are fitted on")
     ap.add_argument("--metrics", nargs="+", default=list(DEMO_METRICS),
                     help=f"probe metrics (default: {' '.join(DEMO_METRICS)}; also cds rmsc)")
     ap.add_argument("--figures-only", action="store_true", help="redraw the figures from the saved (or committed) tables")

@@ -155,6 +155,23 @@ def metric_figures(df: pd.DataFrame, out: str | os.PathLike, metric: str, layers
     return paths
 
 
+# the columns the figures are drawn from (plot_all refuses a table without them, or without measured rows)
+TABLE_COLUMNS = ["run", "step", "layer", "t", "metric", "target", "value", "is_reference"]
+
+
+def check_table(df: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
+    """``df`` if it holds :data:`TABLE_COLUMNS` and measured rows, else a one-line UserError naming
+    what is missing and the commands that write a proper table."""
+    from probe.analyses import WRITES_TABLES
+
+    missing = [c for c in TABLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"table {path} lacks the column(s) {', '.join(missing)} of a repa-probe table: {WRITES_TABLES}")
+    if not (~df["is_reference"].astype(str).str.lower().isin(("true", "1"))).any():
+        raise UserError(f"table {path} holds no measured rows (only reference rows or none): {WRITES_TABLES}")
+    return df
+
+
 def plot_all(df: pd.DataFrame, out: str | os.PathLike, layers: Sequence[int] = ()) -> list[Path]:
     """:func:`metric_figures` for every metric of the table."""
     measured = df[~df["is_reference"].astype(bool)]

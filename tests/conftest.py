@@ -54,6 +54,15 @@ def random_sit(size: int, depth: int, seed: int = 0):
     return m.eval()
 
 
+def exit_code(main, argv) -> int:
+    """The exit status of a command-line ``main(argv)``: returned, or raised as SystemExit by an option
+    its rule refuses where argparse parses it (train.rules)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def save_ckpt(model, path, step):
     """``model`` as a toolkit checkpoint at ``path`` (its weights as both training and EMA weights)."""
     import torch

@@ -192,8 +192,8 @@ def test_a_flat_conv_checkpoint_loads_with_its_kernel(tmp_path):
     ("target_norm_gamma=NaN", "target_norm_gamma nan is not a finite number"),
     ("target_norm_gamma=Infinity", "target_norm_gamma inf is not a finite number"),
     ("target_norm_gamma=\"x\"", "target_norm_gamma 'x' is not a finite number"),
-    ("target_norm_eps=0", "target_norm_eps 0 is not a positive finite number"),
-    ("target_norm_eps=-1e-6", "target_norm_eps -1e-06 is not a positive finite number"),
+    ("target_norm_eps=0", "target_norm_eps 0 is not a finite number > 0"),
+    ("target_norm_eps=-1e-6", "target_norm_eps -1e-06 is not a finite number > 0"),
 ])
 def test_check_rejects_bad_target_norm_settings_in_one_line(assignment, msg):
     from train.config import preset
@@ -206,8 +206,8 @@ def test_check_rejects_bad_target_norm_settings_in_one_line(assignment, msg):
 @pytest.mark.parametrize("assignment,msg", [
     ("model.projector=cnn", "unknown projector 'cnn'"),
     ("model.projector_kernel=2", "projector_kernel 2 is not an odd positive integer"),
-    ("model.projector_kernel=0", "projector_kernel 0 is not an odd positive integer"),
-    ("model.projector_kernel=true", "projector_kernel True is not an odd positive integer"),
+    ("model.projector_kernel=0", "model.projector_kernel 0 is not an integer >= 1"),
+    ("model.projector_kernel=true", "model.projector_kernel True is not an integer"),
     ("target_norm=zscore", "target_norm 'zscore' is unknown"),
 ])
 def test_bad_irepa_options_fail_in_one_line_from_the_cli(tmp_path, capsys, assignment, msg):

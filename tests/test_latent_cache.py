@@ -61,7 +61,9 @@ def test_incomplete_cache_is_one_line(folder, vae, tmp_path, capsys):
     (out / "shard_00001.safetensors").unlink()
     with pytest.raises(UserError, match="incomplete"):
         LatentCacheDataset(out)
-    assert encode_main(["encode", "--root", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    from conftest import exit_code
+
+    assert exit_code(encode_main, ["encode", "--root", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "\n" not in capsys.readouterr().err.strip()
 
 

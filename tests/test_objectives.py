@@ -283,7 +283,6 @@ def test_dry_run_lists_the_objectives(capsys):
 
 
 @pytest.mark.parametrize("sets,msg", [
-    (["sra_coeff=1"], "model.sra_projector_dim"),
     (["model.sra_projector_dim=64"], "sra_coeff is 0"),
     (["attn_coeff=0.5", "attn_model_layers=[1]"], "equal-length"),
     (["attn_coeff=0.5", "attn_model_layers=[9]", "attn_teacher_layers=[1]"], "model blocks in 1..6"),

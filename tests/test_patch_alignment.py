@@ -146,7 +146,9 @@ def test_cli_patch_align_and_similarity(tmp_path, capsys):
     self_sim = pd.read_csv(tmp_path / "self" / "similarity.csv")
     assert self_sim[self_sim.layer_a == self_sim.layer_b]["value"].to_numpy() == pytest.approx(1.0, abs=1e-5)
     capsys.readouterr()
-    assert main(["similarity", str(repa), str(tmp_path / "missing.pt"), "--out", str(sim)]) == 2
+    from conftest import exit_code
+
+    assert exit_code(main, ["similarity", str(repa), str(tmp_path / "missing.pt"), "--out", str(sim)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["patch-align", str(vanilla), "--dataset", "shapes", "--out", str(out)]) == 2
     assert "encoder" in capsys.readouterr().err

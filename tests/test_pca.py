@@ -96,4 +96,6 @@ def test_plot_and_cli_write_a_png(tmp_path, images):
     saved = np.load(out / "token_pca.npz")
     assert saved["maps"].shape == (2, 2, 3, 3, SIZE // 2, SIZE // 2) and "encoder_maps/builtin-ssl" in saved.files
     assert set(pd.read_csv(out / "token_pca.csv")["source"]) == {"model", "builtin-ssl"}
-    assert main(["pca", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+    from conftest import exit_code
+
+    assert exit_code(main, ["pca", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2

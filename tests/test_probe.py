@@ -317,14 +317,15 @@ def test_token_level_settings_fail_early(run_dir):
         compare({"fine": tiny(), "coarse": coarse}, "shapes", **{**FAST, "n_train": 0, "metrics": ("rmsc",)})
 
 
-def test_cli_accepts_token_level_metrics():
+def test_cli_accepts_token_level_metrics(tmp_path):
     from probe.cli import _config, build_parser
 
-    args = build_parser().parse_args(["sweep", "--checkpoint", "x.pt", "--metrics", "cknna", "cknna_token", "lds", "cds", "rmsc",
+    (tmp_path / "x.pt").write_bytes(b"x")  # checkpoint paths must exist where they are parsed
+    args = build_parser().parse_args(["sweep", "--checkpoint", str(tmp_path / "x.pt"), "--metrics", "cknna", "cknna_token", "lds", "cds", "rmsc",
                                       "--token-samples", "500", "--r-near", "2", "--r-far", "5"])
     cfg = _config(args)
     assert cfg.metrics == ("cknna", "cknna_token", "lds", "cds", "rmsc") and (cfg.token_samples, cfg.r_near, cfg.r_far) == (500, 2, 5)
-    assert _config(build_parser().parse_args(["sweep", "--checkpoint", "x.pt"])).r_far is None
+    assert _config(build_parser().parse_args(["sweep", "--checkpoint", str(tmp_path / "x.pt")])).r_far is None
 
 
 def synthetic_table():
@@ -379,8 +380,8 @@ def test_cli_sweep_end_to_end(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("bad, message", [
     (["--checkpoint", "missing.pt"], "does not exist"),
     (["--encoders", "no-such-encoder"], "unknown encoder"),
-    (["--t", "0", "1.5"], "must lie in [0, 1]"),
-    (["--t", "abc"], "invalid float"),
+    (["--t", "0", "1.5"], "'1.5' is not a finite number in [0, 1]"),
+    (["--t", "abc"], "argument --t: 'abc' is not a finite number"),
     (["--layers", "1", "9"], "must lie in 0..3"),
 ])
 def test_cli_bad_input_one_line_exit_2(run_dir, tmp_path, capsys, bad, message):

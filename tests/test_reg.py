@@ -199,7 +199,8 @@ def test_official_layout_that_cannot_load_is_one_line(tmp_path, change, msg):
 
 def test_config_checks_name_the_fix():
     base = dict(model=ModelConfig(name="SiT-T/2", **{**KW, "z_dims": (64,)}), encoders=("builtin-teacher",))
-    assert any("model.reg_dim" in e for e in TrainConfig(**base, reg_coeff=0.03).check())
+    alone = TrainConfig(**base, reg_coeff=0.03)  # reg_coeff alone: the token takes the first encoder's width (issue 22)
+    assert alone.model.reg_dim == 64 and not any("reg_dim" in e for e in alone.check()) and alone.chosen == ["model.reg_dim=64 (REG: the first encoder's width)"]
     m = ModelConfig(name="SiT-T/2", **{**KW, "z_dims": (64,)}, reg_dim=32)
     assert any("first encoder's width" in e for e in TrainConfig(model=m, encoders=("builtin-teacher",), reg_coeff=0.03).check())
     assert any("reg_coeff" in e for e in TrainConfig(**base, reg_coeff=-1.0).check())

@@ -13,33 +13,34 @@ import subprocess
 import sys
 from pathlib import Path
 
-from train.config import PRESETS, TrainConfig, override, preset
+from train.config import PRESETS, DataConfig, ModelConfig, TrainConfig, override, preset
 from train.errors import UserError
 from train.errors import fail as _fail
+from train.rules import Parser, config_problems, option
 
 
 def train_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="repa-train", description="Train SiT with REPA or as a vanilla baseline.")
+    ap = Parser(prog="repa-train", description="Train SiT with REPA or as a vanilla baseline.")
     ap.add_argument("--preset", choices=list(PRESETS), default="tiny", help="starting configuration (default: tiny)")
-    ap.add_argument("--config", type=Path, help="a JSON TrainConfig (e.g. a run's config.json) instead of a preset")
-    ap.add_argument("--out", type=Path, help="run directory (resumes if it holds a run)")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--ckpt-every", type=int)
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--grad-accum", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--proj-coeff", type=float, help="REPA lambda; 0 trains the vanilla baseline")
+    ap.add_argument("--config", type=option("config_file"), help="a JSON TrainConfig (e.g. a run's config.json) instead of a preset")
+    ap.add_argument("--out", type=option("out"), help="run directory (resumes if it holds a run)")
+    ap.add_argument("--steps", type=option("steps"))
+    ap.add_argument("--ckpt-every", type=option("ckpt_every"))
+    ap.add_argument("--batch-size", type=option("batch_size"))
+    ap.add_argument("--grad-accum", type=option("grad_accum"))
+    ap.add_argument("--lr", type=option("lr"))
+    ap.add_argument("--proj-coeff", type=option("proj_coeff"), help="REPA lambda; 0 trains the vanilla baseline (as --vanilla)")
     ap.add_argument("--encoders", nargs="+", help="target encoders, e.g. dinov2-vit-b mae-vit-l")
-    ap.add_argument("--encoder-weights", nargs="+", help="one local weights path per encoder ('' for the default)")
-    ap.add_argument("--seed", type=int)
+    ap.add_argument("--encoder-weights", nargs="+", type=option("encoder_weights", str), help="one local weights path per encoder ('' for the default)")
+    ap.add_argument("--seed", type=option("seed"))
     ap.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
-    ap.add_argument("--threads", type=int)
+    ap.add_argument("--threads", type=option("threads"))
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
                     help="override any field, e.g. model.depth=4 data.n_train=2000 (may be repeated)")
     ap.add_argument("--vanilla", action="store_true", help="train the vanilla baseline (lambda 0, no projector)")
     ap.add_argument("--side-by-side", action="store_true", help="train REPA (OUT/repa) and vanilla (OUT/vanilla) with the same seed, data order and sample noise")
-    ap.add_argument("--jobs", type=int, default=1, help="with --side-by-side: 2 trains both at once, one thread each")
+    ap.add_argument("--jobs", type=option("jobs"), default=1, help="with --side-by-side: 2 trains both at once, one thread each")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -65,11 +66,17 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     if args.encoder_weights:
         sets.append(f"encoder_weights={json.dumps(args.encoder_weights)}")
     try:
-        cfg = override(cfg, sets)
-    except ValueError as e:
-        raise UserError(f"{e}: see repa-train --dry-run for the fields") from None
-    if args.vanilla:
-        cfg = as_vanilla(cfg)
+        cfg = override(cfg, sets, strict=True)  # each value checked by its field's rule as it is applied
+    except (TypeError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else repr(e)
+        raise UserError(msg if not msg.startswith("unknown config field") else f"{msg}: see repa-train --dry-run for the fields") from None
+    chosen = getattr(cfg, "chosen", [])
+    set_here = args.proj_coeff is not None or any(s.partition("=")[0] == "proj_coeff" for s in args.set)
+    if args.vanilla or (set_here and cfg.proj_coeff == 0 and not cfg.attn_coeff > 0):
+        cfg = as_vanilla(cfg)  # --proj-coeff 0 (or --set proj_coeff=0) trains the vanilla baseline, as --help says
+    elif set_here and cfg.proj_coeff == 0:  # HASTE without REPA keeps its encoder: only REPA's projectors go
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, z_dims=()))
+    cfg.chosen = [c for c in chosen if cfg.model.reg_dim or not c.startswith("model.reg_dim")]
     errs = cfg.check()
     if errs:
         raise UserError(errs[0])
@@ -113,6 +120,9 @@ def read_config_file(path: Path) -> TrainConfig:
         name, close = bad[0]
         hint = f"did you mean {'.'.join(name.split('.')[:-1] + close)!r}?" if close else "see repa-train --dry-run for the fields"
         raise UserError(f"config file {path} has an unknown field {name!r}: rename or remove it ({hint})")
+    problems = config_problems(d, TrainConfig, {"model": ModelConfig, "data": DataConfig})
+    if problems:
+        raise UserError(f"config file {path}: {problems[0]}: fix it there")
     try:
         return TrainConfig.from_dict(d)
     except (TypeError, ValueError, AttributeError) as e:
@@ -193,6 +203,8 @@ def main_train(argv: list[str] | None = None) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             for term in describe(cfg):  # the objectives, on stderr: stdout stays a config file
                 print("objective " + " ".join(f"{k}={json.dumps(v)}" for k, v in term.items()), file=sys.stderr)
+            for line in getattr(cfg, "chosen", []):  # defaults an objective's coefficient switched on
+                print(f"default {line}", file=sys.stderr)
             return 0
         if args.out is None:
             raise UserError("no run directory: pass --out DIR")

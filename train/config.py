@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from train.config_checks import check_live_alignment, check_numbers, check_objectives, finite
+from train.objective_defaults import fill_objective_defaults
 
 FLAVOURS = ("repa", "sit", "dit")
 # TrainConfig fields of live alignment (train.live_align): measuring, not training (a run resumes with others)
@@ -336,6 +337,8 @@ class TrainConfig:
         self.attn_model_layers = tuple(self.attn_model_layers)
         self.align_layers = (self.align_layers,) if isinstance(self.align_layers, int) else tuple(self.align_layers)
         self.align_ts = (self.align_ts,) if isinstance(self.align_ts, (int, float)) else tuple(self.align_ts)
+        # one field turns an objective on: what it needs besides is chosen here (train.objective_defaults)
+        self.chosen = fill_objective_defaults(self)
 
     @property
     def vanilla(self) -> bool:
@@ -482,27 +485,37 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]()
 
 
-def override(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
+def override(cfg: TrainConfig, assignments: list[str], strict: bool = False) -> TrainConfig:
     """Apply ``field=value`` / ``model.field=value`` / ``data.field=value`` overrides (JSON values,
-    bare strings allowed); unknown fields raise ValueError naming the valid ones."""
+    bare strings allowed); unknown fields raise ValueError naming the valid ones.  ``strict`` (the
+    command lines): each value is checked against its field's type hint and rule
+    (``train.rules.field_problem``) as it is applied, so a bad value refuses the command even if a
+    later assignment of the same field would replace it."""
     import json
 
+    from train.rules import field_problem
+
     d = cfg.to_dict()
+    sections = {"model": ModelConfig, "data": DataConfig}
     for item in assignments:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not FIELD=VALUE")
+            raise ValueError(f"override {item!r} is not FIELD=VALUE: see repa-train --dry-run for the fields")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         *parents, leaf = key.split(".")
-        node = d
+        node, cls = d, TrainConfig
         for p in parents:
             if p not in node or not isinstance(node[p], dict):
-                raise ValueError(f"unknown config section {p!r} in {key!r}")
-            node = node[p]
+                raise ValueError(f"unknown config section {p!r} in {key!r}: use model.FIELD or data.FIELD")
+            node, cls = node[p], sections[p]
         if leaf not in node:
             raise ValueError(f"unknown config field {key!r}: valid are {', '.join(sorted(node))}")
+        if strict and not (cls is TrainConfig and leaf in sections):
+            value, problem = field_problem(cls, leaf, value, "".join(p + "." for p in parents))
+            if problem:
+                raise ValueError(problem)
         node[leaf] = value
     return TrainConfig.from_dict(d)

@@ -1,58 +1,20 @@
-"""The checks of a TrainConfig that are tables or long lists: every numeric option's type, range and
-finiteness (:data:`NUMBERS`), the follow-up objectives' settings and live alignment's, each
+"""The checks of a TrainConfig that are tables or long lists: every numeric field's type, range and
+finiteness (the rules of :data:`train.rules.RULES`), the follow-up objectives' settings and live alignment's, each
 problem as one line that names the fix.  ``TrainConfig.check`` calls them before anything runs."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
+
+from train.rules import FIELD_RULES, NUMERIC, RULES, finite, number_problem  # noqa: F401 - finite re-exported
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
 
 
-def finite(value) -> bool:
-    """A real number (not a bool, not a string), finite."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-# every numeric option is checked for type, range and finiteness before anything runs:
-# (field, integer?, lowest, lowest allowed?, highest, what to use)
-NUMBERS = (
-    ("lr", False, 0, False, 1, "a learning rate such as 1e-4"),
-    ("max_grad_norm", False, 0, False, math.inf, "1.0"),
-    ("adam_eps", False, 0, False, 1, "1e-8"),
-    ("weight_decay", False, 0, True, math.inf, "0"),
-    ("proj_coeff", False, 0, True, math.inf, "0 (vanilla) or a positive lambda such as 0.5"),
-    ("reg_coeff", False, 0, True, math.inf, "0 (no REG) or a positive weight such as 0.03 (the paper's)"),
-    ("nt_xent_temperature", False, 0, False, math.inf, "0.1"),
-    ("align_stop_step", True, 0, True, math.inf, "0 (never) or the step HASTE stops alignment at, e.g. 250000"),
-    ("attn_coeff", False, 0, True, math.inf, "0 (off) or HASTE's 0.5"),
-    ("sra_coeff", False, 0, True, math.inf, "0 (off) or SRA's 2.0 (smooth_l1) / 0.5 (cosine)"),
-    ("sra_student_block", True, 0, True, math.inf, "0 (the paper's ratio) or a 1-based block"),
-    ("sra_teacher_block", True, 0, True, math.inf, "0 (the paper's ratio) or a 1-based block"),
-    ("sra_t_max", False, 0, True, 1, "SRA's 0.2"),
-    ("dispersive_coeff", False, 0, True, math.inf, "0 (off) or the paper's 0.5"),
-    ("dispersive_tau", False, 0, False, math.inf, "the paper's 0.5 (or 1 at the last block)"),
-    ("dispersive_block", True, 0, True, math.inf, "0 (depth // 4) or a 1-based block"),
-    ("ema_decay", False, 0, True, 1, "a number in [0, 1] such as 0.9999"),
-    ("batch_size", True, 1, True, math.inf, "a positive integer"),
-    ("grad_accum", True, 1, True, math.inf, "a positive integer"),
-    ("steps", True, 1, True, math.inf, "a positive integer"),
-    ("log_every", True, 1, True, math.inf, "a positive integer"),
-    ("ckpt_every", True, 1, True, math.inf, "a positive integer"),
-    ("sample_every", True, 0, True, math.inf, "0 (never) or a positive integer"),
-    ("sample_steps", True, 1, True, math.inf, "a positive integer such as 50"),
-    ("eval_every", True, 0, True, math.inf, "0 (never) or a positive integer"),
-    ("eval_samples", True, 1, True, math.inf, "a positive integer"),
-    ("align_every", True, 0, True, math.inf, "0 (off) or a positive integer such as 100"),
-    ("align_images", True, 11, True, math.inf, "an integer above 10 (k = 10 neighbours) such as 256"),
-    ("align_train_images", True, 0, True, math.inf, "0 (no linear probe) or at least 2, such as 256"),
-    ("align_token_samples", True, 11, True, math.inf, "an integer above 10 such as 2000"),
-    ("align_seed", True, 0, True, 2**63 - 1, "a non-negative integer"),
-    ("seed", True, 0, True, 2**63 - 1, "a non-negative integer"),
-    ("threads", True, 0, True, 4096, "0 (the torch default) or a positive integer"),
-)
+# every numeric field's type, range and finiteness: the rules of train.rules.RULES, one table for the
+# config fields and the command-line options
+NUMBERS = tuple(name for name, rule in FIELD_RULES.items() if rule.kind in NUMERIC)
 
 
 def check_objectives(cfg: "TrainConfig") -> list[str]:
@@ -84,16 +46,18 @@ def check_objectives(cfg: "TrainConfig") -> list[str]:
 
 
 def check_numbers(cfg: "TrainConfig") -> list[str]:
+    """Every numeric field (and every element of a numeric list field) against its rule, one line each."""
     errs = []
-    for name, integer, lo, lo_ok, hi, fix in NUMBERS:
-        v = getattr(cfg, name)
-        typed = isinstance(v, int) and not isinstance(v, bool) if integer else finite(v)
-        if not (typed and (lo <= v if lo_ok else lo < v) and v <= hi):
-            span = f"{'>=' if lo_ok else '>'} {lo}" + ("" if hi == math.inf else f" and <= {hi}")
-            errs.append(f"{name} {v!r} is not {'an integer' if integer else 'a finite number'} {span}: use {fix}")
-    betas = cfg.betas
-    if len(betas) != 2 or not all(finite(b) and 0 <= b < 1 for b in betas):
-        errs.append(f"betas {list(betas)!r} are not two numbers in [0, 1): use [0.9, 0.999]")
+    for name in NUMBERS:
+        *section, leaf = name.split(".")
+        value = getattr(getattr(cfg, section[0]) if section else cfg, leaf)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            problem = None if v is None else number_problem(RULES[name], v)
+            if problem:
+                errs.append(f"{name} {value!r} {problem}")
+                break
+    if len(cfg.betas) != 2:
+        errs.append(f"betas {list(cfg.betas)!r} are not two numbers in [0, 1): use [0.9, 0.999]")
     return errs
 
 

@@ -63,32 +63,33 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
     """``python -m train.data encode --root IMAGES --out CACHE [--hflip] [--encoders NAME ...]``: the
     SD-VAE latent cache (and the encoder targets); ``python -m train.data targets --cache CACHE
     --encoders NAME ...``: encoder targets for an existing latent cache."""
-    import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m train.data")
+    from train.rules import Parser, option
+
+    ap = Parser(prog="python -m train.data")
     sub = ap.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="the SD-VAE latent cache of an image folder", description=build_latent_cache.__doc__)
-    enc.add_argument("--root", required=True, help="image folder with one subfolder per class")
-    enc.add_argument("--out", required=True, help="cache directory")
-    enc.add_argument("--size", type=int, default=256)
-    enc.add_argument("--shard-size", type=int, default=1024)
-    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--root", required=True, type=option("image_root", str), help="image folder with one subfolder per class")
+    enc.add_argument("--out", required=True, type=option("out", str), help="cache directory")
+    enc.add_argument("--size", type=option("image_px"), default=256)
+    enc.add_argument("--shard-size", type=option("shard_size"), default=1024)
+    enc.add_argument("--batch-size", type=option("batch_size"), default=32)
     enc.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="hub name or local diffusers directory")
     enc.add_argument("--random-init-vae", action="store_true", help="random VAE weights (tests only)")
     enc.add_argument("--hflip", action="store_true", help="also store the latents of mirrored images (for data.hflip)")
     tgt = sub.add_parser("targets", help="encoder targets of every image and its mirror image, beside a latent cache",
                          description=build_target_cache.__doc__)
-    tgt.add_argument("--cache", required=True, help="latent cache directory (made by encode)")
-    tgt.add_argument("--batch-size", type=int, default=64)
+    tgt.add_argument("--cache", required=True, type=option("latent_cache", str), help="latent cache directory (made by encode)")
+    tgt.add_argument("--batch-size", type=option("batch_size"), default=64)
     for p, required in ((enc, False), (tgt, True)):
         p.add_argument("--encoders", nargs="+", required=required, default=[], help="target encoders, e.g. dinov2-vit-b")
-        p.add_argument("--encoder-weights", nargs="+", help="one local weights path per encoder ('' for the default)")
-        p.add_argument("--grid", type=int, help="tokens per side the model needs (latent side / patch; default: the encoder's)")
+        p.add_argument("--encoder-weights", nargs="+", type=option("encoder_weights", str), help="one local weights path per encoder ('' for the default)")
+        p.add_argument("--grid", type=option("grid"), help="tokens per side the model needs (latent side / patch; default: the encoder's)")
         p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored token precision")
         p.add_argument("--random-init-encoders", action="store_true", help="random encoder weights (tests only)")
-        p.add_argument("--seed", type=int, default=0, help="with --random-init-encoders: the training run's seed")
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--seed", type=option("seed"), default=0, help="with --random-init-encoders: the training run's seed")
+        p.add_argument("--device", type=option("device"), default="cpu")
     tgt.add_argument("--rebuild", action="store_true", help="replace targets made by another encoder, grid or dtype")
     args = ap.parse_args(argv)
     try:

@@ -39,6 +39,7 @@ from torch import nn
 
 from train.config import TrainConfig
 from train.errors import UserError
+from train.rules import Parser, option
 from train.feature_nets import (FeatureNet, EVALUATOR, _EVALUATOR_FORMAT, EvaluatorConfig, ResBlock, EvaluatorCNN,
                                 EVALUATORS, evaluator_config, evaluator_path, _evaluator_input, _fit_evaluator,
                                 train_builtin_evaluator, BuiltinEvaluator, EncoderFeatures, INCEPTION,
@@ -168,21 +169,21 @@ def _sampling_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--flavour", choices=["auto", "repa", "sit", "dit"], default="auto")
     ap.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights of a training checkpoint")
     ap.add_argument("--sampler", choices=["euler", "heun", "sde"], default="euler")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--cfg-scale", type=float, default=1.0)
-    ap.add_argument("--guidance-low", type=float, default=0.0, help="guidance interval start (REPA time)")
-    ap.add_argument("--guidance-high", type=float, default=1.0, help="guidance interval end (REPA time)")
+    ap.add_argument("--steps", type=option("sample_steps_cli"), default=50)
+    ap.add_argument("--cfg-scale", type=option("cfg_scale"), default=1.0, help="classifier-free guidance scale (1: none; 0: unconditional)")
+    ap.add_argument("--guidance-low", type=option("guidance"), default=0.0, help="guidance interval start (REPA time)")
+    ap.add_argument("--guidance-high", type=option("guidance"), default=1.0, help="guidance interval end (REPA time)")
     ap.add_argument("--path", choices=["linear", "cosine"], default="linear", help="the interpolant the model was trained with")
-    ap.add_argument("--num-samples", "--n", dest="n", type=int, default=64,
+    ap.add_argument("--num-samples", "--n", dest="n", type=option("num_samples"), default=64,
                     help="number of samples (spell it --num-samples under torchrun, which takes --n as its own)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=64, help="samples per chunk (the unit of SDE noise, sharding and resume)")
+    ap.add_argument("--seed", type=option("seed"), default=0)
+    ap.add_argument("--batch-size", type=option("batch_size"), default=64, help="samples per chunk (the unit of SDE noise, sharding and resume)")
     group = ap.add_mutually_exclusive_group()
-    group.add_argument("--labels", type=int, nargs="+", help="class ids, cycled over the samples (default: uniform from the seed)")
-    group.add_argument("--class-id", type=int, help="one class for all samples")
+    group.add_argument("--labels", type=option("class_id"), nargs="+", help="class ids, cycled over the samples (default: uniform from the seed)")
+    group.add_argument("--class-id", type=option("class_id"), help="one class for all samples")
     ap.add_argument("--codec", choices=["identity", "sd-vae"], help="default: identity for 3-channel models, else sd-vae")
     ap.add_argument("--vae", default="stabilityai/sd-vae-ft-ema", help="sd-vae decoder: a local diffusers directory or cached hub name")
-    ap.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:1, ...")
+    ap.add_argument("--device", type=option("device"), default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:1, ...")
     ap.add_argument("--no-progress", action="store_true")
 
 
@@ -196,8 +197,8 @@ def _model_spec_codec(args: argparse.Namespace) -> tuple[nn.Module, SampleSpec, 
     """The model, what to sample and the codec, from the options of :func:`_sampling_args`."""
     from train.models import load
 
-    if args.n < 1 or args.steps < 1 or args.batch_size < 1:
-        raise UserError("--num-samples, --steps and --batch-size must be positive: pass values >= 1")
+    if args.guidance_low > args.guidance_high:
+        raise UserError(f"--guidance-low {args.guidance_low} is above --guidance-high {args.guidance_high}: pass low <= high (REPA time)")
     device = _device(args.device)
     model = load(args.ckpt, name=args.name, flavour=args.flavour, weights=args.weights, device=device)
     num_classes = model.cfg.num_classes
@@ -217,9 +218,9 @@ def _model_spec_codec(args: argparse.Namespace) -> tuple[nn.Module, SampleSpec, 
 def sample_main(argv: list[str] | None = None) -> int:
     """``repa-sample``: N samples as PNGs + ADM ``.npz`` + grid + ``sample_config.json``; resumable and
     shardable (under torchrun/accelerate each process takes every WORLD_SIZE-th chunk)."""
-    ap = argparse.ArgumentParser(prog="repa-sample", description=sample_main.__doc__)
-    ap.add_argument("--ckpt", type=Path, required=True, help="any DiT/SiT/REPA/repa-toolkit checkpoint")
-    ap.add_argument("--out", type=Path, required=True, help="output directory (resumes if it holds samples)")
+    ap = Parser(prog="repa-sample", description=sample_main.__doc__)
+    ap.add_argument("--ckpt", type=option("checkpoint"), required=True, help="any DiT/SiT/REPA/repa-toolkit checkpoint")
+    ap.add_argument("--out", type=option("out"), required=True, help="output directory (resumes if it holds samples)")
     _sampling_args(ap)
     args = ap.parse_args(argv)
     model, spec, codec = _model_spec_codec(args)
@@ -234,18 +235,18 @@ def sample_main(argv: list[str] | None = None) -> int:
 def fid_main(argv: list[str] | None = None) -> int:
     """``python -m train.evaluate fid``: FD, precision/recall and class accuracy (sFID and IS with the
     Inception) of a checkpoint's samples or of existing samples; prints one JSON object."""
-    ap = argparse.ArgumentParser(prog="python -m train.evaluate fid", description=fid_main.__doc__)
+    ap = Parser(prog="python -m train.evaluate fid", description=fid_main.__doc__)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", type=Path, help="sample from this checkpoint")
-    src.add_argument("--samples", type=Path, help="score an .npz (arr_0 uint8 NHWC) or a repa-sample directory")
+    src.add_argument("--ckpt", type=option("checkpoint"), help="sample from this checkpoint")
+    src.add_argument("--samples", type=option("samples"), help="score an .npz (arr_0 uint8 NHWC) or a repa-sample directory")
     ap.add_argument("--feature", default=EVALUATOR, help=f"{EVALUATOR} (default), {INCEPTION} or an encoder name")
-    ap.add_argument("--feature-weights", help="local weights of the feature network")
-    ap.add_argument("--inception-weights", help=f"local {INCEPTION_FILE} (implies --feature {INCEPTION})")
+    ap.add_argument("--feature-weights", type=option("feature_weights", str), help="local weights of the feature network")
+    ap.add_argument("--inception-weights", type=option("inception_weights", str), help=f"local {INCEPTION_FILE} (implies --feature {INCEPTION})")
     ap.add_argument("--dataset", choices=["scenes", "shapes", "digits", "folder"], default="shapes", help="reference data")
-    ap.add_argument("--root", help="reference image folder (with --dataset folder)")
+    ap.add_argument("--root", type=option("image_root", str), help="reference image folder (with --dataset folder)")
     ap.add_argument("--ref-split", default="train")
-    ap.add_argument("--ref-n", type=int, default=10_000, help="number of reference images")
-    ap.add_argument("--k", type=int, default=3, help="k of precision/recall")
+    ap.add_argument("--ref-n", type=option("ref_n"), default=10_000, help="number of reference images")
+    ap.add_argument("--k", type=option("pr_k"), default=3, help="k of precision/recall")
     _sampling_args(ap)
     args = ap.parse_args(argv)
     feature, weights = (INCEPTION, args.inception_weights) if args.inception_weights else (args.feature, args.feature_weights)
@@ -256,6 +257,10 @@ def fid_main(argv: list[str] | None = None) -> int:
         res = evaluate_model(model, spec, codec, feature, args.dataset, weights, **ref_kw)
     else:
         images, labels = load_samples(args.samples)
+        need = max(2, args.k + 1)  # FD: a covariance needs 2 rows; precision/recall: k + 1 of each set
+        if len(images) < need:
+            raise UserError(f"--samples {args.samples} holds {len(images)} sample(s); FD and precision/recall (k={args.k}) need at least "
+                            f"{need}: write more with repa-sample --ckpt CKPT --num-samples {max(need, 1000)} --out {args.samples}")
         net = load_feature_net(feature, weights, _device(args.device), progress, args.dataset)
         ref = reference(net, args.dataset, args.ref_split, args.ref_n, images.shape[-1], args.root, progress=progress)
         res = evaluate_samples(images, labels, net, ref, args.k)

@@ -9,14 +9,15 @@ import math
 import numpy as np
 import torch
 
+from train.checks import MetricInputError, features, integer, same_width
+
 Tensor = torch.Tensor
 
 
 def feature_statistics(feats: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased, ``N - 1``) covariance of ``(N, D)`` features, in float64."""
+    features("feature_statistics", feats, "feats", min_rows=2, why=" (a covariance needs 2)")
     x = np.asarray(feats, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"need (N >= 2, D) features, got shape {x.shape}")
     return x.mean(0), np.cov(x, rowvar=False)
 
 
@@ -37,10 +38,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     symmetric PSD, so its root's trace is the sum of the roots of its (clipped) eigenvalues -- no
     complex parts and no ill-conditioned ``sqrtm`` of a non-symmetric product.
     """
+    for name, x, rank in (("mu1", mu1, 1), ("sigma1", sigma1, 2), ("mu2", mu2, 1), ("sigma2", sigma2, 2)):
+        features("frechet_distance", np.atleast_1d(x) if rank == 1 else np.atleast_2d(x), name, rank,
+                 what="mean" if rank == 1 else "covariance")
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+        raise MetricInputError(f"frechet_distance: shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}: "
+                               "pass the statistics of two feature sets of one network (feature_statistics)")
     root = _psd_sqrt(s1)
     m = root @ s2 @ root
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
@@ -67,10 +72,13 @@ def precision_recall(real: np.ndarray | Tensor, fake: np.ndarray | Tensor, k: in
     manifold; recall = fraction of ``real`` inside the fake manifold.  Both sets should have the same
     size (the paper: 50k each, k = 3).
     """
+    k = integer("precision_recall", "k", k, 1, "the paper's k = 3")
+    batch = integer("precision_recall", "batch", batch, 1, "e.g. 1024")
+    for name, x in (("real", real), ("fake", fake)):
+        features("precision_recall", x, name, min_rows=k + 1, why=f" (k = {k} neighbours among the others)")
+    same_width("precision_recall", real, fake)
     r = torch.as_tensor(np.asarray(real), dtype=torch.float32)
     f = torch.as_tensor(np.asarray(fake), dtype=torch.float32)
-    if min(len(r), len(f)) <= k:
-        raise ValueError(f"precision/recall need more than k={k} samples in each set, got {len(r)} and {len(f)}")
     precision = _in_manifold(f, r, _kth_nn_radius(r, k, batch), batch).float().mean().item()
     recall = _in_manifold(r, f, _kth_nn_radius(f, k, batch), batch).float().mean().item()
     return {"precision": precision, "recall": recall}
@@ -79,6 +87,8 @@ def precision_recall(real: np.ndarray | Tensor, fake: np.ndarray | Tensor, k: in
 def inception_score(logits: np.ndarray | Tensor, splits: int = 10) -> tuple[float, float]:
     """Inception score (Salimans et al. 2016): ``exp(E_x KL(p(y|x) || p(y)))`` on each of ``splits``
     equal parts, ``p(y)`` the part's mean prediction; returns the mean and std over the parts."""
+    features("inception_score", logits, "logits", what="(N, classes) logits")
+    splits = integer("inception_score", "splits", splits, 1, "the standard 10")
     logp = torch.log_softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), dim=1)
     scores = []
     for part in torch.tensor_split(logp, min(splits, len(logp))):

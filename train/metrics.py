@@ -37,11 +37,12 @@ import numbers
 from functools import lru_cache
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from train.errors import UserError
+from train.checks import MetricInputError, features, integer, k_neighbours, paired
 
 Mode = Literal["reference", "exact"]
 
@@ -65,11 +66,8 @@ def prepare(x: Tensor, q: float | None = 0.95, normalize: bool = True, exact: bo
     Integer and half-precision inputs are converted to float32 (the reference calls ``.float()``);
     float32 / float64 are kept.
     """
-    if x.ndim < 2:
-        raise ValueError(f"prepare expects a tensor with a sample dimension first, shape (N, ..., D); got shape {tuple(x.shape)}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise UserError("the features hold NaN or infinite values: check the model or encoder that produced them "
-                        "(a checkpoint with NaN weights: probe an earlier one)")
+    x = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    features("prepare", x, "x", ndim=(2, 8), what="(N, ..., D) features with the samples first")
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if q is not None and q != 1:
@@ -116,12 +114,10 @@ def cknna(
     With ``k = N - 1`` every off-diagonal entry is kept and the score equals ``cka(a, b,
     unbiased=True, mode=mode)``. Requires an int ``2 <= k < N`` and N >= 4.
     """
-    a, b = _as_pair(a, b, dtype)
+    a, b = _as_pair(a, b, dtype, "cknna", 4, " for the unbiased HSIC")
     n = a.shape[0]
     _check_mode(mode)
     _check_k(k, n, minimum=2, name="cknna")
-    if n < 4:
-        raise ValueError(f"cknna needs at least 4 rows for the unbiased HSIC, got {n}; pass more samples")
     rows = _block_rows(block_size)
     keys_k, vals_k = _sorted_support(*_gram_topk(a, k, rows, float("-inf")))
     keys_l, vals_l = _sorted_support(*_gram_topk(b, k, rows, float("-inf")))
@@ -155,12 +151,10 @@ def cka(
     N < D, from the N x N Gram matrices. Score as in :func:`cknna` (``mode``). Requires N >= 4 when
     unbiased.
     """
-    a, b = _as_pair(a, b, dtype)
+    a, b = _as_pair(a, b, dtype, "cka", 4 if unbiased else 2, " (unbiased HSIC: 4)" if unbiased else " (centring one row leaves nothing)")
     _check_mode(mode)
     if not unbiased:
         hsic_kk, hsic_ll, hsic_kl = _frobenius_products(a - a.mean(0), b - b.mean(0))
-    elif a.shape[0] < 4:
-        raise ValueError(f"unbiased CKA needs at least 4 rows, got {a.shape[0]}; pass more samples")
     else:
         hsic_kk, hsic_ll, hsic_kl = _hsic_unbiased_linear(a, b)
     return _score(hsic_kl, hsic_kk, hsic_ll, mode)
@@ -180,7 +174,7 @@ def mutual_knn(
     diagonal to -1e8 and sorts each row), found one panel of Gram rows at a time as in :func:`cknna`.
     Requires an int ``1 <= k < N``.
     """
-    a, b = _as_pair(a, b, dtype)
+    a, b = _as_pair(a, b, dtype, "mutual_knn", 2, " (k >= 1 neighbours among the other rows)")
     n = a.shape[0]
     _check_k(k, n, minimum=1, name="mutual_knn")
     rows = _block_rows(block_size)
@@ -224,11 +218,11 @@ def spatial_metrics(tokens: Tensor, metrics: Sequence[str] = SPATIAL, r_near: in
     """
     names = tuple(metrics)
     if any(m not in SPATIAL for m in names):
-        raise UserError(f"unknown spatial metric in {list(names)}: use {', '.join(SPATIAL)}")
+        raise MetricInputError(f"unknown spatial metric in {list(names)}: use {', '.join(SPATIAL)}")
     g = _check_tokens(tokens)
     near, far = _lds_radii(g, r_near, r_far) if "lds" in names else (1, 2)
     if "cds" in names and g < 4:
-        raise UserError(f"cds fits a slope over distances 1..g//2 and needs a grid of at least 4 x 4 tokens, got {g} x {g}: drop cds or use more tokens")
+        raise MetricInputError(f"cds fits a slope over distances 1..g//2 and needs a grid of at least 4 x 4 tokens, got {g} x {g}: drop cds or use more tokens")
     x = F.normalize(tokens.to(torch.float64 if tokens.dtype == torch.float64 else torch.float32), dim=-1, eps=1e-8)
     out: dict[str, Tensor] = {}
     if "rmsc" in names:
@@ -263,19 +257,20 @@ def rmsc(tokens: Tensor) -> float:
 
 def default_r_far(grid: int, r_near: int = 1) -> int:
     """The far radius of :func:`lds` when none is given: iREPA's 6 on 16 x 16, scaled to the grid."""
+    integer("default_r_far", "grid", grid, 2, "the token grid's side, e.g. 16")
+    integer("default_r_far", "r_near", r_near, 1, "1 (iREPA)")
     return max(r_near + 1, (6 * grid + 8) // 16)
 
 
 def _check_tokens(tokens: Tensor) -> int:
     """The grid side of ``(N, T, D)`` tokens on a square grid, else a UserError."""
-    if not isinstance(tokens, Tensor) or tokens.ndim != 3 or 0 in tokens.shape:
-        raise UserError(f"spatial metrics take tokens (N, T, D) of N images, got shape {tuple(getattr(tokens, 'shape', ()))}: pass a non-empty 3-d tensor")
+    if not isinstance(tokens, Tensor):
+        raise MetricInputError(f"spatial metrics take a tensor of tokens (N, T, D), got {type(tokens).__name__}: pass torch.as_tensor(tokens)")
+    features("spatial_metrics", tokens, "tokens", ndim=3, what="tokens (N, T, D) of N images")
     t = tokens.shape[1]
     g = math.isqrt(t)
     if t < 2 or g * g != t:
-        raise UserError(f"{t} tokens per image do not form a square grid of at least 2 x 2: pass T = g * g tokens in row-major order (patch tokens only, no class token)")
-    if not torch.isfinite(tokens).all():
-        raise UserError("the tokens hold NaN or infinite values: check the model or encoder that produced them")
+        raise MetricInputError(f"{t} tokens per image do not form a square grid of at least 2 x 2: pass T = g * g tokens in row-major order (patch tokens only, no class token)")
     return g
 
 
@@ -283,7 +278,7 @@ def _lds_radii(g: int, r_near: int, r_far: int | None) -> tuple[int, int]:
     far = default_r_far(g, r_near) if r_far is None and isinstance(r_near, int) else r_far
     ok = all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in (r_near, far))
     if not ok or not 1 <= r_near < far <= 2 * (g - 1):
-        raise UserError(f"lds radii r_near={r_near}, r_far={far} must be ints with 1 <= r_near < r_far <= {2 * (g - 1)} "
+        raise MetricInputError(f"lds radii r_near={r_near}, r_far={far} must be ints with 1 <= r_near < r_far <= {2 * (g - 1)} "
                         f"(the largest distance on a {g} x {g} grid): pass e.g. r_near=1, r_far=None (scaled to the grid)")
     return int(r_near), int(far)
 
@@ -304,9 +299,11 @@ def _pair_weights(g: int, r_near: int, r_far: int, device: str) -> tuple[Tensor,
 # Blocked / sparse building blocks
 
 
-def _as_pair(a: Tensor, b: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"expected two (N, D) matrices with the same N; got {tuple(a.shape)} and {tuple(b.shape)}")
+def _as_pair(a: Tensor, b: Tensor, dtype: torch.dtype | None, fn: str = "metric", min_rows: int = 1,
+             why: str = "") -> tuple[Tensor, Tensor]:
+    """Two (N, D) tensors of paired rows (at least ``min_rows``, finite) in one float dtype."""
+    a, b = (x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x)) for x in (a, b))
+    paired(fn, a, b, min_rows, why)
     if a.device != b.device:
         raise ValueError(f"inputs are on different devices ({a.device}, {b.device}); move both to one device")
     dtype = dtype or torch.promote_types(a.dtype, b.dtype)
@@ -321,8 +318,7 @@ def _check_mode(mode: str) -> None:
 
 
 def _check_k(k: object, n: int, minimum: int, name: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not minimum <= k < n:
-        raise ValueError(f"{name}: k must be an int with {minimum} <= k < N = {n} (rows), got {k!r}; pass e.g. k=10 with more than 10 rows")
+    k_neighbours(name, k, n, minimum)
 
 
 def _block_rows(block_size: int | None) -> int:

@@ -1,0 +1,69 @@
+"""One field turns an objective on: the settings HASTE, SRA and REG need beside their coefficient,
+defaulted from the papers and scaled to the model, wherever a ``TrainConfig`` is made.
+
+* HASTE (arXiv 2505.16792) distils DINOv2-B blocks 9-12 (of 12) into SiT-XL blocks 5-8 (of 28).
+  ``attn_coeff > 0`` with both layer lists empty pairs model block ``round(depth b / 28)`` with
+  encoder block ``round(depth_enc b' / 12)`` for (b, b') = (5, 9) .. (8, 12), repeated pairs once
+  -- the same depth ratio as SRA's blocks (``round(depth 8 / 28)``, ``train.objectives.sra_blocks``).
+* SRA (arXiv 2505.02831): ``sra_coeff > 0`` with ``model.sra_projector_dim = 0`` takes twice the
+  model width (its SimpleHead).
+* REG (arXiv 2507.01467): ``reg_coeff > 0`` with ``model.reg_dim = 0`` takes the first encoder's
+  width (``model.z_dims[0]``), as the official code.
+
+Explicit fields always win; a run's saved config holds explicit values, so resuming is unaffected.
+What was chosen is returned as lines for ``repa-train --dry-run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
+
+# blocks of the encoders by their size letter (DINOv2/v3, DINO, MAE, MoCo v3, CLIP, SigLIP, I-JEPA),
+# and of the built-in teachers (train.teacher.TeacherConfig.depth; tests/test_fuzz_cli.py pins it)
+VIT_DEPTHS = {"s": 12, "b": 12, "l": 24, "g": 40, "h": 32}
+BUILTIN_DEPTH = 2
+HASTE_PAIRS = ((5, 9), (6, 10), (7, 11), (8, 12))  # SiT-XL (28 blocks) <- DINOv2-B (12 blocks), 1-based
+
+
+def encoder_depth(name: str) -> int | None:
+    """The number of blocks of the encoder ``name``, or None where it is not known without loading it."""
+    if name.startswith("builtin-"):
+        return BUILTIN_DEPTH
+    m = re.search(r"-vit-([sblgh])(-|$)", name)
+    return VIT_DEPTHS[m.group(1)] if m else None
+
+
+def haste_layers(depth: int, encoder_blocks: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """HASTE's layer pairs scaled to a model of ``depth`` blocks and an encoder of ``encoder_blocks``."""
+    scale = lambda b, n, of: max(1, min(n, round(n * b / of)))  # noqa: E731
+    pairs = list(dict.fromkeys((scale(m, depth, 28), scale(t, encoder_blocks, 12)) for m, t in HASTE_PAIRS))
+    return tuple(m for m, _ in pairs), tuple(t for _, t in pairs)
+
+
+def _on(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and x > 0
+
+
+def fill_objective_defaults(cfg: "TrainConfig") -> list[str]:
+    """Set, in place, the settings an objective switched on by its coefficient alone needs; returns
+    one line per value chosen (``field=value (why)``)."""
+    chosen, model = [], cfg.model
+    if _on(cfg.attn_coeff) and not cfg.attn_model_layers and not cfg.attn_teacher_layers and cfg.encoders:
+        blocks = encoder_depth(cfg.encoders[0])
+        if blocks and isinstance(model.depth, int) and model.depth > 0:
+            cfg.attn_model_layers, cfg.attn_teacher_layers = haste_layers(model.depth, blocks)
+            chosen += [f"attn_model_layers={list(cfg.attn_model_layers)} attn_teacher_layers={list(cfg.attn_teacher_layers)} "
+                       f"(HASTE's SiT-XL 5-8 <- DINOv2-B 9-12, scaled to depth {model.depth} and {cfg.encoders[0]}'s {blocks} blocks)"]
+    if _on(cfg.sra_coeff) and model.sra_projector_dim == 0 and isinstance(model.hidden_size, int):
+        model = dataclasses.replace(model, sra_projector_dim=2 * model.hidden_size)
+        chosen.append(f"model.sra_projector_dim={model.sra_projector_dim} (SRA: twice the width {model.hidden_size})")
+    if _on(cfg.reg_coeff) and model.reg_dim == 0 and model.z_dims:
+        model = dataclasses.replace(model, reg_dim=model.z_dims[0])
+        chosen.append(f"model.reg_dim={model.reg_dim} (REG: the first encoder's width)")
+    cfg.model = model
+    return chosen
