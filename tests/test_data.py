@@ -108,10 +108,10 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_registry(tmp_path):
-    assert set(DATASETS) == {"shapes", "scenes", "scenes-plain", "digits", "folder", "latents",
+    assert set(DATASETS) == {"shapes", "scenes", "scenes-plain", "fashion-mnist", "digits", "folder", "latents",
                              "captioned-scenes", "captioned-shapes", "coco-features"}  # the last three: train.captions
     assert len(build_dataset("shapes", "val", n=20, size=16)) == 20
-    with pytest.raises(UserError, match="shapes, scenes, scenes-plain, digits, folder, latents, captioned-scenes"):
+    with pytest.raises(UserError, match="shapes, scenes, scenes-plain, fashion-mnist, digits, folder, latents, captioned-scenes"):
         build_dataset("imagenet", "train")
     with pytest.raises(UserError, match="root"):
         build_dataset("folder", "train")

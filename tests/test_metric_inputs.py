@@ -57,6 +57,15 @@ def _tokens(n: int, d: int, rng) -> np.ndarray:
     return rng.standard_normal((n, 16, d))  # a 4 x 4 grid: every spatial metric defined
 
 
+def _kid_reference(a, b, k):
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    return kid_features_to_metric(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
+                                  kid_subsets=3, kid_subset_size=max(2, k), kid_kernel="poly", kid_kernel_poly_degree=3,
+                                  kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=1,
+                                  verbose=False)["kernel_inception_distance_mean"]
+
+
 # name -> (make inputs from (rng, n, d, k), call, rows it needs for k, reference or None, paired rows?)
 CASES = {
     "prepare": (lambda r, n, d, k: (r.standard_normal((n, d)),), lambda x: tm.prepare(T(x)).numpy(), lambda k: 1,
@@ -85,6 +94,9 @@ CASES = {
                          lambda a, b, k: gm.precision_recall(a, b, k), lambda k: k + 1, _pr_reference, False),
     "inception_score": (lambda r, n, d, k: (r.standard_normal((n, d)) * 3, k), lambda x, k: gm.inception_score(x, k),
                         lambda k: 1, _is_reference, False),
+    "kid": (lambda r, n, d, k: (r.standard_normal((n, d)), 0.5 + r.standard_normal((n + 1, d)), k),
+            lambda a, b, k: gm.kid(a, b, subsets=3, subset_size=max(2, k), seed=1)["kid"], lambda k: max(2, k),
+            _kid_reference, False),
     "default_r_far": (lambda r, n, d, k: (n + 1, min(k, n)), tm.default_r_far, lambda k: 1,
                       lambda g, r: max(r + 1, math.floor(6 * g / 16 + 0.5)), False),
 }

@@ -127,12 +127,13 @@ def test_one_field_turns_an_objective_on(capsys, sets, expect, said):
 
 def test_objective_defaults_follow_the_papers_and_the_model():
     from train.config import TrainConfig, preset
-    from train.objective_defaults import BUILTIN_DEPTH, encoder_depth, haste_layers
+    from train.objective_defaults import encoder_depth, haste_layers
     from train.teacher import TEACHERS
 
     assert haste_layers(28, 12) == ((5, 6, 7, 8), (9, 10, 11, 12))  # HASTE's SiT-XL/2 <- DINOv2-B, exactly
     assert haste_layers(12, 12) == ((2, 3, 3, 3), (9, 10, 11, 12))
-    assert all(c.depth == BUILTIN_DEPTH for c in TEACHERS.values()) and encoder_depth("dinov2-vit-g-reg") == 40
+    assert all(encoder_depth(n) == c.depth for n, c in TEACHERS.items()) and encoder_depth("dinov2-vit-g-reg") == 40
+    assert encoder_depth("fashion-ssl") == 4
     assert encoder_depth("sam2-hiera-l") is None
     xl = preset("SiT-XL/2")
     on = TrainConfig.from_dict({**xl.to_dict(), "attn_coeff": 0.5, "sra_coeff": 0.5})

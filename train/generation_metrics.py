@@ -119,17 +119,12 @@ def kid(fake: np.ndarray | Tensor, real: np.ndarray | Tensor, subsets: int = 100
     subsets) and ``kid_std`` (their standard deviation, torch-fidelity's ``kernel_inception_distance_std``),
     in float64.  Unbiased, so usable at a few thousand samples where FD's bias dominates; it can be
     slightly negative when the two sets come from one distribution."""
-    f = np.asarray(fake, dtype=np.float64)
-    r = np.asarray(real, dtype=np.float64)
-    if f.ndim != 2 or r.ndim != 2 or f.shape[1] != r.shape[1]:
-        raise ValueError(f"kid needs two (N, D) feature arrays of one width, got {f.shape} and {r.shape}")
-    if subset_size < 2 or min(len(f), len(r)) < subset_size:
-        raise ValueError(f"kid subset size {subset_size} needs at least that many rows (>= 2) in each set, got "
-                         f"{len(f)} and {len(r)}: pass fewer per subset or more samples")
-    if subsets < 1:
-        raise ValueError(f"kid needs at least one subset, got {subsets}")
-    if not (np.isfinite(f).all() and np.isfinite(r).all()):
-        raise ValueError("kid got non-finite features (NaN or inf): check the images and the feature network")
+    subsets = integer("kid", "subsets", subsets, 1, "e.g. 100 (torch-fidelity's default)")
+    subset_size = integer("kid", "subset_size", subset_size, 2, "e.g. 1000, at most the rows of each set")
+    why = f" for subsets of {subset_size} rows drawn without replacement"
+    f = np.asarray(features("kid", fake, "fake", min_rows=subset_size, why=why), dtype=np.float64)
+    r = np.asarray(features("kid", real, "real", min_rows=subset_size, why=why), dtype=np.float64)
+    same_width("kid", r, f)
     g = 1.0 / f.shape[1] if gamma is None else gamma
     rng = np.random.RandomState(seed)
     mmds = np.zeros(subsets)

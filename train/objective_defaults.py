@@ -24,16 +24,17 @@ if TYPE_CHECKING:
     from train.config import TrainConfig
 
 # blocks of the encoders by their size letter (DINOv2/v3, DINO, MAE, MoCo v3, CLIP, SigLIP, I-JEPA),
-# and of the built-in teachers (train.teacher.TeacherConfig.depth; tests/test_fuzz_cli.py pins it)
+# (the built-in and shipped teachers: train.teacher.TeacherConfig.depth)
 VIT_DEPTHS = {"s": 12, "b": 12, "l": 24, "g": 40, "h": 32}
-BUILTIN_DEPTH = 2
 HASTE_PAIRS = ((5, 9), (6, 10), (7, 11), (8, 12))  # SiT-XL (28 blocks) <- DINOv2-B (12 blocks), 1-based
 
 
 def encoder_depth(name: str) -> int | None:
     """The number of blocks of the encoder ``name``, or None where it is not known without loading it."""
-    if name.startswith("builtin-"):
-        return BUILTIN_DEPTH
+    from train.teacher import TEACHERS  # here, not at the top: the config module imports this one without torch
+
+    if name in TEACHERS:  # the built-in and shipped teachers: their config says
+        return TEACHERS[name].depth
     m = re.search(r"-vit-([sblgh])(-|$)", name)
     return VIT_DEPTHS[m.group(1)] if m else None
 
