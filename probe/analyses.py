@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, _check_choice, _model_t, check_ts, encoder_features,
-                           extract, image_noise, image_set, model_provenance, resolve_layers)
+from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, _check_choice, _model_t, check_ts, conditioning,
+                           encoder_features, extract, image_noise, image_set, labelled, model_provenance, resolve_layers)
 from probe.linear import METHODS, probe_accuracy
 from probe.metrics import cka, cknna, mutual_knn, prepare
 from probe.tokens import TOKEN_METRICS, TokenPlan, encoder_tokens, reference_rows, token_plan, token_rows
@@ -49,7 +49,7 @@ from train.loop import git_revision, training_targets
 from train.interpolants import interpolate
 from train.models import DiffusionTransformer, load, predict
 
-Checkpoint = str | os.PathLike | DiffusionTransformer
+Checkpoint = str | os.PathLike | torch.nn.Module  # a path, or a loaded DiffusionTransformer / MMDiT
 
 
 @dataclass
@@ -162,20 +162,20 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 def _run_name(checkpoint: Checkpoint) -> str:
     """A run label: the run directory of ``<run>/checkpoints/<file>``, else the file's stem."""
-    if isinstance(checkpoint, DiffusionTransformer):
+    if isinstance(checkpoint, torch.nn.Module):
         return "model"
     path = Path(checkpoint)
     return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
 
 
 def _load_model(checkpoint: Checkpoint, cfg: ProbeConfig) -> DiffusionTransformer:
-    if isinstance(checkpoint, DiffusionTransformer):
+    if isinstance(checkpoint, torch.nn.Module):
         model = checkpoint.to(cfg.device).eval()
     else:
         model = load(checkpoint, weights=cfg.weights, device=cfg.device)
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:  # its features would be NaN, or worse, plausible numbers
-        what = "the model" if isinstance(checkpoint, DiffusionTransformer) else f"checkpoint {checkpoint} ({cfg.weights} weights)"
+        what = "the model" if isinstance(checkpoint, torch.nn.Module) else f"checkpoint {checkpoint} ({cfg.weights} weights)"
         raise UserError(f"{what} holds NaN/inf values ({bad[0]}): probe an earlier checkpoint of the run (the last good one)")
     return model
 
@@ -196,7 +196,7 @@ def _image_sets(dataset: str | tuple[Any, Any], cfg: ProbeConfig, model: Diffusi
     eval_set = image_set(eval_data, cfg.n_images, cfg.seed, names[0])
     if any(m in ALIGNMENT for m in cfg.metrics) and len(eval_set) <= cfg.k:
         raise UserError(f"only {len(eval_set)} evaluation images for k={cfg.k}: pass more images or a smaller k")
-    train_set = image_set(train_data, cfg.n_train, cfg.seed, names[1]) if cfg.probing else None
+    train_set = labelled(image_set(train_data, cfg.n_train, cfg.seed, names[1])) if cfg.probing else None
     return eval_set, train_set
 
 
@@ -295,7 +295,7 @@ def _analyse(runs: Sequence[tuple[str, Checkpoint]], dataset: str | tuple[Any, A
     """Run every checkpoint of ``runs`` against shared images and encoder features."""
     cfg = dataclasses.replace(config or ProbeConfig(), **options)
     for _, ckpt in runs:
-        if not isinstance(ckpt, DiffusionTransformer) and not Path(ckpt).is_file():
+        if not isinstance(ckpt, torch.nn.Module) and not Path(ckpt).is_file():
             raise UserError(f"checkpoint {ckpt} does not exist: check the path")
     model = _load_model(runs[0][1], cfg)
     cfg, dataset, encoders = resolve_defaults(cfg, model, dataset or cfg.dataset, encoders)
@@ -318,7 +318,7 @@ def _analyse(runs: Sequence[tuple[str, Checkpoint]], dataset: str | tuple[Any, A
     df = pd.DataFrame([{**common, **row} for row in rows], columns=COLUMNS)
     df.attrs["probe"] = {
         "config": dataclasses.asdict(cfg),
-        "runs": {run: model_provenance(c)["checkpoint"] if isinstance(c, DiffusionTransformer) else str(c) for run, c in runs},
+        "runs": {run: model_provenance(c)["checkpoint"] if isinstance(c, torch.nn.Module) else str(c) for run, c in runs},
         "encoders": [enc.provenance for enc in loaded], "train_dataset": train_set.name if train_set else None,
         "code_version": common["code_version"], "torch": torch.__version__,
     }
@@ -396,7 +396,7 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
     rows record ``target_norm`` and ``target_norm_gamma``.  The run's own projector (MLP or conv) is used.
     """
     cfg = dataclasses.replace(config or ProbeConfig(), **options, metrics=("linear_probe",), n_train=0)
-    if not isinstance(checkpoint, DiffusionTransformer) and not Path(checkpoint).is_file():
+    if not isinstance(checkpoint, torch.nn.Module) and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist: check the path")
     for label in labels:
         _check_choice(label, LABELS, "label mode")
@@ -429,7 +429,7 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
             x = codec.encode(imgs, sample=False).to(cfg.device)                              # (B, C, H, W)
             noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
             for (w, label, t) in sums:
-                y = labs.to(cfg.device) if label == "real" else None
+                y = conditioning(models[w], eval_set, idx, labs, label, cfg.device)
                 z = predict(models[w], interpolate(x, noise, t), t, y, head=False, project=True).zs[0]
                 sums[(w, label, t)] += cos(z.float(), target, dim=-1).mean(1).sum().item()       # (B, T) -> ()
             if means is not None:

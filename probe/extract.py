@@ -10,7 +10,9 @@ that change the numbers (REPA-NOTES section 5) are explicit parameters recorded 
   where ``index`` is the image's position in its dataset, so an image gets the same eps for every
   checkpoint, layer AND t (curves over t differ by noise level only, never by the draw);
 * latents: the codec's posterior mean (deterministic; SD-VAE's posterior std is tiny);
-* label: the null class (the paper's choice, no label leak) or the real label;
+* label: the null class (the paper's choice, no label leak) or the real label; for a text-to-image
+  MMDiT (``train.mmdit``) the null (empty-caption) context or the image's own caption features
+  (``real``, captioned datasets only: ``ImageSet.contexts``);
 * pooling: mean over patch tokens (the paper's) or all tokens kept;
 * ``tokens`` (a ``probe.tokens.TokenPlan``): besides the pooled features, a seeded sample of
   (image, token) pairs and each image's spatial metrics, reduced batch by batch (never all tokens).
@@ -98,10 +100,20 @@ def _fingerprint(data: Any) -> str:
     return digest([type(data).__name__, len(data)])
 
 
+def _item_label(y: Any) -> int:
+    """An item's class id; caption features (a captioned dataset's second element) have none: -1."""
+    y = torch.as_tensor(y)
+    return int(y) if y.ndim == 0 else -1
+
+
 @dataclass
 class ImageSet:
     """Images to probe: ``data`` (a dataset of ``(uint8 (3, H, W), label)`` or an ``(images, labels)``
-    tensor pair), the ``indices`` used, a ``name`` for tables and an ``identity`` hash (data + indices)."""
+    tensor pair), the ``indices`` used, a ``name`` for tables and an ``identity`` hash (data + indices).
+
+    A captioned dataset (``train.captions``: items ``(image, caption features (L, C))``) gives its
+    class ``labels`` where it has them (the built-in captioned sets) and -1 otherwise (MS-COCO
+    features); :meth:`contexts` gives the captions."""
 
     data: Any
     indices: Tensor
@@ -120,7 +132,9 @@ class ImageSet:
                 yield idx, self.data[0][idx], self.data[1][idx]
             else:
                 items = [self.data[int(i)] for i in idx]
-                yield idx, torch.stack([im for im, _ in items]), torch.tensor([int(y) for _, y in items])
+                labels = self.data.labels[idx] if isinstance(getattr(self.data, "labels", None), Tensor) else \
+                    torch.tensor([_item_label(y) for _, y in items], dtype=torch.long)
+                yield idx, torch.stack([im for im, _ in items]), labels
 
     def labels(self) -> Tensor:
         """Labels (N,) of the chosen images, read without decoding images where the dataset allows."""
@@ -131,7 +145,19 @@ class ImageSet:
             return data.labels[idx]
         if getattr(data, "samples", None) is not None:
             return torch.tensor([int(data.samples[i][1]) for i in idx])
-        return torch.tensor([int(data[int(i)][1]) for i in idx])
+        if getattr(data, "pairs", None) is not None:  # the MS-COCO feature folder: captions, no classes
+            return torch.full((len(idx),), -1, dtype=torch.long)
+        return torch.tensor([_item_label(data[int(i)][1]) for i in idx], dtype=torch.long)
+
+    def contexts(self, idx: Tensor) -> Tensor:
+        """Caption features (B, L, C) of dataset items ``idx`` (a captioned dataset), else one line."""
+        data = self.data
+        if isinstance(getattr(data, "contexts", None), Tensor):
+            return data.contexts[idx]
+        if not isinstance(data, tuple) and getattr(data, "null_context", None) is not None:
+            return torch.stack([torch.as_tensor(data[int(i)][1]) for i in idx])
+        raise UserError(f"{self.name} has no captions to condition a text-to-image model on: probe a captioned dataset "
+                        "(captioned-scenes, captioned-shapes, coco-features) or use label='null'")
 
 
 def image_set(data: Any, n: int | None = None, seed: int = 0, name: str | None = None) -> ImageSet:
@@ -145,7 +171,12 @@ def image_set(data: Any, n: int | None = None, seed: int = 0, name: str | None =
     total = len(data[0]) if isinstance(data, tuple) else len(data)
     if total == 0:
         raise UserError("the image set is empty: pass a dataset or split that holds images")
-    indices = subset_indices(total, n, seed)
+    pairs = getattr(data, "pairs", None)  # the MS-COCO feature folder: one item per (image, caption); probe each image once
+    if pairs is not None:
+        firsts = torch.tensor([j for j, (_, k) in enumerate(pairs) if k == 0], dtype=torch.long)
+        indices = firsts[subset_indices(len(firsts), n, seed)]
+    else:
+        indices = subset_indices(total, n, seed)
     if name is None:
         split = getattr(data, "split", None)
         name = "tensor" if isinstance(data, tuple) else type(data).__name__ + (f"/{split}" if split else "")
@@ -206,6 +237,33 @@ def _shard_meta(path: Path) -> dict | None:
             return f.metadata()
     except Exception:  # noqa: BLE001 - a damaged shard is simply recomputed
         return None
+
+
+def conditioning(model: DiffusionTransformer, images: ImageSet, idx: Tensor, labels: Tensor, label: str,
+                 device: Any = None) -> Tensor | None:
+    """What the model is conditioned on for ``label`` (on ``device``): None (the null class / the
+    empty caption) or the real class ids (B,), for a text-to-image MMDiT the images' own caption
+    features (B, L, C)."""
+    if label != "real":
+        return None
+    cfg = model.cfg
+    if cfg.is_mmdit:
+        ctx = images.contexts(idx)  # (B, L, C)
+        if ctx.shape[-1] != cfg.context_dim:
+            raise UserError(f"{images.name}'s captions are {ctx.shape[-1]} wide but {cfg.name} reads {cfg.context_dim}-wide "
+                            "caption features: probe it on the captioned dataset it was trained on, or use label='null'")
+        return ctx.to(device)
+    if not (0 <= labels.min() and labels.max() < cfg.num_classes):
+        raise UserError(f"label mode 'real' needs labels in 0..{cfg.num_classes - 1}, got {labels.min().item()}..{labels.max().item()}: pass labelled images or label='null'")
+    return labels.to(device)
+
+
+def labelled(images: ImageSet) -> ImageSet:
+    """``images`` when they have class labels (a linear probe's targets), else one line (e.g. MS-COCO: captions only)."""
+    if bool((images.labels() < 0).all()):
+        raise UserError(f"{images.name} has no class labels for the linear probe: drop linear_probe from the metrics "
+                        "(or pass n_train=0 / --n-train 0)")
+    return images
 
 
 def _model_t(model: DiffusionTransformer, t: float) -> float | int:
@@ -270,13 +328,11 @@ def extract(
         kept: dict[float, list[list[tuple[Tensor, Tensor]]]] = {t: [] for t in todo}
         pos = start
         for idx, imgs, labs in (images.batches(batch_size, start, stop) if todo else ()):
-            if label == "real" and not (0 <= labs.min() and labs.max() < cfg.num_classes):
-                raise UserError(f"label mode 'real' needs labels in 0..{cfg.num_classes - 1}, got {labs.min().item()}..{labs.max().item()}: pass labelled images or label='null'")
+            y = conditioning(model, images, idx, labs, label, device)
             x = codec.encode(imgs, sample=False).to(device)
             if tuple(x.shape[1:]) != shape:
                 raise UserError(f"{codec.name} latents of these images are {tuple(x.shape[1:])} but {cfg.name} takes {shape}: pick the codec and image size the model was trained with")
             noise = image_noise(idx, shape, seed).to(device)
-            y = labs.to(device) if label == "real" else None
             for t in todo:
                 out = predict(model, interpolate(x, noise, t), t, y, return_hidden=layers, head=False)
                 got[t].append(torch.stack([pool(out.hidden[layer], pooling).float().cpu() for layer in layers]))

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 
 from probe.analyses import Checkpoint, ProbeConfig, _load_model, _run_name
-from probe.extract import LABELS, ImageSet, _check_choice, _model_t, check_ts, image_noise, image_set, model_provenance, resolve_layers
+from probe.extract import (LABELS, ImageSet, _check_choice, _model_t, check_ts, conditioning, image_noise, image_set,
+                           model_provenance, resolve_layers)
 from probe.run_defaults import resolve as resolve_defaults
 from train.checkpoints import atomic_write
 from train.config import TrainConfig
@@ -154,7 +155,7 @@ def _tokens(model: DiffusionTransformer, images: ImageSet, layers: list[int], ts
             targets.append(trained_on(imgs.to(cfg.device)).cpu())
             x = codec.encode(imgs, sample=False).to(cfg.device)
             noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
-            y = labs.to(cfg.device) if cfg.label == "real" else None
+            y = conditioning(model, images, idx, labs, cfg.label, cfg.device)
             for t in ts:
                 out = predict(model, interpolate(x, noise, t), t, y, return_hidden=layers, head=False, project=project)
                 for layer in layers:

@@ -30,7 +30,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -193,14 +193,22 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _model_spec_codec(args: argparse.Namespace) -> tuple[nn.Module, SampleSpec, Codec]:
-    """The model, what to sample and the codec, from the options of :func:`_sampling_args`."""
+def _model_spec_codec(args: argparse.Namespace, text: bool = False) -> tuple[nn.Module, SampleSpec, Codec]:
+    """The model, what to sample and the codec, from the options of :func:`_sampling_args`;
+    ``text``: a text-to-image sample (``--prompts`` / ``--context-features``, :mod:`train.sampling_t2i`)."""
     from train.models import load
 
     if args.guidance_low > args.guidance_high:
         raise UserError(f"--guidance-low {args.guidance_low} is above --guidance-high {args.guidance_high}: pass low <= high (REPA time)")
     device = _device(args.device)
-    model = load(args.ckpt, name=args.name, flavour=args.flavour, weights=args.weights, device=device)
+    null = {"null_context": args.null_context} if getattr(args, "null_context", None) else {}
+    model = load(args.ckpt, name=args.name, flavour=args.flavour, weights=args.weights, device=device, **null)
+    if model.cfg.is_mmdit and not text:
+        raise UserError(f"{args.ckpt} is a text-to-image {model.cfg.name}: pass --prompts FILE (one caption per line) "
+                        "or --context-features FILE.npy")
+    if text and (args.labels or args.class_id is not None):
+        raise UserError("--labels/--class-id are class ids; a text-to-image sample is conditioned on --prompts or "
+                        "--context-features: drop them")
     num_classes = model.cfg.num_classes
     labels = tuple(args.labels or ()) + (() if args.class_id is None else (args.class_id,))
     bad = [y for y in labels if not 0 <= y < num_classes]
@@ -222,11 +230,24 @@ def sample_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt", type=option("checkpoint"), required=True, help="any DiT/SiT/REPA/repa-toolkit checkpoint")
     ap.add_argument("--out", type=option("out"), required=True, help="output directory (resumes if it holds samples)")
     _sampling_args(ap)
+    t2i = ap.add_argument_group("text-to-image (MMDiT checkpoints; captions cycled over the samples, train.sampling_t2i)")
+    text = t2i.add_mutually_exclusive_group()
+    text.add_argument("--prompts", type=option("prompts"), metavar="FILE", help="one caption per line (the run's built-in caption encoder)")
+    text.add_argument("--context-features", type=option("context_features"), metavar="FILE", help=".npy caption features, (tokens, width) or (N, tokens, width)")
+    t2i.add_argument("--null-context", type=option("null_context"), metavar="FILE", help="the empty caption's features (.npy) for an official T2I checkpoint")
     args = ap.parse_args(argv)
-    model, spec, codec = _model_spec_codec(args)
+    given, contexts, cond_meta = None, None, {}
+    if args.prompts is not None or args.context_features is not None:  # read before the model loads
+        from train.sampling_t2i import read_text_input, text_conditions
+
+        given, cond_meta = read_text_input(args.prompts, args.context_features)
+    model, spec, codec = _model_spec_codec(args, text=given is not None)
+    if given is not None:
+        contexts = text_conditions(model, given, args.cfg_scale, f"caption features {args.context_features}")  # (P, L, C), CPU
+        spec = replace(spec, labels=tuple(range(len(contexts))))  # caption i % P for sample i
     rank, world = shard()
-    meta = {"checkpoint": model.source, **({"vae": args.vae} if codec.name == "sd-vae" else {})}
-    res = sample_to_dir(model, spec, codec, args.out, rank, world, meta, progress=not args.no_progress)
+    meta = {"checkpoint": model.source, **({"vae": args.vae} if codec.name == "sd-vae" else {}), **cond_meta}
+    res = sample_to_dir(model, spec, codec, args.out, rank, world, meta, progress=not args.no_progress, contexts=contexts)
     if res["npz"] is not None:
         print(res["npz"])
     return 0

@@ -130,6 +130,9 @@ FIELD_RULES: dict[str, Rule] = {
     "model.mlp_norm_eps": F(0, "1e-6", lo_ok=False),
     "model.reg_dim": I(0, "0 (no REG) or the first encoder's width", "no REG token"),
     "model.sra_projector_dim": I(0, "0 (no SRA) or 2 * hidden_size", "no SRA projector"),
+    "model.context_dim": I(0, "the caption features' width of an MMDiT, e.g. 768 (CLIP)", "no captions (not an MMDiT)"),
+    "model.context_len": I(0, "the caption token count of an MMDiT, e.g. 77", "taken from the dataset's empty caption"),
+    "model.register_length": I(0, "0 or a number of MMDiT register tokens", "no registers"),
     # --- DataConfig ---
     "data.image_size": I(1, "the image side in pixels, e.g. 256"),
     "data.n_train": I(1, "a positive integer (or null: the dataset's default)"),
@@ -138,6 +141,9 @@ FIELD_RULES: dict[str, Rule] = {
 }
 # ... and the options of the entry points that are not config fields (``type=option(NAME)``)
 OPTION_RULES: dict[str, Rule] = {
+    "prompts": Rule("file", fix="pass a text file with one caption per line"),
+    "context_features": Rule("file", fix="pass an .npy of caption features, (tokens, width) or (N, tokens, width)"),
+    "null_context": Rule("file", fix="pass the feature folder's empty_context.npy"),
     "config_file": Rule("file", fix="pass a JSON config such as a run's config.json"),
     "out": Rule("out", fix="pass a writable --out folder"),
     "checkpoint": Rule("path", fix="pass a checkpoint file (or a diffusers folder)"),

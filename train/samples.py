@@ -6,6 +6,10 @@ comes from one generator per chunk, seeded by ``(seed, first index)``.  A chunk 
 sharding (rank ``r`` of ``w`` takes chunks ``r, r + w, ...``) and of resume (a chunk whose PNGs all
 exist is skipped), so sharded, resumed and single-process runs give the same samples.  The
 ``repa-sample`` CLI is ``train.evaluate.sample_main``; every name here is re-exported by ``train.evaluate``.
+
+Text-to-image models (:mod:`train.mmdit`) are conditioned on caption features ``contexts`` (P, L, C)
+instead of class ids: ``spec.labels = range(P)`` cycles the captions over the samples, sample ``i``
+takes ``contexts[i % P]`` and its "label" (in the ``.npz``) is that caption's index.
 """
 
 from __future__ import annotations
@@ -68,10 +72,12 @@ def sample_labels(spec: SampleSpec, indices: Sequence[int], num_classes: int) ->
 
 
 @torch.no_grad()
-def sample_chunk(model: nn.Module, spec: SampleSpec, codec: Codec, k: int) -> tuple[Tensor, Tensor]:
+def sample_chunk(model: nn.Module, spec: SampleSpec, codec: Codec, k: int,
+                 contexts: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Chunk ``k`` of ``spec``: ``(uint8 images (B, 3, H, W), labels (B,))`` on the CPU.
 
     Depends only on ``(spec, k)`` and the model: never on which process or run computes it.
+    ``contexts`` (P, L, C): a text-to-image model's caption features, indexed by the labels.
     """
     from train.sampling import sample
 
@@ -85,7 +91,8 @@ def sample_chunk(model: nn.Module, spec: SampleSpec, codec: Codec, k: int) -> tu
     if getattr(cfg, "reg_dim", 0):  # a REG model's global-token noise, per sample like the latents'
         reg["cls_noise"] = torch.stack([torch.randn(cfg.reg_dim, generator=seeded_generator(spec.seed, "reg", i))
                                         for i in idx]).to(device)
-    x = sample(model, noise.to(device), labels.to(device), spec.sampler, spec.steps, spec.cfg_scale,
+    y = labels if contexts is None else contexts[labels]  # class ids (B,) or caption features (B, L, C)
+    x = sample(model, noise.to(device), y.to(device), spec.sampler, spec.steps, spec.cfg_scale,
                spec.guidance_interval, gen, spec.path, **reg)
     return codec.decode(x, uint8=True).cpu(), labels
 
@@ -168,14 +175,14 @@ def shard() -> tuple[int, int]:
 
 def sample_to_dir(model: nn.Module, spec: SampleSpec, codec: Codec, out: str | os.PathLike,
                   rank: int = 0, world: int = 1, meta: dict | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, contexts: Tensor | None = None) -> dict[str, Any]:
     """Write the chunks of ``spec`` that belong to ``rank`` of ``world`` as ``out/images/000000.png``...
 
     Chunks whose PNGs all exist are skipped (resume).  ``out/sample_config.json`` records ``spec``,
     the codec and ``meta`` (checkpoint, git revision); an existing one that differs is an error.
     Whichever process sees all PNGs present at its end assembles ``out/samples_NxHxWx3.npz``
     (``arr_0``: uint8 NHWC; labels as ``labels`` and, like ADM, ``arr_1``) and ``out/grid.png`` (the
-    first 64).  Returns
+    first 64).  ``contexts``: caption features of a text-to-image model (:func:`sample_chunk`).  Returns
     ``{"sampled": [chunk ids], "skipped": [...], "npz": path or None}``.
     """
     from tqdm.auto import tqdm
@@ -206,7 +213,7 @@ def sample_to_dir(model: nn.Module, spec: SampleSpec, codec: Codec, out: str | o
         if all(_png_ok(_png_path(out, i)) for i in idx):
             skipped.append(k)
         else:
-            images, _ = sample_chunk(model, spec, codec, k)
+            images, _ = sample_chunk(model, spec, codec, k, contexts)
             for i, image in zip(idx, images):
                 _write_png(image, _png_path(out, i))
             sampled.append(k)
