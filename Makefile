@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine (each creates .venv/ and installs what it needs):
 #   make demo   - the main job on the built-in default (REPA vs vanilla, probes, figures)
 #   make test   - the test suite
-#   make extended - the same study at 2000 steps per run (about 18 minutes; behind RESULTS.md)
+#   make extended - the same study at 2000 steps per run, with the shuffled-target control (behind RESULTS.md)
 #   make controls - the extended study's other arms: the shuffled-target control and the iREPA variant
 #   make teachers - train the shipped Fashion-MNIST teachers and evaluator (committed in train/weights/)
 #   make compare  - vanilla, REPA, iREPA, HASTE, SRA, Dispersive and REG side by side (3 seeds x 2000 steps)
@@ -32,7 +32,7 @@ demo: $(STAMP) data
 	$(PY) -m probe.demo $(DEMO_ARGS)
 
 extended: $(STAMP) data
-	$(PY) -m probe.demo --steps 2000 --set eval_every=250 --out runs/extended --figures figures/extended $(DEMO_ARGS)
+	$(PY) -m probe.demo --steps 2000 --control --set eval_every=500 ckpt_every=500 --out runs/extended --figures figures/extended $(DEMO_ARGS)
 
 # the shipped Fashion-MNIST teachers and evaluator (train/weights/): about an hour of one core each,
 # resumable; skips what is built (--rebuild in TEACHERS_ARGS trains again)

@@ -1,10 +1,11 @@
 """The main job (``make demo``): REPA vs vanilla on the built-in default, end to end.
 
-1. the built-in teacher (trained once, cached) and the built-in evaluator with its reference statistics;
-2. REPA and vanilla SiT trained on the shapes set for every seed (the two runs of a seed share the
-   initialisation, data order and noise), evaluated every ``eval_every`` steps (Fréchet distance and
-   class accuracy of fixed-noise samples in the feature space of an evaluator network independent of
-   the teacher);
+1. the teacher (shipped and sha256-checked, or built-in: trained once, cached) and the evaluator with its
+   reference statistics;
+2. REPA and vanilla SiT (and with ``--control`` the shuffled-target control) trained on the
+   built-in default's data for every seed (the runs of a seed share the initialisation, data order
+   and noise), evaluated every ``eval_every`` steps (FD, KID and class accuracy of fixed-noise
+   samples in the feature space of an evaluator network independent of the teacher);
 3. every layer x noise level (t = 0, 0.25, 0.5) of every checkpoint of every run against the teacher
    (CKNNA, CKA, mutual k-NN, linear probes): the layer sweep, the training-progress curve and the
    REPA-vs-vanilla comparison are slices of that one table; and REPA's own objective on its final
@@ -347,10 +348,13 @@ def plan(args: argparse.Namespace) -> Plan:
     tasks = [Task("teacher", task_teacher, (encoder,)), Task("evaluator", task_evaluator, (cfg0.to_dict(),))]
     run_dirs, probes = {}, []
     for seed, cfg in cfgs.items():
-        for run, c in (("repa", cfg), ("vanilla", as_vanilla(cfg))):
+        arms = [("repa", cfg), ("vanilla", as_vanilla(cfg))]
+        if getattr(args, "control", False):  # REPA on a random other image's teacher tokens (train.targets.image_partners)
+            arms.append(("control", dataclasses.replace(cfg, target_shuffle="image")))
+        for run, c in arms:
             out = args.out / f"seed{seed}" / run
             run_dirs[(seed, run)] = out
-            deps = ("evaluator", "teacher") if run == "repa" else ("evaluator",)
+            deps = ("evaluator",) if run == "vanilla" else ("evaluator", "teacher")
             tasks.append(Task(f"train {run} seed {seed}", task_train, (c.to_dict(), str(out)), deps,
                               _training_status(out, c.steps)))
             steps = [s for s in range(0, c.steps + 1) if keep_in_series(s, c.ckpt_every, c.ckpt_series) or s == c.steps]
@@ -428,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=option("n_train"), default=500, help="images the linear probes are fitted on")
     ap.add_argument("--metrics", nargs="+", default=list(DEMO_METRICS),
                     help=f"probe metrics (default: {' '.join(DEMO_METRICS)}; also cds rmsc)")
+    ap.add_argument("--control", action="store_true",
+                    help="also train the shuffled-target control for every seed: REPA on a random other image's teacher tokens")
     ap.add_argument("--figures-only", action="store_true", help="redraw the figures from the saved (or committed) tables")
     args = ap.parse_args(argv)
     t0 = time.time()

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from train.latents import codec_for_channels
+
 FALLBACK = {"dataset": "shapes", "encoders": ("builtin-teacher",)}
 _IMAGE_DATASETS_NEED_ROOT = ("folder",)
-
-
-def codec_for_channels(channels: int) -> str:
-    """The codec of a model with ``channels`` input channels: identity (3), grey (1), else sd-vae."""
-    return {3: "identity", 1: "grey"}.get(int(channels), "sd-vae")
 
 
 def trained_on(model: Any) -> dict[str, Any]:
@@ -28,13 +25,15 @@ def trained_on(model: Any) -> dict[str, Any]:
     dataset the probes could encode, so it gets the fallback dataset (pass one)."""
     run = getattr(model, "train_config", None) or {}
     data = run.get("data") or {}
+    # a vanilla twin (train.cli.as_vanilla) has no encoders but keeps its REPA twin's as align_encoder
+    encoders = tuple(run.get("encoders") or ([run["align_encoder"]] if run.get("align_encoder") else FALLBACK["encoders"]))
     dataset = data.get("dataset")
     codec = data.get("codec") or codec_for_channels(model.cfg.in_channels)
     if dataset in (None, "latents") or (dataset in _IMAGE_DATASETS_NEED_ROOT and not data.get("root")):
         return {"dataset": FALLBACK["dataset"], "data_root": None, "codec": codec,
-                "encoders": tuple(run.get("encoders") or FALLBACK["encoders"]), "source": "fallback"}
+                "encoders": encoders, "source": "fallback"}
     return {"dataset": dataset, "data_root": data.get("root"), "codec": codec,
-            "encoders": tuple(run.get("encoders") or FALLBACK["encoders"]), "source": "checkpoint"}
+            "encoders": encoders, "source": "checkpoint"}
 
 
 def resolve(cfg: Any, model: Any, dataset: Any = None, encoders: Any = None) -> tuple[Any, Any, tuple]:

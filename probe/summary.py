@@ -81,7 +81,8 @@ def live_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 def fd_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     """Evaluation rows (run, seed, step, fd, class_acc)."""
     ev = metrics.dropna(subset=["fd"]) if "fd" in metrics else metrics.iloc[0:0]
-    return ev[["run", "seed", "step", "fd", "class_acc"]].assign(step=lambda d: d["step"].astype(int))
+    cols = ["run", "seed", "step", "fd", "class_acc"] + [c for c in ("kid", "fd_half_a", "fd_half_b") if c in ev]
+    return ev[cols].assign(step=lambda d: d["step"].astype(int))
 
 
 def steps_to_reach(steps, fds, target: float) -> tuple[float, str]:
@@ -161,13 +162,24 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
         cells = [mean_sd(rows[(rows["run"] == run) & (rows["step"] == step)]["value"]) for rows in pr.values() for run in RUNS]
         out.append(f"| {step} | " + " | ".join(cells) + " |")
 
-    out += ["", "### Generation over training: FD and class accuracy of samples", "",
-            "| step | FD vanilla | FD repa | class accuracy vanilla | class accuracy repa |", "|---|---|---|---|---|"]
     ev = fd_curves(metrics)
+    runs = [r for r in (*RUNS, "control") if r in set(ev["run"])]  # the control arm when the study trained one
+    kid = "kid" in ev and ev["kid"].notna().any()
+    noise = "fd_half_a" in ev and ev["fd_half_a"].notna().any()
+    heads = ([f"FD {r}" for r in runs] + ([f"KID x 1000 {r}" for r in runs] if kid else [])
+             + [f"class accuracy {r}" for r in runs] + (["FD noise: halves differ by"] if noise else []))
+    out += ["", "### Generation over training: FD, KID and class accuracy of samples", "",
+            "| step | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for step in sorted(ev["step"].unique()):
         e = ev[ev["step"] == step]
-        cells = [mean_sd(e[e["run"] == run]["fd"], 1) for run in RUNS] + [mean_sd(e[e["run"] == run]["class_acc"]) for run in RUNS]
+        cells = ([mean_sd(e[e["run"] == run]["fd"], 1) for run in runs]
+                 + ([mean_sd(1000 * e[e["run"] == run]["kid"], 2) for run in runs] if kid else [])
+                 + [mean_sd(e[e["run"] == run]["class_acc"]) for run in runs]
+                 + ([mean_sd((e["fd_half_a"] - e["fd_half_b"]).abs(), 2)] if noise else []))
         out.append(f"| {step} | " + " | ".join(cells) + " |")
+    if noise:
+        out += ["", "FD noise: |FD of the first half - FD of the second half| of each evaluation's samples (all runs, "
+                "mean ± sd): the spread of one estimate at half the sample count."]
 
     sp = speedup(metrics)
     if len(sp):
@@ -192,7 +204,12 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
             cells = [mean_sd(blind[blind["label"] == label]["value"]) for label in ("real", "null")]
             out.append(f"| image-blind baseline | - | {cells[0]} (class-mean token) | {cells[1]} (mean token) |")
 
-    if "linear_probe_accuracy" in teacher:
+    if "measures" in teacher:  # a shipped teacher's card
+        m = teacher["measures"]
+        out += ["", f"Shipped teacher {teacher.get('name', '')} ({teacher.get('config', {}).get('kind', '')}): test-set "
+                f"linear probe {m['linear_probe_accuracy']:.4f}, k-NN {m['knn_accuracy']:.4f}, LDS {m['lds']:.3f}, class R^2 "
+                f"{m['class_r2']:.3f}; compute {teacher['compute']['ratio_to_demo_student']:g}x one demo student (its card)."]
+    elif "linear_probe_accuracy" in teacher:
         kind = teacher.get("config", {}).get("kind", "supervised")
         head = f", classifier accuracy {teacher['val_accuracy']:.4f}" if "val_accuracy" in teacher else ""
         out += ["", f"Built-in teacher {teacher.get('name', '')} ({kind}): held-out linear-probe accuracy "

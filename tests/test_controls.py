@@ -1,6 +1,6 @@
-"""The shuffled-target control (``target_shuffle="class"``): each image's REPA targets come from
+"""The shuffled-target controls: ``target_shuffle="class"`` (each image's REPA targets come from
 another image of its class, so the class statistics of the teacher's tokens stay and the
-image-specific part goes."""
+image-specific part goes) and ``"image"`` (from a random other image: the class goes too)."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ import torch
 
 from train.config import preset
 from train.errors import UserError
-from train.loop import TargetSource, class_partners
+from train.loop import TargetSource, class_partners, image_partners
 
 
 def test_class_partners_is_a_within_class_derangement():
@@ -22,6 +22,19 @@ def test_class_partners_is_a_within_class_derangement():
     many = torch.arange(200) % 4
     assert torch.equal(class_partners(many, 0), class_partners(many, 0))
     assert not torch.equal(class_partners(many, 1), class_partners(many, 0))
+
+
+def test_image_partners_is_one_cycle_through_all_images():
+    p = image_partners(50, seed=0)
+    assert sorted(p.tolist()) == list(range(50)) and (p != torch.arange(50)).all()  # a derangement
+    seen, i = set(), 0  # one cycle: following partners visits every image
+    while i not in seen:
+        seen.add(i)
+        i = int(p[i])
+    assert len(seen) == 50
+    assert torch.equal(image_partners(50, 0), p) and not torch.equal(image_partners(50, 1), p)
+    labels = torch.arange(50) % 10
+    assert (labels[p] != labels).float().mean() > 0.7  # across classes, unlike class_partners
 
 
 def test_target_source_reads_the_partners_tokens():
@@ -54,6 +67,7 @@ def test_a_short_control_run_trains(tmp_path):
     cfg = dataclasses.replace(cfg, random_init_encoders=True)
     latest = train(cfg, tmp_path / "run", progress=False)
     assert latest.exists()
+    assert train(dataclasses.replace(cfg, target_shuffle="image"), tmp_path / "image", progress=False).exists()
     with pytest.raises(UserError, match="reads another image.s cached targets"):
         train(dataclasses.replace(cfg, cache_targets=False), tmp_path / "online", progress=False)
 

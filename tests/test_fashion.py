@@ -211,3 +211,55 @@ def test_make_teachers_recipe_writes_weights_card_and_digest(tmp_path, monkeypat
 
 def test_fake_data_is_what_tests_read():
     assert os.environ["REPA_DATA"] == str(FAKE_FASHION)
+
+
+def test_get_data_says_what_it_found_or_how_to_get_it(tmp_path, monkeypatch, capsys):
+    from train import get_data
+
+    assert get_data.main() == 0
+    assert f"found in {FAKE_FASHION}" in capsys.readouterr().out
+    monkeypatch.setenv("REPA_DATA", str(tmp_path / "none"))
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(get_data, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fashion_mnist, "_try_download", lambda folder: False)
+    monkeypatch.setattr(get_data, "_apt_install", lambda: False)  # not root, or no apt
+    assert get_data.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apt-get install dataset-fashion-mnist" in err
+
+
+def test_the_demo_student_of_the_cards_is_the_tiny_preset():
+    """The unit of the teachers' compute (make_teachers.DEMO_STUDENT) is the default preset's REPA student."""
+    from train.config import preset
+    from train.make_teachers import DEMO_STUDENT
+    from train.models import build_model
+
+    cfg = preset("tiny")
+    model = build_model(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) == DEMO_STUDENT["parameters"]
+    assert cfg.batch_size == DEMO_STUDENT["batch_size"] and cfg.steps <= DEMO_STUDENT["steps"]
+
+
+@pytest.mark.parametrize("name", ["fashion-ssl", "fashion-supervised", "fashion-evaluator"])
+def test_shipped_networks_verify_load_and_meet_their_bars(name):
+    """The committed weights: their digest, their card, and what issue 21 asks of them."""
+    from train.shipped import SHIPPED, sha256, verified_path
+
+    assert name in SHIPPED
+    path = verified_path(name)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == sha256(path) and card["code_revision"]
+    images = FashionMNISTDataset("val").images[:4]
+    if name == "fashion-evaluator":
+        from train.feature_nets import load_feature_net
+
+        assert card["measures"]["test_accuracy"] >= 0.90
+        net = load_feature_net("builtin-evaluator", dataset="fashion-mnist")
+        assert net.provenance["weights"] == str(path.resolve()) and net(images)["class_logits"].shape == (4, 10)
+    else:
+        from train.encoders import load_encoder
+
+        assert card["compute"]["ratio_to_demo_student"] >= 20 and card["recipe"]["config"]["n_train"] == 60_000
+        enc = load_encoder(name)
+        assert enc.provenance["weights"] == f"shipped:{name}:{path.name}" and enc(images).shape == (4, 64, 128)

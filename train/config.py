@@ -252,7 +252,7 @@ class TrainConfig:
     target_norm: str = "none"
     target_norm_gamma: float = 0.6
     target_norm_eps: float = 1e-6  # added to the (unbiased) std, as the official code
-    target_shuffle: str = "none"  # "class": the control run -- each image's targets from another image of its class
+    target_shuffle: str = "none"  # the controls: "class" -- each image's targets from another image of its class; "image" -- from a random other image
     # REG (arXiv 2507.01467): the velocity loss of the jointly denoised global token (train.reg),
     # weighted by reg_coeff (0 = off; the official code's --cls default is 0.03) and needing
     # model.reg_dim = the first encoder's width; reg_token: "auto" = the encoder's class token where
@@ -368,10 +368,10 @@ class TrainConfig:
             errs.append(f"mixed_precision {self.mixed_precision!r} is unknown: use no, bf16 or fp16")
         if self.proj_loss not in ("cosine", "nt-xent"):
             errs.append(f"proj_loss {self.proj_loss!r} is unknown: use cosine or nt-xent")
-        if self.target_shuffle not in ("none", "class"):
-            errs.append(f"target_shuffle {self.target_shuffle!r} is unknown: use none or class (the shuffled-target control)")
-        if self.target_shuffle == "class" and not self.cache_targets:
-            errs.append("target_shuffle=class reads another image's cached targets: set cache_targets=true")
+        if self.target_shuffle not in ("none", "class", "image"):
+            errs.append(f"target_shuffle {self.target_shuffle!r} is unknown: use none, class or image (the shuffled-target controls)")
+        if self.target_shuffle != "none" and not self.cache_targets:
+            errs.append(f"target_shuffle={self.target_shuffle} reads another image's cached targets: set cache_targets=true")
         if self.target_norm not in TARGET_NORMS:
             errs.append(f"target_norm {self.target_norm!r} is unknown: use none or spatial (iREPA)")
         if not finite(self.target_norm_gamma):

@@ -181,7 +181,7 @@ def _sampling_args(ap: argparse.ArgumentParser) -> None:
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--labels", type=option("class_id"), nargs="+", help="class ids, cycled over the samples (default: uniform from the seed)")
     group.add_argument("--class-id", type=option("class_id"), help="one class for all samples")
-    ap.add_argument("--codec", choices=["identity", "sd-vae"], help="default: identity for 3-channel models, else sd-vae")
+    ap.add_argument("--codec", choices=["identity", "grey", "sd-vae"], help="default: identity for 3-channel models, grey for 1-channel ones, else sd-vae")
     ap.add_argument("--vae", default="stabilityai/sd-vae-ft-ema", help="sd-vae decoder: a local diffusers directory or cached hub name")
     ap.add_argument("--device", type=option("device"), default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:1, ...")
     ap.add_argument("--no-progress", action="store_true")
@@ -216,9 +216,12 @@ def _model_spec_codec(args: argparse.Namespace, text: bool = False) -> tuple[nn.
         raise UserError(f"class {bad[0]} is outside [0, {num_classes}): pass class ids the model knows")
     spec = SampleSpec(args.n, args.sampler, args.steps, args.cfg_scale, (args.guidance_low, args.guidance_high),
                       args.seed, labels, args.batch_size, args.path)
-    codec_name = args.codec or ("identity" if model.cfg.in_channels == 3 else "sd-vae")
-    if codec_name == "identity" and model.cfg.in_channels != 3:
-        raise UserError(f"the identity codec gives 3 channels but the model has {model.cfg.in_channels}: use --codec sd-vae")
+    from train.latents import CODEC_CHANNELS, PIXEL_CODECS, codec_for_channels
+
+    codec_name = args.codec or codec_for_channels(model.cfg.in_channels)
+    if codec_name in PIXEL_CODECS and model.cfg.in_channels != CODEC_CHANNELS[codec_name]:
+        raise UserError(f"the {codec_name} codec gives {CODEC_CHANNELS[codec_name]} channel(s) but the model has "
+                        f"{model.cfg.in_channels}: use --codec {codec_for_channels(model.cfg.in_channels)}")
     kw = {"encoder": args.vae, "decoder": args.vae} if codec_name == "sd-vae" else {}
     return model, spec, build_codec(codec_name, **kw).to(device)
 
@@ -263,15 +266,17 @@ def fid_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feature", default=EVALUATOR, help=f"{EVALUATOR} (default), {INCEPTION} or an encoder name")
     ap.add_argument("--feature-weights", type=option("feature_weights", str), help="local weights of the feature network")
     ap.add_argument("--inception-weights", type=option("inception_weights", str), help=f"local {INCEPTION_FILE} (implies --feature {INCEPTION})")
-    ap.add_argument("--dataset", choices=["scenes", "shapes", "digits", "folder"], default="shapes", help="reference data")
+    ap.add_argument("--dataset", choices=["fashion-mnist", "scenes", "shapes", "digits", "folder"], default="shapes",
+                    help="reference data (default: %(default)s)")
     ap.add_argument("--root", type=option("image_root", str), help="reference image folder (with --dataset folder)")
-    ap.add_argument("--ref-split", default="train")
+    ap.add_argument("--ref-split", choices=["train", "val"], help="default: val (the 10,000 test images) for fashion-mnist, else train")
     ap.add_argument("--ref-n", type=option("ref_n"), default=10_000, help="number of reference images")
     ap.add_argument("--k", type=option("pr_k"), default=3, help="k of precision/recall")
     _sampling_args(ap)
     args = ap.parse_args(argv)
     feature, weights = (INCEPTION, args.inception_weights) if args.inception_weights else (args.feature, args.feature_weights)
     progress = not args.no_progress
+    args.ref_split = args.ref_split or ("val" if args.dataset == "fashion-mnist" else "train")
     ref_kw = dict(ref_split=args.ref_split, ref_n=args.ref_n, root=args.root, k=args.k, progress=progress)
     if args.ckpt is not None:
         model, spec, codec = _model_spec_codec(args)

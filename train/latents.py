@@ -247,7 +247,13 @@ class SDVAECodec(Codec):
 
 
 CODECS: dict[str, Callable[..., Codec]] = {"identity": IdentityCodec, "grey": GreyCodec, "sd-vae": SDVAECodec}
-CODEC_CHANNELS = {"identity": 3, "grey": 1, "sd-vae": 4}  # latent channels per codec (config checks)
+CODEC_CHANNELS = {"identity": 3, "grey": 1, "sd-vae": 4}  # latent channels per codec
+PIXEL_CODECS = ("identity", "grey")
+
+
+def codec_for_channels(channels: int) -> str:
+    """The codec of a model with ``channels`` input channels: identity (3), grey (1), else sd-vae."""
+    return {3: "identity", 1: "grey"}.get(int(channels), "sd-vae")
 
 
 def build_codec(name: str, **kw) -> Codec:

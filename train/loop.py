@@ -42,7 +42,7 @@ from train.losses import denoising_loss, spatial_normalize
 from train.models import DiffusionTransformer, build_model
 from train.objectives import StepContext, build_terms, forward_inputs, forward_needs
 from train.rundir import lock_run_dir, remove_stale_temporaries
-from train.targets import TargetSource, class_partners  # noqa: F401 (re-exported)
+from train.targets import TargetSource, class_partners, image_partners  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
 CKPT_FORMAT = "repa-toolkit/1"
@@ -278,6 +278,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True,
         if not isinstance(getattr(dataset, "labels", None), Tensor):
             raise UserError("target_shuffle=class needs a dataset with its labels in memory (a built-in dataset): set target_shuffle=none")
         targets.partners = class_partners(dataset.labels, cfg.seed)
+    elif cfg.target_shuffle == "image":  # the control: every image gets a random other image's targets
+        if not in_memory:
+            raise UserError("target_shuffle=image needs a dataset held in memory (a built-in dataset): set target_shuffle=none")
+        targets.partners = image_partners(len(dataset), cfg.seed)
     found = newest_intact_checkpoint(ckpt_dir)  # latest.pt, or the newest intact step_*.pt if it is damaged
     if found is not None:
         path, state, passed_over = found

@@ -98,8 +98,10 @@ def sample_chunk(model: nn.Module, spec: SampleSpec, codec: Codec, k: int,
 
 
 def default_codec(model: nn.Module) -> Codec:
-    """Pixel space (identity) for 3-channel models, else the SD-VAE (local weights needed)."""
-    return build_codec("identity" if model.cfg.in_channels == 3 else "sd-vae").to(next(model.parameters()).device)
+    """Pixel space for 3-channel (identity) and 1-channel (grey) models, else the SD-VAE (local weights needed)."""
+    from train.latents import codec_for_channels
+
+    return build_codec(codec_for_channels(model.cfg.in_channels)).to(next(model.parameters()).device)
 
 
 def generate(model: nn.Module, n: int, sampler: str = "euler", steps: int = 50, cfg_scale: float = 1.0,

@@ -1,5 +1,6 @@
 """Where the REPA targets of a batch come from: :class:`TargetSource` (stored cache, in-memory
-cache or the encoder online) and the shuffled-target control's :func:`class_partners`."""
+cache or the encoder online) and the shuffled-target controls' :func:`class_partners` and
+:func:`image_partners`."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def class_partners(labels: Tensor, seed: int) -> Tensor:
         members = (labels == c).nonzero().flatten()
         order = members[torch.randperm(len(members), generator=gen)]
         partner[order] = order.roll(-1)
+    return partner
+
+
+def image_partners(n: int, seed: int) -> Tensor:
+    """For the ``target_shuffle="image"`` control: ``partner[i]``, another image of the whole set (one
+    random cycle through all ``n`` images, fixed by ``seed``).  Targets read through it are the
+    teacher's tokens of a random other image: they keep the tokens' overall statistics and lose every
+    link to the image, its class included."""
+    gen = torch.Generator().manual_seed(seed + 525_252)
+    order = torch.randperm(n, generator=gen)
+    partner = torch.arange(n)
+    partner[order] = order.roll(-1)
     return partner
 
 
