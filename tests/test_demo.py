@@ -87,6 +87,16 @@ def test_graph_rejects_unknown_dependencies_and_cycles():
         run_graph([Task("a", time.time, (), ("b",)), Task("b", time.time, (), ("a",))], jobs=1, say=lambda line: None)
 
 
+def test_plan_with_the_control_arm(tmp_path):
+    args = argparse.Namespace(seeds=[0], steps=200, set=[], out=tmp_path, n_images=40, n_train=30, control=True)
+    job = plan(args)
+    by_name = {t.name: t for t in job.tasks}
+    assert set(job.run_dirs) == {(0, r) for r in ("repa", "vanilla", "control")}
+    assert by_name["train control seed 0"].deps == ("evaluator", "teacher")
+    cfg = by_name["train control seed 0"].args[0]
+    assert cfg["target_shuffle"] == "image" and cfg["proj_coeff"] > 0 and "probe control seed 0" in by_name
+
+
 def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     args = argparse.Namespace(seeds=[3, 4], steps=200, set=["ckpt_every=50"], out=tmp_path, n_images=40, n_train=30)
     job = plan(args)
@@ -96,7 +106,7 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     assert by_name["train repa seed 3"].deps == ("evaluator", "teacher")
     assert by_name["train vanilla seed 3"].deps == ("evaluator",)  # vanilla does not wait for the teacher
     ckpts, seed, options, part, dataset, encoder = by_name["probe vanilla seed 4"].args
-    assert (dataset, encoder) == ("scenes", "builtin-ssl")  # the preset's data and teacher
+    assert (dataset, encoder) == ("fashion-mnist", "fashion-ssl")  # the preset's data and teacher
     assert [Path(c).name for c in ckpts] == [f"step_{s:07d}.pt" for s in (0, 50, 100, 200)]  # log series + final
     assert Path(ckpts[0]).parent == tmp_path / "seed4" / "vanilla" / "checkpoints"
     assert seed == 4 and options["n_images"] == 40 and options["n_train"] == 30
@@ -191,4 +201,4 @@ def test_plan_draws_the_maps_from_the_first_seeds_final_checkpoints(tmp_path):
     assert maps.deps == ("train repa seed 5", "train vanilla seed 5", "teacher")
     repa, vanilla, dataset, encoder, align, deeper, seed = maps.args[:7]
     assert repa == str(tmp_path / "seed5" / "repa" / "checkpoints" / "step_0000040.pt") and "vanilla" in vanilla
-    assert (dataset, encoder, align, deeper, seed) == ("scenes", "builtin-ssl", 2, 4, 5)
+    assert (dataset, encoder, align, deeper, seed) == ("fashion-mnist", "fashion-ssl", 2, 4, 5)
