@@ -27,9 +27,9 @@ def test_identity_roundtrip():
 
 
 def test_registry():
-    assert set(CODECS) == {"identity", "sd-vae"}
+    assert set(CODECS) == {"identity", "grey", "sd-vae"}
     assert isinstance(build_codec("identity"), IdentityCodec)
-    with pytest.raises(UserError, match="identity, sd-vae"):
+    with pytest.raises(UserError, match="identity, grey, sd-vae"):
         build_codec("vq-gan")
 
 

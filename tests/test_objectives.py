@@ -250,7 +250,7 @@ def test_sra_run_resumes_bitwise_and_its_checkpoint_loads_and_samples(tmp_path):
 # every objective from the CLI; their checks
 # ----------------------------------------------------------------------------------------------
 
-TINY = ["--preset", "tiny", "--steps", "2", "--no-progress", "--threads", "1", "--set", "random_init_encoders=true",
+TINY = ["--preset", "tiny-scenes", "--steps", "2", "--no-progress", "--threads", "1", "--set", "random_init_encoders=true",
         "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.encoder_depth=1", "model.projector_dim=64",
         "data.n_train=32", "batch_size=8", "log_every=1", "sample_every=0", "eval_every=0"]
 

@@ -107,12 +107,14 @@ def test_proj_coeff_0_trains_the_vanilla_baseline_as_its_help_says(tmp_path, cap
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sets,expect,said", [
-    (["attn_coeff=0.5"], {"attn_model_layers": [1, 2], "attn_teacher_layers": [2, 2]}, "default attn_model_layers=[1, 2]"),
+    # the tiny preset: 6 blocks of 2 heads against fashion-ssl (4 blocks of 4 heads, width 128)
+    (["attn_coeff=0.5"], {"attn_model_layers": [1, 2], "attn_teacher_layers": [3, 4], "attn_heads": "mean"},
+     "default attn_model_layers=[1, 2]"),
     (["sra_coeff=0.5"], {"model.sra_projector_dim": 128}, "default model.sra_projector_dim=128 (SRA: twice the width 64)"),
-    (["reg_coeff=0.5"], {"model.reg_dim": 64}, "default model.reg_dim=64 (REG: the first encoder's width)"),
+    (["reg_coeff=0.5"], {"model.reg_dim": 128}, "default model.reg_dim=128 (REG: the first encoder's width)"),
     (["sra_coeff=0.5", "model.sra_projector_dim=96"], {"model.sra_projector_dim": 96}, None),  # explicit fields win
     (["attn_coeff=0.5", "attn_model_layers=[3]", "attn_teacher_layers=[1]"], {"attn_model_layers": [3], "attn_teacher_layers": [1]}, None),
-    (["reg_coeff=0.5", "model.reg_dim=64"], {"model.reg_dim": 64}, None),
+    (["reg_coeff=0.5", "model.reg_dim=128"], {"model.reg_dim": 128}, None),
 ])
 def test_one_field_turns_an_objective_on(capsys, sets, expect, said):
     code, err, out = call(main_train, ["--preset", "tiny", "--dry-run", "--set", *sets], capsys)
@@ -148,7 +150,8 @@ def test_a_run_switched_on_by_one_field_trains_and_resumes_with_the_same_command
     args = [*TINY, "--set", "sra_coeff=0.5", "attn_coeff=0.5", "--out", str(tmp_path / "r")]
     assert call(main_train, [*args, "--steps", "1"], capsys)[0] == 0
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
-    assert saved["model"]["sra_projector_dim"] == 64 and saved["attn_model_layers"] == [1]
+    assert saved["model"]["sra_projector_dim"] == 64 and saved["attn_model_layers"] == [1, 1]  # haste_layers(2, 4)
+    assert saved["attn_teacher_layers"] == [3, 4] and saved["attn_heads"] == "mean"  # 2 model heads < fashion-ssl's 4
     code, err, _ = call(main_train, [*args, "--steps", "2"], capsys)  # resume: the same defaults, the same settings
     assert code == 0, err
     assert torch.load(tmp_path / "r" / "checkpoints" / "latest.pt", weights_only=True)["step"] == 2

@@ -18,7 +18,7 @@ from train.models import build, load, predict
 from train.objectives import RegTerm, StepContext, build_terms
 from train.sampling import sample
 
-TINY = ["--preset", "tiny", "--ckpt-every", "2", "--no-progress", "--threads", "1",
+TINY = ["--preset", "tiny-scenes", "--ckpt-every", "2", "--no-progress", "--threads", "1",
         "--set", "random_init_encoders=true", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
         "model.encoder_depth=1", "model.projector_dim=64", "data.n_train=64", "batch_size=8", "log_every=1",
         "sample_every=0", "eval_every=0", "reg_coeff=0.03", "model.reg_dim=64"]

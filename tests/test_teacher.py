@@ -121,7 +121,7 @@ def test_bad_teacher_configs_are_one_line_errors():
         TeacherConfig(kind="dino")
     with pytest.raises(UserError, match="dense teacher trains on the per-pixel ground truth"):
         TeacherConfig(kind="dense", dataset="shapes")
-    assert set(TEACHERS) == {"builtin-dense", "builtin-ssl", "builtin-supervised", "builtin-teacher"}
+    assert set(TEACHERS) == {"fashion-ssl", "fashion-supervised", "builtin-dense", "builtin-ssl", "builtin-supervised", "builtin-teacher"}
 
 
 def test_each_built_in_dataset_has_its_own_evaluator():

@@ -216,6 +216,11 @@ def train_builtin_evaluator(cfg: EvaluatorConfig = EvaluatorConfig(), cache_dir:
 SHIPPED_EVALUATORS = {"fashion-mnist": "fashion-evaluator"}  # dataset -> shipped weights (train.shipped)
 
 
+def _accuracy(sidecar: dict[str, Any]) -> float | None:
+    """Held-out accuracy from a cache sidecar (``val_accuracy``) or a shipped card (``measures.test_accuracy``)."""
+    return sidecar.get("val_accuracy", sidecar.get("measures", {}).get("test_accuracy"))
+
+
 def save_evaluator(model: EvaluatorCNN, cfg: EvaluatorConfig, path: Path) -> None:
     """The evaluator as safetensors (config and format in the metadata), written atomically."""
     from safetensors.torch import save_file
@@ -268,7 +273,7 @@ class BuiltinEvaluator(FeatureNet):
         sidecar = path.with_suffix(".json")
         self.provenance = {"name": EVALUATOR, "architecture": "EvaluatorCNN (ResNet)", "key": self.cfg.key(),
                            "weights": str(path.resolve()), "config": asdict(self.cfg),
-                           **({"val_accuracy": json.loads(sidecar.read_text())["val_accuracy"]} if sidecar.exists() else {})}
+                           **({"val_accuracy": _accuracy(json.loads(sidecar.read_text()))} if sidecar.exists() else {})}
         self.cache_id = f"{EVALUATOR}:{self.cfg.key()}"
         self.freeze()
 

@@ -39,6 +39,13 @@ def encoder_depth(name: str) -> int | None:
     return VIT_DEPTHS[m.group(1)] if m else None
 
 
+def encoder_heads(name: str) -> int | None:
+    """The attention heads of a built-in or shipped teacher (its config), None for the others."""
+    from train.teacher import TEACHERS
+
+    return TEACHERS[name].heads if name in TEACHERS else None
+
+
 def haste_layers(depth: int, encoder_blocks: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """HASTE's layer pairs scaled to a model of ``depth`` blocks and an encoder of ``encoder_blocks``."""
     scale = lambda b, n, of: max(1, min(n, round(n * b / of)))  # noqa: E731
@@ -60,6 +67,10 @@ def fill_objective_defaults(cfg: "TrainConfig") -> list[str]:
             cfg.attn_model_layers, cfg.attn_teacher_layers = haste_layers(model.depth, blocks)
             chosen += [f"attn_model_layers={list(cfg.attn_model_layers)} attn_teacher_layers={list(cfg.attn_teacher_layers)} "
                        f"(HASTE's SiT-XL 5-8 <- DINOv2-B 9-12, scaled to depth {model.depth} and {cfg.encoders[0]}'s {blocks} blocks)"]
+            heads = encoder_heads(cfg.encoders[0])
+            if cfg.attn_heads == "first" and heads and isinstance(model.num_heads, int) and model.num_heads < heads:
+                cfg.attn_heads = "mean"  # HASTE pairs head h with the teacher's head h: too few model heads for that
+                chosen.append(f"attn_heads=mean (the model's {model.num_heads} heads are fewer than {cfg.encoders[0]}'s {heads})")
     if _on(cfg.sra_coeff) and model.sra_projector_dim == 0 and isinstance(model.hidden_size, int):
         model = dataclasses.replace(model, sra_projector_dim=2 * model.hidden_size)
         chosen.append(f"model.sra_projector_dim={model.sra_projector_dim} (SRA: twice the width {model.hidden_size})")
