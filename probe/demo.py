@@ -207,7 +207,7 @@ def task_maps(repa: str, vanilla: str, dataset: str, encoder: str, align: int, d
     from train.models import load
 
     runs = {"REPA": repa, "vanilla": vanilla}
-    size = load(repa).cfg.input_size  # the demo's codec is the identity
+    size = load(repa).cfg.input_size  # the demo's codecs (identity, grey) work on pixels: no downsampling
     shown = image_set(build_dataset(dataset, "val", size=size), 6, seed, f"{dataset}/val")
     fit = image_set(build_dataset(dataset, "train", size=size), 64, seed + 1, f"{dataset}/train")
     kw = dict(seed=seed, random_init_encoder=random_init_encoder, progress=False)
