@@ -4,6 +4,7 @@ hflip), and targets of another encoder or unfinished ones are refused in one lin
 
 Random-weight SD-VAE and built-in teacher: the architectures and code paths are the real ones."""
 
+import dataclasses
 import json
 import shutil
 
@@ -181,3 +182,31 @@ def test_mismatched_or_unfinished_target_cache_is_refused(latent_cache, tmp_path
         save_file({k: v for k, v in load_file(str(p)).items() if not k.endswith("_flip")}, str(plain / p.name))
     with pytest.raises(UserError, match="--hflip"):
         train(config(plain), tmp_path / "noflip", progress=False)
+
+
+def test_runs_with_one_teacher_on_one_dataset_share_their_in_memory_targets(tmp_path, monkeypatch):
+    """The in-memory target cache (a built-in dataset) is computed by the first run and linked by the
+    next one (one file on disk, not one per run), and the run that reads it trains bitwise as the one
+    that computed it; another teacher (here: another random init) gets its own file."""
+    import train.targets as targets
+
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(
+        model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
+                          num_heads=2, encoder_depth=1, z_dims=(64,)),
+        data=DataConfig(dataset="shapes", image_size=16, n_train=32),
+        encoders=("builtin-teacher",), random_init_encoders=True, batch_size=8, steps=2, log_every=1,
+        ckpt_every=2, device="cpu", threads=1)
+    calls = []
+    real = targets.TargetSource._encode_all
+    monkeypatch.setattr(targets.TargetSource, "_encode_all", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", progress=False)
+    assert len(calls) == 1  # the second run encoded nothing
+    shared = list((tmp_path / "cache" / "targets").glob("*.pt"))
+    assert len(shared) == 1 and (tmp_path / "b" / "target_cache.pt").samefile(shared[0])
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "latest.pt", weights_only=True) for r in "ab")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # another seed: random-init teachers are seeded by the run, so another teacher and its own file
+    train(dataclasses.replace(cfg, seed=1), tmp_path / "c", progress=False)
+    assert len(calls) == 2 and len(list((tmp_path / "cache" / "targets").glob("*.pt"))) == 2

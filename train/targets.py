@@ -41,6 +41,39 @@ def image_partners(n: int, seed: int) -> Tensor:
     return partner
 
 
+def shared_target_file(encoders: list, images: Tensor, hflip: bool) -> Path:
+    """Where the in-memory targets of ``encoders`` on ``images`` are shared between runs:
+    ``$REPA_CACHE/targets/<digest>.pt``, the digest over each encoder's :func:`encoder_key` (its
+    provenance and weights), the images' bytes and ``hflip``; runs with the same teacher and data
+    (every seed and variant of a study) encode the training set once."""
+    import hashlib
+
+    from train.checkpoints import repa_cache_dir
+    from train.target_cache import encoder_key
+
+    h = hashlib.sha256(repr(([encoder_key(e) for e in encoders], tuple(images.shape), str(images.dtype), hflip)).encode())
+    h.update(images.detach().cpu().contiguous().numpy().tobytes())
+    return repa_cache_dir() / "targets" / f"{h.hexdigest()[:24]}.pt"
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Make ``dst`` the file ``src`` (a hard link, swapped in atomically; a plain copy across file
+    systems); a failure leaves things as they were: sharing is an optimisation, never required."""
+    import os
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 class TargetSource:
     """Encoder patch tokens for the images of a batch: the one place that decides where they come from.
 
@@ -50,7 +83,9 @@ class TargetSource:
        train.data targets``), checked against the encoder -- targets of another encoder (weights,
        grid, preprocessing) or unfinished ones are refused with a one-line :class:`UserError`;
     2. in memory: for in-memory ``images``, the tokens of every image (and, with ``hflip``, of its
-       mirror image) computed once at the start as float16 (N, T, D) and kept in ``cache_file``;
+       mirror image) computed once at the start as float16 (N, T, D) and kept in ``cache_file``, a
+       hard link to the copy every run of these encoders on these images shares
+       (:func:`shared_target_file`);
     3. online: the encoder runs on the batch's images every step (also with ``cache`` off).
 
     The loop flips images itself (``flip``: a bool per sample); the stored and in-memory sources
@@ -74,6 +109,9 @@ class TargetSource:
         todo = [j for j, src in enumerate(self.sources) if src is None]
         if not todo or images is None:
             return
+        shared = shared_target_file(encoders, images, hflip) if cache_file is not None else None
+        if shared is not None and shared.exists() and not cache_file.exists():
+            _link(shared, cache_file)  # another run of these encoders on these images computed them
         saved = self._read_cache_file(cache_file, encoders)
         tokens = self._as_list(saved.get("tokens"))
         flipped = self._as_list(saved.get("tokens_flip"))
@@ -90,6 +128,8 @@ class TargetSource:
                              "encoders": [e.provenance for e in encoders]}, cache_file)
         for j in todo:
             self.sources[j] = (tokens[j], flipped[j] if hflip else None)
+        if shared is not None and cache_file.exists() and not (shared.exists() and shared.samefile(cache_file)):
+            _link(cache_file, shared)  # offer them to the next run
 
     @staticmethod
     def _read_cache_file(cache_file: Path | None, encoders: list) -> dict:
