@@ -26,7 +26,7 @@ install: $(STAMP)
 
 # the default's data: found, or Debian's package installed (as root), or torchvision's download; says which
 data: $(STAMP)
-	$(PY) -m train.get_data
+	$(PY) -m train.data.get_data
 
 demo: $(STAMP) data
 	$(PY) -m probe.demo $(DEMO_ARGS)
@@ -37,7 +37,7 @@ extended: $(STAMP) data
 # the shipped Fashion-MNIST teachers and evaluator (train/weights/): about an hour of one core each,
 # resumable; skips what is built (--rebuild in TEACHERS_ARGS trains again)
 teachers: $(STAMP)
-	$(PY) -m train.make_teachers $(TEACHERS_ARGS)
+	$(PY) -m train.targets.make_teachers $(TEACHERS_ARGS)
 
 controls: $(STAMP)
 	bash studies/controls.sh

@@ -4,7 +4,7 @@ per (layer, t).
 Side by side in one run, on the same randomly initialised model, images, noise and null label:
 
 * ``ours``  ``probe.extract.extract``: one forward per (batch, t) through
-  ``train.models.predict(..., return_hidden=all layers, head=False)``, every layer's hidden state
+  ``train.models.loading.predict(..., return_hidden=all layers, head=False)``, every layer's hidden state
   kept (mean-pooled) from that single forward;
 * ``per-layer, truncated``  the straightforward sweep, one forward per (layer, t) per batch keeping
   only that layer: ``predict(..., return_hidden=[layer], head=False)``, which stops after block
@@ -13,7 +13,7 @@ Side by side in one run, on the same randomly initialised model, images, noise a
   a forward hook on an unmodified model costs.
 
 Both per-layer sweeps draw the noise once per batch (``probe.extract.image_noise``, as ``extract``
-does) and noise each batch to every t with ``train.interpolants.interpolate``.  Before timing, the
+does) and noise each batch to every t with ``train.objectives.interpolants.interpolate``.  Before timing, the
 three ways are run on a few images and their features compared (``torch.testing.assert_close``);
 the timed features are compared again afterwards.  Timing is interleaved by batch and t (ours,
 truncated, full on batch 1 at t = 0, the same at the next t, ..., next batch), ``extract`` being
@@ -56,9 +56,9 @@ def build_model(name: str):
     """A randomly initialised model and its input: ``(model, codec, images (N, ...) factory)``."""
     import torch
 
-    from train.config import preset, published_config
-    from train.latents import Codec, build_codec
-    from train.models import build
+    from train.run.config import preset, published_config
+    from train.data.latents import Codec, build_codec
+    from train.models.loading import build
 
     if name == "tiny":
         mcfg, codec = preset("tiny").model, build_codec(preset("tiny").data.codec)
@@ -103,8 +103,8 @@ def sweep_per_layer(model, codec, image_set, ts, layers, batch_size: int, seed: 
     import torch
 
     from probe.extract import image_noise, pool
-    from train.interpolants import interpolate
-    from train.models import predict
+    from train.objectives.interpolants import interpolate
+    from train.models.loading import predict
 
     cfg = model.cfg
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)

@@ -31,8 +31,8 @@ from benchmarks._common import finish, header, save  # noqa: E402
 
 CHILD = """
 import json, sys, time, torch
-from train.config import override, preset
-from train.loop import train
+from train.run.config import override, preset
+from train.run.loop import train
 settings, out = json.loads(sys.argv[1]), sys.argv[2]
 cfg = override(preset("tiny"), [f"{k}={json.dumps(v)}" for k, v in settings.items()])
 torch.set_num_threads(cfg.threads)

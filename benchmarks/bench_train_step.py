@@ -44,9 +44,9 @@ VARIANTS = ("reference", "ours-online", "ours-cached")
 def build(model_name: str, device: str, variant: str, encoder_name: str):
     import torch
 
-    from train.config import preset, published_config
-    from train.encoders import load_encoder
-    from train.models import DiffusionTransformer
+    from train.run.config import preset, published_config
+    from train.targets.encoders import load_encoder
+    from train.models.loading import DiffusionTransformer
 
     if model_name in ("tiny", "tiny-128"):
         mcfg = preset("tiny").model
@@ -73,9 +73,9 @@ def run_variant(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from train import interpolants as itp
-    from train.loop import ema_update
-    from train.losses import denoising_loss, projection_loss
+    from train.objectives import interpolants as itp
+    from train.run.loop import ema_update
+    from train.objectives.losses import denoising_loss, projection_loss
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

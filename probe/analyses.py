@@ -35,111 +35,24 @@ from torch import Tensor
 
 from probe.extract import (DEFAULT_TS, LABELS, POOLINGS, ImageSet, _check_choice, _model_t, check_ts, conditioning,
                            encoder_features, extract, image_noise, image_set, labelled, model_provenance, resolve_layers)
-from probe.linear import METHODS, probe_accuracy
+from probe.config import ALIGNMENT, METRICS, ProbeConfig  # noqa: F401 (re-exported)
+from probe.linear import probe_accuracy
 from probe.metrics import cka, cknna, mutual_knn, prepare
-from probe.tokens import TOKEN_METRICS, TokenPlan, encoder_tokens, reference_rows, token_plan, token_rows
+from probe.tokens import TokenPlan, encoder_tokens, reference_rows, token_plan, token_rows
 from probe.run_defaults import resolve as resolve_defaults
-from train.data import build_dataset
-from train.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resample_tokens
-from train.checkpoints import atomic_write
+from train.data.datasets import build_dataset
+from train.targets.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resample_tokens
+from train.run.checkpoints import atomic_write
 from train.errors import UserError
-from train.latents import Codec, build_codec
-from train.config import TrainConfig
-from train.loop import git_revision, training_targets
-from train.interpolants import interpolate
-from train.models import DiffusionTransformer, load, predict
+from train.data.latents import Codec, build_codec
+from train.run.config import TrainConfig
+from train.run.loop import git_revision, training_targets
+from train.objectives.interpolants import interpolate
+from train.models.loading import DiffusionTransformer, load, predict
 
 Checkpoint = str | os.PathLike | torch.nn.Module  # a path, or a loaded DiffusionTransformer / MMDiT
 
 
-@dataclass
-class ProbeConfig:
-    """Everything that decides the numbers of an analysis (recorded in the JSON sidecar).
-
-    ``image_size=None`` takes the first model's input size times the codec's downsampling;
-    ``n_train=0`` or no ``"linear_probe"`` in ``metrics`` skips the probes; ``q=None`` disables
-    clipping; ``cknna_mode`` is the score mode of CKNNA and CKA (``probe.metrics``); ``store``
-    keeps extracted features (``<store>/features``) and encoder features (``<store>/encoders``;
-    without a store they are cached under ``$REPA_CACHE/encoder-features``).  Token-level metrics
-    (``probe.tokens``): ``token_samples`` (image, token) pairs for ``cknna_token``; ``r_near`` and
-    ``r_far`` for ``lds`` (``r_far=None``: scaled to the grid, ``probe.metrics.default_r_far``).
-    """
-
-    dataset: str | None = None  # None: the checkpoint's own (probe.run_defaults)
-    data_root: str | None = None
-    image_size: int | None = None
-    split: str = "val"
-    n_images: int = 1000
-    train_split: str = "train"
-    n_train: int = 2000
-    ts: tuple[float, ...] = DEFAULT_TS
-    layers: str | tuple[int, ...] = "all"
-    metrics: tuple[str, ...] = ("cknna", "cka", "mutual_knn", "linear_probe")
-    k: int = 10
-    cknna_mode: str = "reference"
-    q: float | None = 0.95
-    normalize: bool = True
-    pooling: str = "mean"
-    token_samples: int = 2000
-    r_near: int = 1
-    r_far: int | None = None
-    label: str = "null"
-    seed: int = 0
-    codec: str | None = None  # None: the checkpoint's own, else by its channels (probe.run_defaults)
-    weights: str = "ema"
-    encoder_weights: tuple[str, ...] = ()
-    random_init_encoder: bool = False
-    probe_method: str = "torch"
-    probe_epochs: int = 90
-    probe_batch_size: int = 16384
-    probe_lr: float = 1e-3
-    batch_size: int = 64
-    device: str = "cpu"
-    store: str | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.ts = check_ts(self.ts)
-        if not isinstance(self.layers, str):
-            self.layers = tuple(int(layer) for layer in self.layers)
-        self.metrics, self.encoder_weights = tuple(self.metrics), tuple(self.encoder_weights)
-        choices = {"metric": (self.metrics, METRICS), "pooling": ((self.pooling,), POOLINGS),
-                   "label mode": ((self.label,), LABELS), "cknna mode": ((self.cknna_mode,), ("reference", "exact")),
-                   "linear-probe method": ((self.probe_method,), METHODS), "weights": ((self.weights,), ("ema", "model"))}
-        for what, (values, allowed) in choices.items():
-            for value in values:
-                if value not in allowed:
-                    raise UserError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
-        if self.k < 2:
-            raise UserError(f"k={self.k} is too small: pass k >= 2 (the paper uses 10)")
-        if self.n_images is not None and any(m in ("cknna", "cka") for m in self.metrics) and self.n_images < 4:
-            raise UserError(f"n_images={self.n_images}: CKNNA and CKA (unbiased HSIC) need at least 4 evaluation images: pass --n-images 4 or more")
-        if self.n_images is not None and any(m in ALIGNMENT for m in self.metrics) and self.n_images <= self.k:
-            raise UserError(f"n_images={self.n_images} evaluation images for k={self.k} nearest neighbours: pass more than {self.k} images or a smaller k")
-        if "cknna_token" in self.metrics and not self.token_samples > self.k:
-            raise UserError(f"token_samples={self.token_samples} token pairs for k={self.k} nearest neighbours: pass more than {self.k} (e.g. 2000)")
-        if not (self.r_near >= 1 and (self.r_far is None or self.r_far > self.r_near)):
-            raise UserError(f"lds radii r_near={self.r_near}, r_far={self.r_far}: pass 1 <= r_near < r_far (or r_far=None, scaled to the grid)")
-        if self.n_train is not None and self.n_train == 1:
-            raise UserError("n_train=1: a linear probe needs at least 2 training images (0 skips the probes)")
-
-    @property
-    def preprocessing(self) -> str:
-        """``"clip0.95+l2"``-style description of what :func:`probe.metrics.prepare` did."""
-        parts = ([f"clip{self.q:g}"] if self.q not in (None, 1) else []) + (["l2"] if self.normalize else [])
-        return "+".join(parts) or "none"
-
-    @property
-    def probing(self) -> bool:
-        return "linear_probe" in self.metrics and self.n_train > 0
-
-
-ALIGNMENT: dict[str, Callable[[Tensor, Tensor, ProbeConfig], float]] = {
-    "cknna": lambda a, b, c: cknna(a, b, k=c.k, mode=c.cknna_mode),
-    "cka": lambda a, b, c: cka(a, b, mode=c.cknna_mode),
-    "mutual_knn": lambda a, b, c: mutual_knn(a, b, k=c.k),
-}
-METRICS = (*ALIGNMENT, "linear_probe", *TOKEN_METRICS)  # the token-level ones are opt-in (not in the defaults)
 COLUMNS = ["run", "checkpoint", "step", "flavour", "model", "weights", "layer", "t", "model_t", "metric", "target",
            "value", "is_reference", "pooling", "preprocessing", "k", "cknna_mode", "seed", "n_images", "n_train",
            "label", "dataset", "codec", "probe_method", "code_version"]
@@ -334,7 +247,7 @@ def layer_sweep(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] | None = 
                 config: ProbeConfig | None = None, **options: Any) -> pd.DataFrame:
     """Every layer x noise level of one checkpoint against ``encoders`` (REPA Fig. 2a/2b).
 
-    ``dataset``: a dataset name (``train.data``; evaluation and probe-training splits from the
+    ``dataset``: a dataset name (``train.data.datasets``; evaluation and probe-training splits from the
     config) or a ``(train_images, eval_images)`` pair of anything ``probe.extract.image_set`` takes;
     ``dataset``, ``encoders`` (and ``config.codec``) left ``None`` are the checkpoint's own
     (:mod:`probe.run_defaults`).

@@ -28,10 +28,10 @@ from probe.analyses import METRICS, ProbeConfig
 from probe.extract import DEFAULT_TS, LABELS, POOLINGS
 from probe.linear import METHODS
 from train.errors import UserError
-from train.rules import Parser, option
+from train.run.rules import Parser, option
 
 
-_Parser = Parser  # argparse whose usage errors are one line and exit 2 (train.rules)
+_Parser = Parser  # argparse whose usage errors are one line and exit 2 (train.run.rules)
 
 
 def _layers(values: list[str]) -> str | list[int]:
@@ -203,10 +203,10 @@ def _run(args: argparse.Namespace) -> list[Path]:
 def _pca(args: argparse.Namespace) -> list[Path]:
     from probe.extract import image_set
     from probe.pca import token_pca
-    from train.checkpoints import atomic_write
-    from train.data import build_dataset
+    from train.run.checkpoints import atomic_write
+    from train.data.datasets import build_dataset
     from probe.run_defaults import trained_on
-    from train.models import load
+    from train.models.loading import load
 
     if not args.checkpoint.is_file():
         raise UserError(f"checkpoint {args.checkpoint} does not exist: check the path")
@@ -232,7 +232,7 @@ def _pca(args: argparse.Namespace) -> list[Path]:
 
 def _patch_align(args: argparse.Namespace) -> list[Path]:
     from probe.patch_alignment import patch_alignment
-    from train.checkpoints import atomic_write
+    from train.run.checkpoints import atomic_write
 
     named = {}
     for item in args.checkpoints:
@@ -271,7 +271,7 @@ def _similarity(args: argparse.Namespace) -> list[Path]:
 
 def build_codec_downsample(codec: str) -> int:
     """The pixel-to-latent downsampling of ``codec`` (1 for identity) without loading its weights."""
-    from train.latents import build_codec
+    from train.data.latents import build_codec
 
     return 1 if codec in ("identity", "grey") else build_codec(codec).downsample
 

@@ -53,9 +53,9 @@ from typing import Any, Callable
 import pandas as pd
 
 from probe.summary import live_rows, results_markdown
-from train.config import TrainConfig, override, preset
+from train.run.config import TrainConfig, override, preset
 from train.errors import UserError
-from train.rules import Parser, option
+from train.run.rules import Parser, option
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ("repa", "vanilla")
@@ -63,7 +63,7 @@ RUNS = ("repa", "vanilla")
 DEMO_METRICS = ("cknna", "cka", "mutual_knn", "linear_probe", "cknna_token", "lds")
 
 
-LIVE_EVERY = 100  # live alignment of every run (train.live_align); its overhead at this interval: BENCHMARKS.md
+LIVE_EVERY = 100  # live alignment of every run (train.run.live_align); its overhead at this interval: BENCHMARKS.md
 
 
 def demo_config(seed: int, steps: int | None, sets: list[str] | None = None) -> TrainConfig:
@@ -93,8 +93,8 @@ def _worker_init() -> None:
 def task_teacher(name: str) -> dict:
     """Train (or load) the built-in teacher ``name``; its sidecar (config, time, held-out accuracy),
     or for a shipped teacher its card (sha256-checked weights; nothing is trained)."""
-    from train.shipped import SHIPPED, verified_path
-    from train.teacher import TEACHERS, train_builtin_teacher
+    from train.targets.shipped import SHIPPED, verified_path
+    from train.targets.teacher import TEACHERS, train_builtin_teacher
 
     if name in SHIPPED:
         card = json.loads(verified_path(name).with_suffix(".json").read_text())
@@ -107,7 +107,7 @@ def task_teacher(name: str) -> dict:
 
 def task_evaluator(cfg: dict) -> str:
     """Train (or load) the built-in evaluator and its reference statistics for ``cfg``'s data."""
-    from train.evaluate import build_training_evaluator
+    from train.evaluation.evaluate import build_training_evaluator
 
     build_training_evaluator(TrainConfig.from_dict(cfg))
     return "ready"
@@ -115,8 +115,8 @@ def task_evaluator(cfg: dict) -> str:
 
 def task_train(cfg: dict, out: str) -> str:
     """One training run (resumed when ``out`` holds one), evaluated as it goes."""
-    from train.cli import training_evaluator
-    from train.loop import train
+    from train.run.cli import training_evaluator
+    from train.run.loop import train
 
     cfg = TrainConfig.from_dict(cfg)
     return str(train(cfg, out, progress=False, evaluator=training_evaluator(cfg)))
@@ -127,7 +127,7 @@ def _cached_table(part: Path, compute: Callable[[], pd.DataFrame], inputs: list[
     ``inputs`` files (size and modification time: a run retrained in place is recomputed); returns
     its parquet path.  The ``.inputs`` file is written last, so it marks a finished table."""
     from probe.analyses import save_table
-    from train.checkpoints import atomic_write
+    from train.run.checkpoints import atomic_write
 
     stamp = part.with_suffix(".inputs")
     files = lambda: _key([(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs])  # noqa: E731
@@ -202,9 +202,9 @@ def task_maps(repa: str, vanilla: str, dataset: str, encoder: str, align: int, d
     from probe.extract import image_set
     from probe.patch_alignment import patch_alignment
     from probe.pca import token_pca
-    from train.checkpoints import atomic_write
-    from train.data import build_dataset
-    from train.models import load
+    from train.run.checkpoints import atomic_write
+    from train.data.datasets import build_dataset
+    from train.models.loading import load
 
     runs = {"REPA": repa, "vanilla": vanilla}
     size = load(repa).cfg.input_size  # the demo's codecs (identity, grey) work on pixels: no downsampling
@@ -331,8 +331,8 @@ class Plan:
 def plan(args: argparse.Namespace) -> Plan:
     """The task graph of a demo run (``args``: the command line's seeds, steps, set, out, n_images, n_train)."""
     from probe.analyses import ProbeConfig
-    from train.cli import as_vanilla
-    from train.loop import keep_in_series
+    from train.run.cli import as_vanilla
+    from train.run.loop import keep_in_series
 
     args = argparse.Namespace(**{**vars(args), "out": Path(args.out).resolve()})  # part keys: one spelling of each path
     cfgs = {seed: demo_config(seed, args.steps, args.set) for seed in args.seeds}
@@ -349,7 +349,7 @@ def plan(args: argparse.Namespace) -> Plan:
     run_dirs, probes = {}, []
     for seed, cfg in cfgs.items():
         arms = [("repa", cfg), ("vanilla", as_vanilla(cfg))]
-        if getattr(args, "control", False):  # REPA on a random other image's teacher tokens (train.targets.image_partners)
+        if getattr(args, "control", False):  # REPA on a random other image's teacher tokens (train.targets.source.image_partners)
             arms.append(("control", dataclasses.replace(cfg, target_shuffle="image")))
         for run, c in arms:
             out = args.out / f"seed{seed}" / run

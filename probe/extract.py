@@ -1,8 +1,8 @@
 """Hidden states of a diffusion transformer for every layer x noise level, and of target encoders.
 
 :func:`extract` noises each image to every requested REPA time ``t`` (t = 0 clean, t = 1 noise) with
-``train.interpolants.interpolate`` and runs ONE forward per batch and t through
-``train.models.predict(..., return_hidden=layers, head=False)``, which converts t to the checkpoint's
+``train.objectives.interpolants.interpolate`` and runs ONE forward per batch and t through
+``train.models.loading.predict(..., return_hidden=layers, head=False)``, which converts t to the checkpoint's
 own clock (SiT ``1 - t``, DiT the DDPM step of nearest log-SNR; recorded as ``model_t``).  Choices
 that change the numbers (REPA-NOTES section 5) are explicit parameters recorded with every result:
 
@@ -11,7 +11,7 @@ that change the numbers (REPA-NOTES section 5) are explicit parameters recorded 
   checkpoint, layer AND t (curves over t differ by noise level only, never by the draw);
 * latents: the codec's posterior mean (deterministic; SD-VAE's posterior std is tiny);
 * label: the null class (the paper's choice, no label leak) or the real label; for a text-to-image
-  MMDiT (``train.mmdit``) the null (empty-caption) context or the image's own caption features
+  MMDiT (``train.models.mmdit``) the null (empty-caption) context or the image's own caption features
   (``real``, captioned datasets only: ``ImageSet.contexts``);
 * pooling: mean over patch tokens (the paper's) or all tokens kept;
 * ``tokens`` (a ``probe.tokens.TokenPlan``): besides the pooled features, a seeded sample of
@@ -32,7 +32,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -41,16 +41,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from train.checkpoints import atomic_write
+from train.run.checkpoints import atomic_write
 from train.errors import UserError
-from train.interpolants import interpolate
-from train.latents import Codec, build_codec
-from train.loop import git_revision
-from train.models import DiffusionTransformer, model_time, predict
-from train.probe_set import image_noise, noise_seed, subset_indices  # noqa: F401 - noise_seed: public here too
+from train.objectives.interpolants import interpolate
+from train.data.latents import Codec, build_codec
+from train.run.loop import git_revision
+from train.models.loading import DiffusionTransformer, model_time, predict
+from train.evaluation.probe_set import image_noise, noise_seed, subset_indices  # noqa: F401 - noise_seed: public here too
 
-if TYPE_CHECKING:
-    from probe.tokens import TokenPlan
 
 DEFAULT_TS = (0.0, 0.25, 0.5)
 POOLINGS = ("mean", "tokens")
@@ -111,7 +109,7 @@ class ImageSet:
     """Images to probe: ``data`` (a dataset of ``(uint8 (3, H, W), label)`` or an ``(images, labels)``
     tensor pair), the ``indices`` used, a ``name`` for tables and an ``identity`` hash (data + indices).
 
-    A captioned dataset (``train.captions``: items ``(image, caption features (L, C))``) gives its
+    A captioned dataset (``train.data.captions``: items ``(image, caption features (L, C))``) gives its
     class ``labels`` where it has them (the built-in captioned sets) and -1 otherwise (MS-COCO
     features); :meth:`contexts` gives the captions."""
 
@@ -286,7 +284,7 @@ def extract(
     store: str | os.PathLike | None = None,
     shard_size: int = 4096,
     progress: bool = True,
-    tokens: TokenPlan | None = None,
+    tokens: Any = None,  # a probe.tokens.TokenPlan
 ) -> Features:
     """Hidden states of ``model`` for every layer x t on ``images`` (see the module docstring).
 
@@ -309,7 +307,7 @@ def extract(
     if tokens is not None:
         prov["tokens"] = tokens.provenance
     if store is not None and prov["checkpoint"] == "in-memory":
-        raise UserError("a feature store needs a model loaded from a checkpoint (train.models.load): save the model or pass store=None")
+        raise UserError("a feature store needs a model loaded from a checkpoint (train.models.loading.load): save the model or pass store=None")
     key, prov_json = digest(prov), json.dumps(prov, sort_keys=True)
     model_ts = {t: _model_t(model, t) for t in ts}
     version = git_revision()
@@ -386,7 +384,7 @@ def read_index(store: str | os.PathLike) -> pd.DataFrame:
 @torch.no_grad()
 def encoder_features(encoder: torch.nn.Module, images: Any, pooling: str = "mean", batch_size: int = 64,
                      cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Tensor:
-    """Patch tokens of a ``train.encoders.Encoder`` on ``images``, mean-pooled (N, D) or kept (N, T, D).
+    """Patch tokens of a ``train.targets.encoders.Encoder`` on ``images``, mean-pooled (N, D) or kept (N, T, D).
 
     With ``cache_dir`` the result is stored once per (encoder provenance, image set, pooling) in
     ``<cache_dir>/<name>-<hash>.safetensors``.  Random-init encoders are cached only when their

@@ -6,7 +6,7 @@ spatially normalised when the run's ``TrainConfig.target_norm = "spatial"``) and
 from the model's tokens at noise level t:
 
 * ``method="projector"`` (REPA checkpoints): the run's own projector output at the aligned block,
-  ``h_phi(h_t)_p`` (``train.models.predict(..., project=True).zs[0]``).  The mean of a map over its
+  ``h_phi(h_t)_p`` (``train.models.loading.predict(..., project=True).zs[0]``).  The mean of a map over its
   patches and images is exactly ``probe.analyses.projection_alignment``'s ``projection_cosine``
   (REPA eq. 8 with cosine similarity) for the same images, seed, weights and label mode;
 * ``method="ridge"`` (any checkpoint, vanilla too): a linear map from the layer's tokens to the
@@ -39,15 +39,15 @@ from probe.analyses import Checkpoint, ProbeConfig, _load_model, _run_name
 from probe.extract import (LABELS, ImageSet, _check_choice, _model_t, check_ts, conditioning, image_noise, image_set,
                            model_provenance, resolve_layers)
 from probe.run_defaults import resolve as resolve_defaults
-from train.checkpoints import atomic_write
-from train.config import TrainConfig
-from train.data import build_dataset
-from train.encoders import ENCODERS, load_encoder
+from train.run.checkpoints import atomic_write
+from train.run.config import TrainConfig
+from train.data.datasets import build_dataset
+from train.targets.encoders import ENCODERS, load_encoder
 from train.errors import UserError
-from train.interpolants import interpolate
-from train.latents import build_codec
-from train.loop import git_revision, training_targets
-from train.models import DiffusionTransformer, predict
+from train.objectives.interpolants import interpolate
+from train.data.latents import build_codec
+from train.run.loop import git_revision, training_targets
+from train.models.loading import DiffusionTransformer, predict
 
 METHODS = ("projector", "ridge")
 

@@ -32,12 +32,12 @@ from torch import Tensor
 from probe.analyses import Checkpoint, ProbeConfig, _load_model, _run_name
 from probe.extract import DEFAULT_TS, check_ts, encoder_features, extract, image_set, model_provenance
 from probe.run_defaults import trained_on
-from train.checkpoints import atomic_write
-from train.encoders import ENCODERS, Encoder, load_encoder
+from train.run.checkpoints import atomic_write
+from train.targets.encoders import ENCODERS, Encoder, load_encoder
 from train.errors import UserError
-from train.latents import build_codec
-from train.loop import git_revision
-from train.models import DiffusionTransformer
+from train.data.latents import build_codec
+from train.run.loop import git_revision
+from train.models.loading import DiffusionTransformer
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from train.latents import codec_for_channels
+from train.data.latents import codec_for_channels
 
 FALLBACK = {"dataset": "shapes", "encoders": ("builtin-teacher",)}
 _IMAGE_DATASETS_NEED_ROOT = ("folder",)
@@ -20,12 +20,12 @@ _IMAGE_DATASETS_NEED_ROOT = ("folder",)
 
 def trained_on(model: Any) -> dict[str, Any]:
     """``{"dataset", "data_root", "codec", "encoders", "source"}`` for ``model`` (a loaded
-    :class:`train.architecture.DiffusionTransformer`); ``source`` is ``"checkpoint"`` when they come
+    :class:`train.models.architecture.DiffusionTransformer`); ``source`` is ``"checkpoint"`` when they come
     from its recorded run, ``"fallback"`` otherwise.  A run trained on a latent cache names no image
     dataset the probes could encode, so it gets the fallback dataset (pass one)."""
     run = getattr(model, "train_config", None) or {}
     data = run.get("data") or {}
-    # a vanilla twin (train.cli.as_vanilla) has no encoders but keeps its REPA twin's as align_encoder
+    # a vanilla twin (train.run.cli.as_vanilla) has no encoders but keeps its REPA twin's as align_encoder
     encoders = tuple(run.get("encoders") or ([run["align_encoder"]] if run.get("align_encoder") else FALLBACK["encoders"]))
     dataset = data.get("dataset")
     codec = data.get("codec") or codec_for_channels(model.cfg.in_channels)

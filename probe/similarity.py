@@ -31,11 +31,11 @@ from probe.analyses import ALIGNMENT, Checkpoint, ProbeConfig, _image_sets, _loa
 from probe.extract import extract, model_provenance, resolve_layers
 from probe.metrics import prepare
 from probe.run_defaults import resolve as resolve_defaults
-from train.encoders import resample_tokens
+from train.targets.encoders import resample_tokens
 from train.errors import UserError
-from train.latents import build_codec
-from train.loop import git_revision
-from train.models import DiffusionTransformer
+from train.data.latents import build_codec
+from train.run.loop import git_revision
+from train.models.loading import DiffusionTransformer
 
 COLUMNS = ["run_a", "checkpoint_a", "step_a", "model_a", "run_b", "checkpoint_b", "step_b", "model_b", "weights",
            "layer_a", "layer_b", "t", "model_t_a", "model_t_b", "metric", "value", "pooling", "preprocessing", "k",
@@ -51,7 +51,7 @@ def model_similarity(ckpt_a: Checkpoint, ckpt_b: Checkpoint, layers_a: str | Seq
     """Every ``layers_a`` of ``ckpt_a`` against every ``layers_b`` of ``ckpt_b`` at each t (see the module docstring).
 
     ``ckpt_a`` / ``ckpt_b``: checkpoint paths or loaded models (the same one twice for a self-similarity
-    map).  ``dataset``: a dataset name (``train.data``, split ``options["split"]``, default ``val``;
+    map).  ``dataset``: a dataset name (``train.data.datasets``, split ``options["split"]``, default ``val``;
     images at model A's input size) or anything ``probe.extract.image_set`` takes (a dataset, uint8
     images, an ``(images, labels)`` pair, an ImageSet).  ``options`` override the other
     ``ProbeConfig`` fields (``k``, ``cknna_mode``, ``q``, ``normalize``, ``label``, ``weights``,

@@ -65,7 +65,7 @@ def progress_rows(probe: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def live_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Live-alignment rows (``train.live_align``: ``align/<metric>/layer<L>/t<t>`` columns of the
+    """Live-alignment rows (``train.run.live_align``: ``align/<metric>/layer<L>/t<t>`` columns of the
     stacked metrics.jsonl) as a tidy table: run, seed, step, metric, layer, t, value (empty when the
     runs were trained with ``align_every=0``)."""
     cols = [c for c in metrics.columns if c.startswith("align/") and c.count("/") == 3]

@@ -11,7 +11,7 @@ encoder):
 * ``pairs``: M (image position in the evaluation set, token index) pairs drawn once without
   replacement by a generator seeded with the probe seed (:func:`token_pairs`); the same pairs are
   read from the model's and from the encoder's tokens, the encoder's resampled to the model's grid
-  (``train.encoders.resample_tokens``): two ``(M, D)`` matrices for ``cknna`` (after ``prepare``);
+  (``train.targets.encoders.resample_tokens``): two ``(M, D)`` matrices for ``cknna`` (after ``prepare``);
 * ``spatial``: each image's value (N,) of every requested spatial metric, averaged over images by
   the analyses.  An encoder's spatial metrics are measured on its tokens at the model's grid too
   (what REPA aligns the model to), so that they sit beside the model's rows on the same footing.
@@ -38,17 +38,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe.config import TOKEN_METRICS  # noqa: F401 (public here too)
 from probe.metrics import SPATIAL, cknna, default_r_far, prepare, spatial_metrics
-from train.probe_set import token_pairs  # noqa: F401 - public here too
-from train.checkpoints import atomic_write
-from train.encoders import resample_tokens
+from train.evaluation.probe_set import token_pairs  # noqa: F401 - public here too
+from train.run.checkpoints import atomic_write
+from train.targets.encoders import resample_tokens
 from train.errors import UserError
 
 if TYPE_CHECKING:
-    from probe.analyses import ProbeConfig
+    from probe.config import ProbeConfig
     from probe.extract import Features
 
-TOKEN_METRICS = ("cknna_token", *SPATIAL)
 
 
 @dataclass

@@ -7,7 +7,7 @@ Reads ``<root>/<arm>/seed<k>/`` for every arm and seed:
 * generation: the evaluation lines of ``metrics.jsonl`` (FD and class accuracy of 256 fixed-noise
   EMA samples every 250 steps, the built-in evaluator);
 * alignment: every checkpoint of the run's series (EMA weights) measured by
-  ``train.live_align.LiveAlignment`` -- the function live alignment logs during training, on the
+  ``train.run.live_align.LiveAlignment`` -- the function live alignment logs during training, on the
   same fixed probe set for every arm -- at the aligned block (REPA's ``model.encoder_depth``, the
   same block index for the arms without an encoder) against the default teacher.
 
@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 
 from probe.summary import mean_sd, steps_to_reach
-from train.config import TrainConfig
-from train.latents import build_codec
-from train.live_align import LiveAlignment
-from train.loop import git_revision
-from train.models import load
+from train.run.config import TrainConfig
+from train.data.latents import build_codec
+from train.run.live_align import LiveAlignment
+from train.run.loop import git_revision
+from train.models.loading import load
 
 ARMS = ("vanilla", "repa", "irepa", "haste", "sra", "dispersive", "reg")
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
 
-from train.evaluate import (SampleSpec, default_codec, evaluate_samples, extract, feature_statistics, frechet_distance,
+from train.evaluation.evaluate import (SampleSpec, default_codec, evaluate_samples, extract, feature_statistics, frechet_distance,
                             generate_spec, load_feature_net, reference)
-from train.models import load
+from train.models.loading import load
+from studies.tables import show_and_save
 
 
 def main() -> None:
@@ -47,11 +47,7 @@ def main() -> None:
                      "fd_half_b": frechet_distance(*fb, *ref.stats["features"]),
                      "fd_between_halves": frechet_distance(*fa, *fb)})
         print(rows[-1], flush=True)
-    df = pd.DataFrame(rows)
-    print(df.round(3).to_string(index=False))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
+    show_and_save(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from train.data import build_dataset
-from train.feature_nets import extract, load_feature_net, reference
-from train.generation_metrics import feature_statistics, frechet_distance
+from train.data.datasets import build_dataset
+from train.evaluation.feature_nets import extract, load_feature_net, reference
+from train.evaluation.generation_metrics import feature_statistics, frechet_distance
+from studies.tables import show_and_save
 
 
 def main() -> None:
@@ -36,11 +36,7 @@ def main() -> None:
             acc = (torch.from_numpy(f["class_logits"]).argmax(1) == val.labels[idx]).float().mean().item()
             rows.append({"dataset": args.dataset, "split": "val", "n": n, "draw": draw,
                          "fd": frechet_distance(*feature_statistics(f["features"]), *ref.stats["features"]), "class_acc": acc})
-    df = pd.DataFrame(rows)
-    print(df.round(3).to_string(index=False))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
+    show_and_save(rows, args.out)
 
 
 if __name__ == "__main__":

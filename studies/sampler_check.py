@@ -11,10 +11,10 @@ import argparse
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from train.evaluate import evaluate_checkpoint
+from train.evaluation.evaluate import evaluate_checkpoint
+from studies.tables import show_and_save
 
 SETTINGS = (("euler", 25, 1.0), ("heun", 50, 1.0), ("sde", 250, 1.0), ("euler", 25, 4.0))
 
@@ -36,11 +36,7 @@ def main() -> None:
                      "fd": r["fd"], "class_acc": r.get("class_acc"), "precision": r["precision"], "recall": r["recall"],
                      "seconds": round(time.time() - start, 1)})
         print(rows[-1], flush=True)
-    df = pd.DataFrame(rows)
-    print(df.round(3).to_string(index=False))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
+    show_and_save(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ import argparse
 import json
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from probe.metrics import cds, lds, rmsc
-from train.encoders import load_encoder
-from train.teacher import TEACHERS, _dataset, teacher_path
+from train.targets.encoders import load_encoder
+from train.targets.teacher import TEACHERS, _dataset, teacher_path
+from studies.tables import show_and_save
 
 
 def class_r2(train_tokens: torch.Tensor, train_labels: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor) -> float:
@@ -50,11 +50,7 @@ def main() -> None:
                      "linear_probe": sidecar["linear_probe_accuracy"], "lds": lds(va), "cds": cds(va), "rmsc": rmsc(va),
                      "class_r2": class_r2(tr, train.labels[:args.n], va, val.labels[:len(va)]),
                      "train_cpu_seconds": sidecar["train_cpu_seconds"], "n_val": len(va)})
-    df = pd.DataFrame(rows)
-    print(df.round(4).to_string(index=False))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
+    show_and_save(rows, args.out, digits=4)
 
 
 if __name__ == "__main__":

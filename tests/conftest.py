@@ -17,7 +17,7 @@ def write_fake_fashion(folder, n_train: int = 512, n_test: int = 256, seed: int 
     c a bright rectangle whose rows and columns depend on c, plus noise.  Tests never read the real data."""
     from pathlib import Path
 
-    from train.fashion_mnist import write_idx
+    from train.data.fashion_mnist import write_idx
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ def write_fake_fashion(folder, n_train: int = 512, n_test: int = 256, seed: int 
 
 
 # Every test (and every process a test starts) reads this stand-in, never the real Fashion-MNIST
-# (train.fashion_mnist looks in $REPA_DATA before Debian's folder).
+# (train.data.fashion_mnist looks in $REPA_DATA before Debian's folder).
 FAKE_FASHION = write_fake_fashion(tempfile.mkdtemp(prefix="fake-fashion-"))
 os.environ["REPA_DATA"] = str(FAKE_FASHION)
 
@@ -44,7 +44,7 @@ os.environ["REPA_DATA"] = str(FAKE_FASHION)
 def random_sit(size: int, depth: int, seed: int = 0):
     """A small SiT (patch 2, width 32, 10 classes) with N(0, 0.1) weights, in eval mode: the zero-gated
     initialisation would make every block the identity, which probes cannot tell apart."""
-    from train.models import build
+    from train.models.loading import build
 
     torch.manual_seed(seed)
     m = build("SiT-T/2", flavour="repa", input_size=size, in_channels=3, depth=depth, hidden_size=32, num_heads=2,
@@ -56,7 +56,7 @@ def random_sit(size: int, depth: int, seed: int = 0):
 
 def exit_code(main, argv) -> int:
     """The exit status of a command-line ``main(argv)``: returned, or raised as SystemExit by an option
-    its rule refuses where argparse parses it (train.rules)."""
+    its rule refuses where argparse parses it (train.run.rules)."""
     try:
         return main(argv)
     except SystemExit as e:
@@ -71,3 +71,27 @@ def save_ckpt(model, path, step):
     sd = model.state_dict()
     torch.save({"model_config": model.cfg.to_dict(), "model": sd, "ema": sd, "step": step}, path)
     return path
+
+
+def random_uint8_images(n: int = 2, size: int = 32) -> torch.Tensor:
+    """``n`` fixed random RGB images (uint8), the same in every test that asks for them."""
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def offline_cache(monkeypatch, folder) -> None:
+    """No hub downloads, and a cache of the test's own (nothing read from or left in the user's)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("REPA_CACHE", str(folder))
+
+
+SMALL_SIZE, SMALL_DEPTH = 8, 3  # the small random SiT and shapes images of the seeing-inside tests
+
+
+def small_sit(seed: int = 0):
+    return random_sit(SMALL_SIZE, SMALL_DEPTH, seed)
+
+
+def small_shapes(n: int = 20):
+    from train.data.datasets import build_dataset
+
+    return build_dataset("shapes", "val", n=n, size=SMALL_SIZE)

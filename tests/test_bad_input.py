@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
-from train.cli import main_train
-from train.rundir import lock_holder
+from train.run.cli import main_train
+from train.run.rundir import lock_holder
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -37,7 +37,7 @@ def tiny(steps: int, out: Path, *extra: str) -> list[str]:
 def run(argv, capsys) -> tuple[int, str]:
     try:
         code = main_train(argv)
-    except SystemExit as e:  # an option refused by its rule where argparse parses it (train.rules)
+    except SystemExit as e:  # an option refused by its rule where argparse parses it (train.run.rules)
         code = e.code
     return code, capsys.readouterr().err.strip()
 
@@ -113,7 +113,7 @@ def test_second_training_on_one_out_is_refused_at_once_and_the_first_is_untouche
 
 
 def test_settings_are_checked_before_anything_slow(tmp_path, capsys, monkeypatch):
-    import train.data
+    import train.data.datasets
 
     assert main_train(tiny(2, tmp_path / "r")) == 0
     before = (tmp_path / "r" / "checkpoints" / "latest.pt").read_bytes()
@@ -121,7 +121,7 @@ def test_settings_are_checked_before_anything_slow(tmp_path, capsys, monkeypatch
     def slow(*a, **k):
         raise AssertionError("the dataset was built before the settings check")
 
-    monkeypatch.setattr(train.data, "build_dataset", slow)
+    monkeypatch.setattr(train.data.datasets, "build_dataset", slow)
     code, err = run(tiny(4, tmp_path / "r", "--seed", "1"), capsys)
     assert code == 2
     one_line(err, "different settings (seed)", "new --out")
@@ -160,7 +160,7 @@ def test_impossible_numbers_are_refused_before_the_run_directory_is_made(tmp_pat
 
 
 def test_nonfinite_weights_are_never_saved_nor_called_good(tmp_path, capsys, monkeypatch):
-    import train.loop as loop
+    import train.run.loop as loop
 
     real = loop.ema_update
     seen = {"n": 0}
@@ -240,7 +240,7 @@ def save(obj, f, *a, **k):
         open({mark!r}, "w").write(str(f))
         time.sleep(600)
 torch.save = save
-from train.cli import main_train
+from train.run.cli import main_train
 sys.exit(main_train(sys.argv[1:]))
 """
 
@@ -390,7 +390,7 @@ LSIZE, SHARD = 32, 4
 
 @pytest.fixture(scope="module")
 def vae():
-    from train.latents import SDVAECodec
+    from train.data.latents import SDVAECodec
 
     torch.manual_seed(0)
     return SDVAECodec(random_init=True)
@@ -408,7 +408,7 @@ def image_folder(root: Path, n: int = 6) -> Path:
 
 
 def test_a_failed_encode_resumes_once_the_bad_image_is_removed(tmp_path, vae):
-    from train.data import LatentCacheDataset, build_latent_cache
+    from train.data.datasets import LatentCacheDataset, build_latent_cache
     from train.errors import UserError
 
     root = image_folder(tmp_path / "imgs")
@@ -427,7 +427,7 @@ def test_a_failed_encode_resumes_once_the_bad_image_is_removed(tmp_path, vae):
 
 
 def test_a_truncated_latent_shard_is_named_then_encoded_again(tmp_path, vae, capsys):
-    from train.data import LatentCacheDataset, build_latent_cache, encode_main
+    from train.data.datasets import LatentCacheDataset, build_latent_cache, encode_main
 
     root, out = image_folder(tmp_path / "imgs"), tmp_path / "cache"
     build_latent_cache(root, out, size=LSIZE, shard_size=SHARD, codec=vae, progress=False)
@@ -440,7 +440,7 @@ def test_a_truncated_latent_shard_is_named_then_encoded_again(tmp_path, vae, cap
                      "data.random_init_vae=true", "model.in_channels=4", f"model.input_size={LSIZE // 8}", "model.name=SiT-T/2",
                      "proj_coeff=0", "model.z_dims=[]", "encoders=[]", "model.num_classes=2"], capsys)
     assert code == 2
-    one_line(err, "shard_00001.safetensors is truncated", "rerun the same python -m train.data encode command")
+    one_line(err, "shard_00001.safetensors is truncated", "rerun the same python -m train.data.datasets encode command")
     # the targets command refuses to build on it, naming the same fix
     argv = ["targets", "--cache", str(out), "--encoders", "builtin-teacher", "--grid", "2", "--random-init-encoders"]
     assert encode_main(argv) == 2
@@ -454,9 +454,9 @@ def test_a_truncated_latent_shard_is_named_then_encoded_again(tmp_path, vae, cap
 
 
 def test_target_cache_advice_works(tmp_path, vae, capsys):
-    from train.data import build_latent_cache, encode_main, open_target_cache, target_dir
+    from train.data.datasets import build_latent_cache, encode_main, open_target_cache, target_dir
     from train.errors import UserError
-    from train.data import _load_encoders
+    from train.data.datasets import _load_encoders
 
     root, out = image_folder(tmp_path / "imgs"), tmp_path / "cache"
     build_latent_cache(root, out, size=LSIZE, shard_size=SHARD, codec=vae, progress=False)
@@ -475,7 +475,7 @@ def test_target_cache_advice_works(tmp_path, vae, capsys):
     # a truncated target shard: one line naming the fix, and the fix (the same command) works
     shard = target_dir(out, "builtin-teacher") / "shard_00000.safetensors"
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(UserError, match="truncated or unreadable: rerun the same python -m train.data targets command"):
+    with pytest.raises(UserError, match="truncated or unreadable: rerun the same python -m train.data.datasets targets command"):
         open_target_cache(out, enc)
     assert encode_main(argv) == 0
     assert len(open_target_cache(out, enc)) == 6
@@ -575,8 +575,8 @@ def test_nonfinite_features_are_refused_by_the_metrics():
 def test_junk_png_and_junk_npz_in_a_samples_folder(probe_run, tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    from train import evaluate as ev
-    from train.cli import main_sample
+    from train.evaluation import evaluate as ev
+    from train.run.cli import main_sample
 
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "s"
@@ -609,8 +609,8 @@ def test_junk_png_and_junk_npz_in_a_samples_folder(probe_run, tmp_path, capsys, 
 def test_an_export_missing_a_tensor_is_one_line_when_sampled(tmp_path, capsys, drop):
     from safetensors.torch import save_file
 
-    from train.cli import main_sample
-    from train.models import build
+    from train.run.cli import main_sample
+    from train.models.loading import build
 
     model = build("SiT-S/8", input_size=16, in_channels=3, num_classes=4, depth=1)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != drop}

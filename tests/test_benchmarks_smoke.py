@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.config import preset
+from train.run.config import preset
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 

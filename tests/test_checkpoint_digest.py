@@ -55,7 +55,7 @@ def digest(ckpt: Path) -> str:
 
 
 def train_digests(tmp: Path) -> dict[str, str]:
-    from train.cli import main_train as main
+    from train.run.cli import main_train as main
 
     out = {}
     for name, argv in RUNS.items():

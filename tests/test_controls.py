@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from train.config import preset
+from train.run.config import preset
 from train.errors import UserError
-from train.loop import TargetSource, class_partners, image_partners
+from train.run.loop import TargetSource, class_partners, image_partners
 
 
 def test_class_partners_is_a_within_class_derangement():
@@ -60,7 +60,7 @@ def test_bad_values_are_one_line_errors():
 
 @pytest.mark.slow
 def test_a_short_control_run_trains(tmp_path):
-    from train.loop import train
+    from train.run.loop import train
 
     cfg = dataclasses.replace(preset("tiny"), steps=2, target_shuffle="class", eval_every=0, sample_every=0,
                               threads=1, data=dataclasses.replace(preset("tiny").data, n_train=64))
@@ -73,7 +73,7 @@ def test_a_short_control_run_trains(tmp_path):
 
 
 def test_one_bare_encoder_name_is_one_encoder():
-    from train.config import override
+    from train.run.config import override
 
     cfg = override(preset("tiny"), ["encoders=builtin-dense"])  # not JSON: a bare string
     assert cfg.encoders == ("builtin-dense",) and cfg.check() == []

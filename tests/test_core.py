@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import interpolants as itp
-from train.config import MODEL_NAMES, ModelConfig, published_config
+from train.objectives import interpolants as itp
+from train.run.config import MODEL_NAMES, ModelConfig, published_config
 from train.errors import UserError
-from train.losses import denoising_loss, nt_xent_loss, projection_loss
-from train.models import DiffusionTransformer, ModelOutput, build, load, num_params, predict
-from train.sampling import sample
+from train.objectives.losses import denoising_loss, nt_xent_loss, projection_loss
+from train.models.loading import DiffusionTransformer, ModelOutput, build, load, num_params, predict
+from train.evaluation.sampling import sample
 
 FIX = torch.load(Path(__file__).parent / "fixtures" / "core_reference.pt", weights_only=True)
 

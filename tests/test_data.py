@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import (
+from train.data.datasets import (
     DATASETS,
     DigitsDataset,
     ImageFolderDataset,
@@ -109,7 +109,7 @@ def test_image_folder_errors(tmp_path):
 
 def test_registry(tmp_path):
     assert set(DATASETS) == {"shapes", "scenes", "scenes-plain", "fashion-mnist", "digits", "folder", "latents",
-                             "captioned-scenes", "captioned-shapes", "coco-features"}  # the last three: train.captions
+                             "captioned-scenes", "captioned-shapes", "coco-features"}  # the last three: train.data.captions
     assert len(build_dataset("shapes", "val", n=20, size=16)) == 20
     with pytest.raises(UserError, match="shapes, scenes, scenes-plain, fashion-mnist, digits, folder, latents, captioned-scenes"):
         build_dataset("imagenet", "train")

@@ -176,8 +176,8 @@ def test_cached_part_is_reused_for_the_same_input_files_only(tmp_path):
 def test_maps_task_draws_token_pca_and_patch_alignment_of_both_runs(tmp_path, monkeypatch):
     """The demo's map figures on a seconds-long REPA/vanilla pair (random-weight teacher)."""
     from probe.demo import task_maps
-    from train.cli import side_by_side
-    from train.config import override, preset
+    from train.run.cli import side_by_side
+    from train.run.config import override, preset
 
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
     cfg = override(preset("tiny"), ["steps=2", "batch_size=8", "random_init_encoders=true", "model.depth=3", "model.hidden_size=32",

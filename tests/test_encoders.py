@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from train.data import ShapesDataset
-from train.encoders import (
+from train.data.datasets import ShapesDataset
+from train.targets.encoders import (
     ENCODERS,
     TEACHER,
     TEACHERS,
@@ -23,6 +23,7 @@ from train.encoders import (
     train_builtin_teacher,
 )
 from train.errors import UserError
+from conftest import offline_cache, random_uint8_images
 
 SMALL = ["dinov2-vit-s", "dinov2-vit-s-reg", "dinov2-vit-b", "dinov2-vit-b-reg", "dinov1-vit-b",
          "mocov3-vit-b", "siglip-vit-b", "dinov3-vit-s"]
@@ -32,12 +33,10 @@ TINY = TeacherConfig(width=32, depth=1, heads=2, steps=3, batch_size=16, n_train
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "repa-cache"))
+    offline_cache(monkeypatch, tmp_path / "repa-cache")
 
 
-def _images(n: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+_images = random_uint8_images
 
 
 def test_registry_token_grids():
@@ -45,7 +44,7 @@ def test_registry_token_grids():
                      "dinov3-vit-b", "dinov3-vit-l", "ijepa-vit-h", "mae-vit-l", "mocov3-vit-l",
                      "sam2-hiera-b+", "sam2-hiera-l", "sam2-hiera-s", "sam2-hiera-t"]
     for name, spec in ENCODERS.items():
-        if name in TEACHERS:  # sizes set in train.teacher
+        if name in TEACHERS:  # sizes set in train.targets.teacher
             assert spec.grid == 8, name
             continue
         assert spec.grid == 16, name

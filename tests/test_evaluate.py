@@ -8,12 +8,12 @@ import pytest
 import scipy.linalg
 import torch
 
-from train import evaluate as ev
-from train.config import DataConfig, ModelConfig, TrainConfig
-from train.encoders import TeacherConfig, TeacherViT
+from train.evaluation import evaluate as ev
+from train.run.config import DataConfig, ModelConfig, TrainConfig
+from train.targets.encoders import TeacherConfig, TeacherViT
 from train.errors import UserError
-from train.latents import build_codec
-from train.models import build
+from train.data.latents import build_codec
+from train.models.loading import build
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +163,7 @@ def test_sharded_sample_dirs_resume_and_npz_layout(tmp_path):
 
 
 def test_repa_sample_cli_end_to_end(tmp_path, tiny_ckpt, capsys):
-    from train.cli import main_sample
+    from train.run.cli import main_sample
 
     out = tmp_path / "samples"
     args = ["--ckpt", str(tiny_ckpt), "--out", str(out), "--n", "6", "--batch-size", "4", "--steps", "2",
@@ -176,7 +176,7 @@ def test_repa_sample_cli_end_to_end(tmp_path, tiny_ckpt, capsys):
     assert cfg["checkpoint"]["path"] == str(tiny_ckpt.resolve()) and cfg["git_revision"]
     images, labels = ev.load_samples(out / "samples_6x16x16x3.npz")
     assert labels.tolist() == [1, 2, 1, 2, 1, 2]
-    from train.models import load
+    from train.models.loading import load
 
     expected, _ = ev.generate(load(tiny_ckpt), 6, "heun", 2, labels=(1, 2), seed=3, chunk=4)
     assert torch.equal(images, expected)
@@ -223,7 +223,7 @@ def test_missing_inception_weights_is_one_line(tmp_path, monkeypatch, capsys):
     from conftest import exit_code
 
     assert exit_code(ev.main, ["fid", "--samples", str(tmp_path / "s.npz"), "--inception-weights", str(tmp_path / "nope.pth")]) == 2
-    err = capsys.readouterr().err  # refused where the option is parsed (train.rules)
+    err = capsys.readouterr().err  # refused where the option is parsed (train.run.rules)
     assert err.startswith("error: argument --inception-weights") and "pt_inception-2015-12-05" in err and err.count("\n") == 1
 
 
@@ -260,7 +260,7 @@ def test_fid_cli_on_a_checkpoint_and_on_samples(tmp_path, tiny_ckpt, evaluator_f
 
 
 def test_real_data_scores_well_and_noise_scores_badly(evaluator_file):
-    from train.data import ShapesDataset
+    from train.data.datasets import ShapesDataset
 
     net = ev.load_feature_net(ev.EVALUATOR, evaluator_file)
     ref = ev.reference(net, "shapes", "train", 256, 32, progress=False)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import FAKE_FASHION, write_fake_fashion
-from train import fashion_mnist
+from train.data import fashion_mnist
 from train.errors import UserError
-from train.fashion_mnist import FashionMNISTDataset, read_idx, write_idx
+from train.data.fashion_mnist import FashionMNISTDataset, read_idx, write_idx
 
 
 def test_idx_round_trip(tmp_path):
@@ -71,15 +71,15 @@ def test_truncated_file_and_bad_arguments_are_one_line(tmp_path):
 
 
 def test_registered_by_name_for_data_teachers_and_evaluator():
-    from train.builtin_datasets import BUILTIN
-    from train.data import DATASETS, build_dataset
+    from train.data.builtin import BUILTIN
+    from train.data.datasets import DATASETS, build_dataset
 
     assert "fashion-mnist" in DATASETS and "fashion-mnist" in BUILTIN
     assert len(build_dataset("fashion-mnist", "train", size=16)) == 512
 
 
 def test_grey_codec_round_trip():
-    from train.latents import build_codec
+    from train.data.latents import build_codec
 
     codec = build_codec("grey")
     images = FashionMNISTDataset("val").images[:4]
@@ -91,7 +91,7 @@ def test_grey_codec_round_trip():
 def test_kid_equals_torch_fidelity():
     from torch_fidelity.metric_kid import kid_features_to_metric
 
-    from train.generation_metrics import kid
+    from train.evaluation.generation_metrics import kid
 
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(300, 12)), rng.normal(size=(250, 12)) + 0.2
@@ -110,7 +110,7 @@ def test_kid_equals_torch_fidelity():
 
 
 def test_mmd2_unbiased_against_the_double_sum():
-    from train.generation_metrics import _mmd2_unbiased
+    from train.evaluation.generation_metrics import _mmd2_unbiased
 
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
@@ -123,7 +123,7 @@ def test_mmd2_unbiased_against_the_double_sum():
 
 
 def _tiny_ssl():
-    from train.teacher import TEACHERS
+    from train.targets.teacher import TEACHERS
 
     return dataclasses.replace(TEACHERS["fashion-ssl"], steps=6, warmup=2, batch_size=8, width=32, heads=2, depth=1,
                                n_train=64)
@@ -131,8 +131,8 @@ def _tiny_ssl():
 
 def test_fit_resumes_bitwise_after_an_interruption(tmp_path):
     """A build killed after its step-4 state resumes there and ends with the uninterrupted weights."""
-    from train.fit import fit
-    from train.teacher import TeacherViT, _dataset, _teacher_loss
+    from train.targets.fit import fit
+    from train.targets.teacher import TeacherViT, _dataset, _teacher_loss
 
     cfg = _tiny_ssl()
     data = _dataset(cfg, "train")
@@ -159,7 +159,7 @@ def test_fit_resumes_bitwise_after_an_interruption(tmp_path):
 
 
 def test_shipped_weights_are_checked_by_sha256(tmp_path):
-    from train.shipped import SUMS, sha256, verified_path, write_sum
+    from train.targets.shipped import SUMS, sha256, verified_path, write_sum
 
     (tmp_path / "fashion-ssl.safetensors").write_bytes(b"weights")
     with pytest.raises(UserError, match="no digest"):
@@ -179,11 +179,11 @@ def test_shipped_weights_are_checked_by_sha256(tmp_path):
 def test_make_teachers_recipe_writes_weights_card_and_digest(tmp_path, monkeypatch):
     """The recipe on tiny settings: weights, a card with compute and measures, a digest that verifies,
     and a loadable encoder; a second call skips what is built."""
-    import train.feature_nets as fn
-    import train.teacher as teacher
-    from train.encoders import load_encoder
-    from train.make_teachers import main
-    from train.shipped import sha256, verified_path
+    import train.evaluation.feature_nets as fn
+    import train.targets.teacher as teacher
+    from train.targets.encoders import load_encoder
+    from train.targets.make_teachers import main
+    from train.targets.shipped import sha256, verified_path
 
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(teacher.TEACHERS, "fashion-ssl", _tiny_ssl())
@@ -214,7 +214,7 @@ def test_fake_data_is_what_tests_read():
 
 
 def test_get_data_says_what_it_found_or_how_to_get_it(tmp_path, monkeypatch, capsys):
-    from train import get_data
+    from train.data import get_data
 
     assert get_data.main() == 0
     assert f"found in {FAKE_FASHION}" in capsys.readouterr().out
@@ -231,9 +231,9 @@ def test_get_data_says_what_it_found_or_how_to_get_it(tmp_path, monkeypatch, cap
 
 def test_the_demo_student_of_the_cards_is_the_tiny_preset():
     """The unit of the teachers' compute (make_teachers.DEMO_STUDENT) is the default preset's REPA student."""
-    from train.config import preset
-    from train.make_teachers import DEMO_STUDENT
-    from train.models import build_model
+    from train.run.config import preset
+    from train.targets.make_teachers import DEMO_STUDENT
+    from train.models.loading import build_model
 
     cfg = preset("tiny")
     model = build_model(cfg.model)
@@ -244,7 +244,7 @@ def test_the_demo_student_of_the_cards_is_the_tiny_preset():
 @pytest.mark.parametrize("name", ["fashion-ssl", "fashion-supervised", "fashion-evaluator"])
 def test_shipped_networks_verify_load_and_meet_their_bars(name):
     """The committed weights: their digest, their card, and what issue 21 asks of them."""
-    from train.shipped import SHIPPED, sha256, verified_path
+    from train.targets.shipped import SHIPPED, sha256, verified_path
 
     assert name in SHIPPED
     path = verified_path(name)
@@ -252,13 +252,13 @@ def test_shipped_networks_verify_load_and_meet_their_bars(name):
     assert card["sha256"] == sha256(path) and card["code_revision"]
     images = FashionMNISTDataset("val").images[:4]
     if name == "fashion-evaluator":
-        from train.feature_nets import load_feature_net
+        from train.evaluation.feature_nets import load_feature_net
 
         assert card["measures"]["test_accuracy"] >= 0.90
         net = load_feature_net("builtin-evaluator", dataset="fashion-mnist")
         assert net.provenance["weights"] == str(path.resolve()) and net(images)["class_logits"].shape == (4, 10)
     else:
-        from train.encoders import load_encoder
+        from train.targets.encoders import load_encoder
 
         assert card["compute"]["ratio_to_demo_student"] >= 20 and card["recipe"]["config"]["n_train"] == 60_000
         enc = load_encoder(name)

@@ -1,11 +1,11 @@
 """Issue 22: bad input, mechanically.  The cases are generated from the parsers (argparse ``_actions``)
 and the config dataclasses (``dataclasses.fields`` + type hints) and from the rules of
-``train.rules.RULES``: for every option and every field, values of the wrong type, negative, zero
+``train.run.rules.RULES``: for every option and every field, values of the wrong type, negative, zero
 where it must be positive, NaN, inf, and for paths a missing path and a file where a folder is due
 (or a folder where a file is).  Each case must end in a nonzero exit with one ``error:`` line that
 names the option, no traceback, nothing on stdout and nothing written.
 
-The options are parsed in this process with ``train.rules.Parser.parse_args`` wrapped so that an
+The options are parsed in this process with ``train.run.rules.Parser.parse_args`` wrapped so that an
 accepted argv stops right after parsing (:class:`Accepted`): nothing trains or samples, and a value
 that slips through is reported instead of run.  ``--set`` fields run ``repa-train --dry-run``.
 A few subprocesses prove that a real user sees the same one line.
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import rules
-from train.config import DataConfig, ModelConfig, TrainConfig
-from train.rules import INF, NUMERIC, RULES, TEXT, Parser
+from train.run import rules
+from train.run.config import DataConfig, ModelConfig, TrainConfig
+from train.run.rules import INF, NUMERIC, RULES, TEXT, Parser
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -40,9 +40,9 @@ class Accepted(Exception):
 def _mains():
     from probe.cli import main as probe_main
     from probe.demo import main as demo_main
-    from train.cli import main_sample, main_train
-    from train.data import encode_main
-    from train.evaluate import main as evaluate_main
+    from train.run.cli import main_sample, main_train
+    from train.data.datasets import encode_main
+    from train.evaluation.evaluate import main as evaluate_main
 
     return dict(train=main_train, sample=main_sample, evaluate=evaluate_main, data=encode_main, probe=probe_main, demo=demo_main)
 
@@ -52,10 +52,10 @@ def _mains():
 ENTRIES = {
     "repa-train": ("train", [], {}, ["--preset", "tiny", "--dry-run"]),
     "repa-sample": ("sample", [], {}, ["--ckpt", "CKPT", "--out", "OUT"]),
-    "train.evaluate sample": ("evaluate", ["sample"], {}, ["--ckpt", "CKPT", "--out", "OUT"]),
-    "train.evaluate fid": ("evaluate", ["fid"], {}, ["--samples", "DIR"]),
-    "train.data encode": ("data", ["encode"], {}, ["--root", "DIR", "--out", "OUT"]),
-    "train.data targets": ("data", ["targets"], {}, ["--cache", "DIR", "--encoders", "builtin-ssl"]),
+    "train.evaluation.evaluate sample": ("evaluate", ["sample"], {}, ["--ckpt", "CKPT", "--out", "OUT"]),
+    "train.evaluation.evaluate fid": ("evaluate", ["fid"], {}, ["--samples", "DIR"]),
+    "train.data.datasets encode": ("data", ["encode"], {}, ["--root", "DIR", "--out", "OUT"]),
+    "train.data.datasets targets": ("data", ["targets"], {}, ["--cache", "DIR", "--encoders", "builtin-ssl"]),
     "repa-probe sweep": ("probe", ["sweep"], {}, ["--checkpoint", "CKPT"]),
     "repa-probe progress": ("probe", ["progress"], {}, ["--run", "DIR"]),
     "repa-probe compare": ("probe", ["compare"], {}, ["--run", "DIR"]),
@@ -139,7 +139,7 @@ def bad_values(rule: rules.Rule, tmp: Path) -> dict[str, str]:
 
 
 def actions_of(parser: argparse.ArgumentParser, sub: list[str]) -> list[argparse.Action]:
-    for name in sub:  # train.evaluate dispatches by hand: its captured parser is the command's own
+    for name in sub:  # train.evaluation.evaluate dispatches by hand: its captured parser is the command's own
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         parser = subs[0].choices[name] if subs else parser
     return [a for a in parser._actions if not isinstance(a, SKIP_ACTIONS)]
@@ -171,7 +171,7 @@ def test_every_option_refuses_nonsense_in_one_line(entry, places, stop_after_par
         elif rule is not None:
             values = bad_values(rule, tmp_path / "bad")
         else:
-            assert label in TEXT, f"{entry}: option {label} has no rule in train.rules.RULES, no choices and is not free TEXT"
+            assert label in TEXT, f"{entry}: option {label} has no rule in train.run.rules.RULES, no choices and is not free TEXT"
             continue
         for what, value in values.items():
             before = files_under(tmp_path)
@@ -223,7 +223,7 @@ def field_bad_values(name: str, hint, tmp: Path) -> dict[str, str]:
     rule = rules.FIELD_RULES.get(name)
     wrap = (lambda v: f"[{v}]") if is_list else (lambda v: v)  # noqa: E731
     if base in (int, float):
-        assert rule is not None and rule.kind in NUMERIC, f"numeric field {name} has no rule in train.rules.RULES"
+        assert rule is not None and rule.kind in NUMERIC, f"numeric field {name} has no rule in train.run.rules.RULES"
         v = {"wrong type": wrap('"abc"'), "a bool": wrap("true"), "NaN": wrap("NaN"), "inf": wrap("Infinity"),
              "-inf": wrap("-Infinity"), "negative": wrap("-1")}
         if base is int:
@@ -248,7 +248,7 @@ def field_bad_values(name: str, hint, tmp: Path) -> dict[str, str]:
 
 
 def test_every_config_field_refuses_nonsense_in_one_line(tmp_path, capsys):
-    from train.cli import main_train
+    from train.run.cli import main_train
 
     failures, cases = [], 0
     (tmp_path / "bad").mkdir()
@@ -285,7 +285,7 @@ def test_the_rule_table_is_sane():
 
 
 def test_a_value_given_twice_is_checked_both_times(capsys):
-    from train.cli import main_train
+    from train.run.cli import main_train
 
     for argv, names in ((["--steps", "-1", "--steps", "2"], "--steps"), (["--set", "steps=2", "steps=-1"], "steps -1"),
                         (["--set", "lr=NaN", "--lr", "0.001"], "lr nan")):
@@ -302,7 +302,7 @@ def test_no_traceback_reaches_a_user(tmp_path):
     ck.write_bytes(b"x")
     cases = [
         ([sys.executable, "-m", "train", "--preset", "tiny", "--set", "steps=abc", "--steps", "2", "--out", str(tmp_path / "r")], "steps 'abc'"),
-        ([sys.executable, "-m", "train.evaluate", "sample", "--ckpt", str(ck), "--out", str(tmp_path / "s"), "--cfg-scale", "-3"], "--cfg-scale"),
+        ([sys.executable, "-m", "train.evaluation.evaluate", "sample", "--ckpt", str(ck), "--out", str(tmp_path / "s"), "--cfg-scale", "-3"], "--cfg-scale"),
         ([sys.executable, "-m", "probe", "sweep", "--checkpoint", str(ck), "--t", "nan"], "--t"),
     ]
     for cmd, names in cases:

@@ -1,6 +1,6 @@
 """The package structure: no import circle among the modules of train/ or probe/ (imports inside
-functions count too; those under ``if TYPE_CHECKING:`` do not run and do not count), and train never
-imports probe."""
+functions and under ``if TYPE_CHECKING:`` count too), train never imports probe, no module is past
+about 500 lines, and no code of the project uses a module name from before the grouping by stage."""
 
 import ast
 from pathlib import Path
@@ -10,17 +10,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def module_name(f: Path) -> str:
+    parts = f.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def import_graph(pkg: str) -> dict[str, set[str]]:
+    """Every module of ``pkg`` (sub-packages included) -> the train/probe modules it imports anywhere:
+    at the top, inside functions, and under ``if TYPE_CHECKING:`` (a type-only import still ties the
+    two modules together); ``from a.b import c`` counts ``a.b.c`` when ``c`` is a module."""
+    files = sorted((ROOT / pkg).rglob("*.py"))
+    modules = {module_name(f) for f in files}
     graph = {}
-    for f in sorted((ROOT / pkg).glob("*.py")):
-        mod, deps = f"{pkg}.{f.stem}", set()
-        tree = ast.parse(f.read_text())
-        for node in ast.walk(tree):  # drop the type-checking-only imports
-            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-                node.body = []
-        for node in ast.walk(tree):
+    for f in files:
+        mod, deps = module_name(f), set()
+        for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                deps.add(node.module)
+                subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+                deps |= subs or {node.module}
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
         graph[mod] = {d for d in deps if d.split(".")[0] in ("train", "probe")} - {mod}
@@ -61,3 +68,21 @@ def test_no_import_circle(pkg):
 def test_train_never_imports_probe():
     bad = {m: sorted(d for d in deps if d.split(".")[0] == "probe") for m, deps in import_graph("train").items()}
     assert not {m: d for m, d in bad.items() if d}
+
+
+def test_no_module_is_past_500_lines():
+    long = {str(f.relative_to(ROOT)): n for pkg in ("train", "probe") for f in (ROOT / pkg).rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > 500}
+    assert not long
+
+
+def test_the_project_uses_the_new_module_names_and_the_old_ones_still_import():
+    import importlib
+
+    from train.moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new)
+    users = {module: sorted(d for d in deps if d in MOVED)
+             for pkg in ("train", "probe") for module, deps in import_graph(pkg).items()}
+    assert not {m: d for m, d in users.items() if d}

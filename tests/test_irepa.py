@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.cli import main_train
-from train.config import DataConfig, ModelConfig, TrainConfig, override
-from train.encoders import TeacherConfig
+from train.run.cli import main_train
+from train.run.config import DataConfig, ModelConfig, TrainConfig, override
+from train.targets.encoders import TeacherConfig
 from train.errors import UserError
-from train.losses import spatial_normalize
-from train.models import ConvProjector, DiffusionTransformer, build, infer_config, load
+from train.objectives.losses import spatial_normalize
+from train.models.loading import ConvProjector, DiffusionTransformer, build, infer_config, load
 
 TEACHER_DIM = TeacherConfig().width
 
@@ -196,7 +196,7 @@ def test_a_flat_conv_checkpoint_loads_with_its_kernel(tmp_path):
     ("target_norm_eps=-1e-6", "target_norm_eps -1e-06 is not a finite number > 0"),
 ])
 def test_check_rejects_bad_target_norm_settings_in_one_line(assignment, msg):
-    from train.config import preset
+    from train.run.config import preset
 
     assert preset("tiny").check() == []
     errs = override(preset("tiny"), [assignment]).check()
@@ -267,8 +267,8 @@ def test_two_step_cli_run_with_both_options(cli_run):
 def test_the_target_cache_holds_raw_tokens(cli_run):
     """Normalisation comes after the cache read: the cache holds the encoder's raw tokens (the same
     file a run without normalisation writes)."""
-    from train.data import build_dataset
-    from train.encoders import load_encoder
+    from train.data.datasets import build_dataset
+    from train.targets.encoders import load_encoder
 
     cache = torch.load(cli_run / "target_cache.pt", weights_only=True)["tokens"][0]   # (N, T, D) float16
     torch.manual_seed(0)  # the trainer seeds random-init encoders with the run's seed
@@ -294,7 +294,7 @@ def micro(**kw) -> TrainConfig:
 
 
 def test_resume_with_both_options_is_bitwise_exact(tmp_path, monkeypatch):
-    import train.loop as loop
+    import train.run.loop as loop
 
     shapes = []
     real = loop.spatial_normalize
@@ -335,7 +335,7 @@ def test_resume_with_both_options_is_bitwise_exact(tmp_path, monkeypatch):
 
 def test_a_run_from_before_the_options_resumes(tmp_path):
     """config.json written before the fields existed: they count as their defaults."""
-    from train.loop import train
+    from train.run.loop import train
 
     cfg = micro(steps=1, target_norm="none", model={**micro().model.to_dict(), "projector": "mlp", "projector_dim": 32})
     train(cfg, tmp_path / "old", progress=False)
@@ -355,11 +355,11 @@ def test_a_run_from_before_the_options_resumes(tmp_path):
 def test_projection_alignment_uses_the_run_projector_and_its_normalised_targets(cli_run):
     from probe.analyses import projection_alignment
     from probe.extract import image_noise, image_set
-    from train.data import build_dataset
-    from train.encoders import load_encoder
-    from train.interpolants import interpolate
-    from train.latents import build_codec
-    from train.models import predict
+    from train.data.datasets import build_dataset
+    from train.targets.encoders import load_encoder
+    from train.objectives.interpolants import interpolate
+    from train.data.latents import build_codec
+    from train.models.loading import predict
 
     ckpt = cli_run / "checkpoints" / "latest.pt"
     opts = dict(n_images=6, batch_size=4, ts=(0.5,), random_init_encoder=True, progress=False, weights=("ema",))

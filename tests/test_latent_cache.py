@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from train.config import DataConfig, ModelConfig, TrainConfig
-from train.data import LatentCacheDataset, build_latent_cache, encode_main
+from train.run.config import DataConfig, ModelConfig, TrainConfig
+from train.data.datasets import LatentCacheDataset, build_latent_cache, encode_main
 from train.errors import UserError
-from train.latents import SDVAECodec
-from train.loop import train
+from train.data.latents import SDVAECodec
+from train.run.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from train.errors import UserError
-from train.latents import CODECS, IdentityCodec, SDVAECodec, build_codec, to_uint8
+from train.data.latents import CODECS, IdentityCodec, SDVAECodec, build_codec, to_uint8
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Live alignment during training (train.live_align): logged values equal an offline probe."""
+"""Live alignment during training (train.run.live_align): logged values equal an offline probe."""
 
 import json
 from pathlib import Path
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from probe.analyses import ProbeConfig, layer_sweep
-from train.cli import as_vanilla, main_train
-from train.config import TrainConfig
-from train.live_align import LiveAlignment
-from train.loop import train
+from train.run.cli import as_vanilla, main_train
+from train.run.config import TrainConfig
+from train.run.live_align import LiveAlignment
+from train.run.loop import train
 from test_train import micro
 
 pytestmark = pytest.mark.filterwarnings("ignore:linear probes get only")

@@ -15,8 +15,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import train.generation_metrics as gm
-import train.metrics as tm
+import train.evaluation.generation_metrics as gm
+import train.evaluation.metrics as tm
 from test_metrics import _spatial_loops
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

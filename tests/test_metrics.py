@@ -228,7 +228,7 @@ def test_spatial_metrics_on_tiny_grids_and_in_chunks(monkeypatch) -> None:
     tokens = torch.randn(4, 4, 3, dtype=torch.float64)  # 2 x 2: distances 1 and 2 only
     expected = _spatial_loops(tokens.numpy(), 1, 2)
     assert lds(tokens) == pytest.approx(expected["lds"], abs=1e-10) and rmsc(tokens) == pytest.approx(expected["rmsc"], abs=1e-10)
-    import train.metrics as pm  # where the code lives (probe.metrics re-exports its public names)
+    import train.evaluation.metrics as pm  # where the code lives (probe.metrics re-exports its public names)
 
     many = torch.randn(7, 16, 4, dtype=torch.float64)
     whole = spatial_metrics(many)

@@ -1,9 +1,9 @@
-"""The text-to-image MMDiT (train.mmdit) against REPA's official T2I code.
+"""The text-to-image MMDiT (train.models.mmdit) against REPA's official T2I code.
 
 ``fixtures/mmdit_reference.pt`` holds outputs of the official ``models/mmdit.py``, ``loss.py`` and
 ``samplers_t2i.py`` on small random models (fixtures/README.md); the weights are redrawn here by the
 generator's recipe and checked against its checksums, saved as official training checkpoints
-(``{model, ema, opt, args, steps}``) and loaded through ``train.models.load``.
+(``{model, ema, opt, args, steps}``) and loaded through ``train.models.loading.load``.
 """
 
 import argparse
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from train import interpolants as itp
-from train.config import ModelConfig
+from train.objectives import interpolants as itp
+from train.run.config import ModelConfig
 from train.errors import UserError
-from train.losses import denoising_loss, projection_loss
-from train.mmdit import MMDiT
-from train.models import build_model, load, predict, sincos_2d
-from train.sampling import sample
+from train.objectives.losses import denoising_loss, projection_loss
+from train.models.mmdit import MMDiT
+from train.models.loading import build_model, load, predict, sincos_2d
+from train.evaluation.sampling import sample
 
 FIX = torch.load(Path(__file__).parent / "fixtures" / "mmdit_reference.pt", weights_only=True)
 N, L, CTX = 2, 5, 768

@@ -1,4 +1,4 @@
-"""The objectives beyond REPA (train.objectives): HASTE's attention distillation and stop, SRA's
+"""The objectives beyond REPA (train.objectives.terms): HASTE's attention distillation and stop, SRA's
 self-alignment, the dispersive loss -- against hand computations, finite differences, and in tiny
 real runs (CLI, exact resume, loading and sampling the checkpoints)."""
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.cli import main_train
-from train.config import override
+from train.run.cli import main_train
+from train.run.config import override
 from train.errors import UserError
-from train.loop import train
-from train.losses import attention_distillation_loss, dispersive_loss, sra_loss, sra_teacher_time
-from train.models import DiffusionTransformer, load
-from train.objectives import SelfAlignmentTerm, StepContext, build_terms
+from train.run.loop import train
+from train.objectives.losses import attention_distillation_loss, dispersive_loss, sra_loss, sra_teacher_time
+from train.models.loading import DiffusionTransformer, load
+from train.objectives.terms import SelfAlignmentTerm, StepContext, build_terms
 
 from test_train import kill_9_and_resume, micro, weights
 
@@ -115,7 +115,7 @@ def test_model_attention_logits_leave_outputs_unchanged():
 
 
 def test_encoder_attention_drops_nothing_on_the_builtin_teacher_and_refuses_other_grids():
-    from train.encoders import load_encoder
+    from train.targets.encoders import load_encoder
 
     torch.manual_seed(0)
     enc = load_encoder("builtin-ssl", random_init=True)
@@ -169,8 +169,8 @@ def sra_context(cfg, model, ema, seed=0):
     t, labels, drop = torch.rand(b, generator=g).double(), torch.randint(0, 10, (b,), generator=g), torch.rand(b, generator=g) < 0.3
     term = build_terms(cfg)[0]
     assert isinstance(term, SelfAlignmentTerm)
-    from train.interpolants import interpolate
-    from train.loop import step_generator
+    from train.objectives.interpolants import interpolate
+    from train.run.loop import step_generator
 
     x_t = interpolate(x, noise, t)
 
@@ -217,7 +217,7 @@ def test_sra_target_carries_no_gradient_and_the_loss_matches_finite_differences(
     # the target is block b of the EMA model at t' from the step's stream 2, same noise, label and drop mask
     t2 = sra_teacher_time(ctx.t, ctx.uniform(2), cfg.sra_t_max)
     assert (t2 <= ctx.t).all()
-    from train.interpolants import interpolate
+    from train.objectives.interpolants import interpolate
 
     ref = ema(interpolate(ctx.x, ctx.noise, t2), t2, ctx.labels, return_hidden=[term.teacher_block], head=False,
               drop_mask=ctx.drop).hidden[term.teacher_block]
@@ -225,7 +225,7 @@ def test_sra_target_carries_no_gradient_and_the_loss_matches_finite_differences(
 
 
 def test_sra_run_resumes_bitwise_and_its_checkpoint_loads_and_samples(tmp_path):
-    from train.sampling import sample
+    from train.evaluation.sampling import sample
 
     cfg = cfg_with(*SRA, steps=4)
     train(cfg, tmp_path / "straight", progress=False)
@@ -261,7 +261,7 @@ TINY = ["--preset", "tiny-scenes", "--steps", "2", "--no-progress", "--threads",
     ("dispersive", ["dispersive_coeff=0.5", "dispersive_tau=0.5", "proj_coeff=0", "model.z_dims=[]", "encoders=[]"]),
 ])
 def test_each_objective_runs_from_the_cli_and_its_checkpoint_samples(tmp_path, name, sets):
-    from train.sampling import sample
+    from train.evaluation.sampling import sample
 
     assert main_train(TINY + sets + ["--out", str(tmp_path / name)]) == 0
     m = pd.read_json(tmp_path / name / "metrics.jsonl", lines=True)

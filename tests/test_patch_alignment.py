@@ -13,9 +13,9 @@ from probe.analyses import projection_alignment
 from probe.cli import main
 from probe.extract import extract, image_set
 from probe.patch_alignment import PatchAlignment, patch_alignment, patch_cosine, ridge_alpha, ridge_fit
-from train.data import build_dataset
+from train.data.datasets import build_dataset
 from train.errors import UserError
-from train.models import build
+from train.models.loading import build
 from conftest import random_sit
 
 SIZE, DEPTH, ALIGN, TEACHER = 8, 3, 1, "builtin-ssl"
@@ -102,7 +102,7 @@ def test_ridge_maps_of_a_vanilla_model_are_fitted_on_held_out_images(tmp_path):
     assert res.provenance["skipped"] == ["projector"] and res.provenance["n_fit"] == 10
     assert res.provenance["dataset"] == "shapes/val" and res.provenance["fit_dataset"] == "shapes/train"
     # the map is the cosine of a ridge map fitted on the train split's tokens (extract: the same noise)
-    from train.encoders import load_encoder
+    from train.targets.encoders import load_encoder
 
     fit = image_set(build_dataset("shapes", "train", size=SIZE), 10, 3, "shapes/train")
     shown = image_set(build_dataset("shapes", "val", size=SIZE), 6, 2, "shapes/val")

@@ -9,11 +9,11 @@ from probe import plots
 from probe.cli import main
 from probe.extract import extract, image_set
 from probe.pca import TokenPCA, pca_rgb, token_pca
-from train.data import build_dataset
 from train.errors import UserError
-from conftest import random_sit
+from conftest import SMALL_DEPTH, SMALL_SIZE, small_shapes, small_sit
 
-SIZE, DEPTH = 8, 3
+SIZE, DEPTH = SMALL_SIZE, SMALL_DEPTH
+tiny = small_sit
 
 
 @pytest.fixture(autouse=True)
@@ -21,13 +21,9 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
 
 
-def tiny(seed=0):
-    return random_sit(SIZE, DEPTH, seed)
-
-
 @pytest.fixture(scope="module")
 def images():
-    return build_dataset("shapes", "val", n=20, size=SIZE)
+    return small_shapes()
 
 
 def direct(fit, tokens):

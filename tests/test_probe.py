@@ -18,11 +18,11 @@ from probe.extract import extract, image_noise, image_set, read_index
 from probe.linear import fit_linear_probes, probe_accuracy
 from probe.metrics import spatial_metrics
 from probe.tokens import TokenPlan, encoder_tokens, token_pairs
-from train import interpolants as itp
-from train.data import build_dataset
-from train.encoders import load_encoder, resample_tokens
+from train.objectives import interpolants as itp
+from train.data.datasets import build_dataset
+from train.targets.encoders import load_encoder, resample_tokens
 from train.errors import UserError
-from train.models import build, load
+from train.models.loading import build, load
 from conftest import save_ckpt
 
 SIZE, DEPTH, TS = 8, 3, (0.0, 0.25, 0.5)
@@ -399,10 +399,10 @@ def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
     layer sweep, the progress analysis and the comparison."""
     import json as _json
 
-    from train.cli import as_vanilla
-    from train.config import DataConfig, ModelConfig, TrainConfig
-    from train.encoders import TeacherConfig
-    from train.loop import train
+    from train.run.cli import as_vanilla
+    from train.run.config import DataConfig, ModelConfig, TrainConfig
+    from train.targets.encoders import TeacherConfig
+    from train.run.loop import train
     from probe.analyses import compare, layer_sweep, training_progress
 
     cfg = TrainConfig(
@@ -424,10 +424,10 @@ def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
     # projection alignment: the training objective's cosine, real vs null label, ema and model weights
     from probe.analyses import projection_alignment
     from probe.extract import image_noise, image_set
-    from train.data import build_dataset
-    from train.encoders import load_encoder
-    from train.interpolants import interpolate
-    from train.models import load, predict
+    from train.data.datasets import build_dataset
+    from train.targets.encoders import load_encoder
+    from train.objectives.interpolants import interpolate
+    from train.models.loading import load, predict
 
     ckpt = tmp_path / "pair" / "repa" / "checkpoints" / "latest.pt"
     pa = projection_alignment(ckpt, "shapes", n_images=8, batch_size=3, ts=(0.0, 0.5), random_init_encoder=True,
@@ -442,7 +442,7 @@ def test_sweep_and_progress_on_a_real_short_training_run(tmp_path):
         enc = load_encoder("builtin-teacher", grid=4, random_init=True)
     imgs = image_set(build_dataset("shapes", "val", size=16), 8, 0)
     idx, x, y = next(imgs.batches(8))
-    from train.latents import build_codec
+    from train.data.latents import build_codec
     latents = build_codec("identity").encode(x, sample=False)
     with torch.no_grad():
         z = predict(model, interpolate(latents, image_noise(idx, (3, 16, 16), 0), 0.5), 0.5, y, head=False, project=True).zs[0]

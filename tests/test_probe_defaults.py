@@ -10,8 +10,8 @@ from conftest import random_sit, save_ckpt
 def pair(tmp_path_factory):
     """A 2-step REPA/vanilla pair on the default preset (Fashion-MNIST stand-in, grey codec, fashion-ssl
     teacher with random weights)."""
-    from train.cli import side_by_side
-    from train.config import override, preset
+    from train.run.cli import side_by_side
+    from train.run.config import override, preset
 
     out = tmp_path_factory.mktemp("pair")
     cfg = override(preset("tiny"), ["steps=2", "batch_size=8", "random_init_encoders=true", "model.depth=2", "model.hidden_size=32",
@@ -23,7 +23,7 @@ def pair(tmp_path_factory):
 
 def test_trained_on_reads_the_run(pair):
     from probe.run_defaults import trained_on
-    from train.models import load
+    from train.models.loading import load
 
     for run in ("repa", "vanilla"):  # the vanilla twin records its REPA twin's encoder
         found = trained_on(load(pair[run]))
@@ -46,7 +46,7 @@ def test_explicit_choices_win_and_unrecorded_checkpoints_fall_back(tmp_path):
     from probe.run_defaults import trained_on
 
     ckpt = save_ckpt(random_sit(16, 2), tmp_path / "plain.pt", step=0)  # no run recorded
-    from train.models import load
+    from train.models.loading import load
 
     assert trained_on(load(ckpt))["source"] == "fallback"
     df = layer_sweep(ckpt, "scenes", encoders=("builtin-ssl",), n_images=24, n_train=0, ts=(0.0,), metrics=("cknna",), k=3,

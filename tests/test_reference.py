@@ -2,7 +2,7 @@
 
 ``fixtures/core_reference.pt`` holds outputs of the published models, loss and samplers on tiny
 random models (how it was made: fixtures/README.md).  Here the same state dicts go through
-``train.models.load`` and the same inputs, times and noise through our code.
+``train.models.loading.load`` and the same inputs, times and noise through our code.
 """
 
 from pathlib import Path
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import interpolants as itp
-from train.losses import denoising_loss, projection_loss
-from train.models import load, predict, sincos_2d
-from train.sampling import sample
+from train.objectives import interpolants as itp
+from train.objectives.losses import denoising_loss, projection_loss
+from train.models.loading import load, predict, sincos_2d
+from train.evaluation.sampling import sample
 
 FIX = torch.load(Path(__file__).parent / "fixtures" / "core_reference.pt", weights_only=True)
 FLAVOUR = {"dit": "dit", "sit": "sit", "repa": "repa", "repa_qknorm": "repa"}

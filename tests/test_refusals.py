@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.cli import main_sample, main_train
+from train.run.cli import main_sample, main_train
 
 TINY = ["--preset", "tiny", "--no-progress", "--threads", "1", "--set", "random_init_encoders=true", "model.depth=2",
         "model.hidden_size=32", "model.num_heads=2", "model.encoder_depth=1", "model.projector_dim=64", "data.n_train=64",
@@ -53,7 +53,7 @@ def test_a_string_for_an_integer_field_is_refused_even_when_a_flag_overrides_it(
 
 
 def test_fid_on_a_folder_of_one_sample_names_what_is_missing(tmp_path, capsys):
-    from train.evaluate import main
+    from train.evaluation.evaluate import main
 
     (tmp_path / "s").mkdir()
     np.savez(tmp_path / "s" / "samples_1x16x16x3.npz", arr_0=np.zeros((1, 16, 16, 3), np.uint8))
@@ -128,9 +128,9 @@ def test_one_field_turns_an_objective_on(capsys, sets, expect, said):
 
 
 def test_objective_defaults_follow_the_papers_and_the_model():
-    from train.config import TrainConfig, preset
-    from train.objective_defaults import encoder_depth, haste_layers
-    from train.teacher import TEACHERS
+    from train.run.config import TrainConfig, preset
+    from train.objectives.defaults import encoder_depth, haste_layers
+    from train.targets.teacher import TEACHERS
 
     assert haste_layers(28, 12) == ((5, 6, 7, 8), (9, 10, 11, 12))  # HASTE's SiT-XL/2 <- DINOv2-B, exactly
     assert haste_layers(12, 12) == ((2, 3, 3, 3), (9, 10, 11, 12))

@@ -8,15 +8,15 @@ import json
 import pytest
 import torch
 
-from train import interpolants as itp
-from train import reg
-from train.cli import main_train
-from train.config import DataConfig, ModelConfig, TrainConfig
+from train.objectives import interpolants as itp
+from train.objectives import reg
+from train.run.cli import main_train
+from train.run.config import DataConfig, ModelConfig, TrainConfig
 from train.errors import UserError
-from train.loop import step_generator, train
-from train.models import build, load, predict
-from train.objectives import RegTerm, StepContext, build_terms
-from train.sampling import sample
+from train.run.loop import step_generator, train
+from train.models.loading import build, load, predict
+from train.objectives.terms import RegTerm, StepContext, build_terms
+from train.evaluation.sampling import sample
 
 TINY = ["--preset", "tiny-scenes", "--ckpt-every", "2", "--no-progress", "--threads", "1",
         "--set", "random_init_encoders=true", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",

@@ -8,11 +8,11 @@ from probe import plots
 from probe.extract import extract, image_set
 from probe.metrics import _cka_dense
 from probe.similarity import COLUMNS, model_similarity
-from train.data import build_dataset
 from train.errors import UserError
-from conftest import random_sit, save_ckpt
+from conftest import SMALL_DEPTH, SMALL_SIZE, save_ckpt, small_shapes, small_sit
 
-SIZE, DEPTH = 8, 3
+SIZE, DEPTH = SMALL_SIZE, SMALL_DEPTH
+tiny = small_sit
 
 
 @pytest.fixture(autouse=True)
@@ -20,13 +20,9 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
 
 
-def tiny(seed=0):
-    return random_sit(SIZE, DEPTH, seed)
-
-
 @pytest.fixture(scope="module")
 def images():
-    return build_dataset("shapes", "val", n=20, size=SIZE)
+    return small_shapes()
 
 
 def brute_cka(a, b):

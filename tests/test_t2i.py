@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from test_train import kill_9_and_resume, weights
-from train.captions import CAPTION_LEN, CONTEXT_DIM, CocoFeatures
-from train.cli import main_train
-from train.data import build_dataset
+from train.data.captions import CAPTION_LEN, CONTEXT_DIM, CocoFeatures
+from train.run.cli import main_train
+from train.data.datasets import build_dataset
 from train.errors import UserError
-from train.mmdit import MMDiT
-from train.models import load
+from train.models.mmdit import MMDiT
+from train.models.loading import load
 
 TINY = ["--preset", "tiny-t2i", "--no-progress", "--threads", "1", "--set", "random_init_encoders=true", "model.depth=2",
         "model.hidden_size=32", "model.num_heads=2", "model.encoder_depth=1", "model.projector_dim=32", "data.n_train=64",
@@ -136,7 +136,7 @@ def t2i_ckpt(tmp_path_factory):
 
 def test_sampling_from_prompts_and_bad_prompt_files(tmp_path, t2i_ckpt):
     """A built-in T2I checkpoint samples from a prompt file with text guidance; an empty file is one line."""
-    from train.sampling_t2i import generate_t2i, read_prompts
+    from train.evaluation.sampling_t2i import generate_t2i, read_prompts
 
     model = load(t2i_ckpt)
     (tmp_path / "prompts.txt").write_text("a large star with a ring\n\na large circle\n")
@@ -165,10 +165,10 @@ SAMPLE = ["--steps", "2", "--batch-size", "8", "--seed", "3", "--device", "cpu",
 def test_repa_sample_from_a_prompt_file(tmp_path, t2i_ckpt, capsys):
     """PNGs, the ADM .npz (labels = prompt index), the grid and the provenance, as class-conditional
     sampling; the images are generate_t2i's (same seeding), decoded; a rerun resumes."""
-    from train.cli import main_sample
-    from train.evaluate import load_samples
-    from train.latents import build_codec
-    from train.sampling_t2i import generate_t2i
+    from train.run.cli import main_sample
+    from train.evaluation.evaluate import load_samples
+    from train.data.latents import build_codec
+    from train.evaluation.sampling_t2i import generate_t2i
 
     (tmp_path / "prompts.txt").write_text(PROMPTS)
     out = tmp_path / "samples"
@@ -193,9 +193,9 @@ def test_repa_sample_from_a_prompt_file(tmp_path, t2i_ckpt, capsys):
 
 def test_repa_sample_from_caption_features_equals_prompts(tmp_path, t2i_ckpt):
     """An .npy of caption features, (L, C) or (N, L, C), samples as the prompts they encode (SDE, guided)."""
-    from train.cli import main_sample
-    from train.evaluate import load_samples
-    from train.sampling_t2i import caption_encoder
+    from train.run.cli import main_sample
+    from train.evaluation.evaluate import load_samples
+    from train.evaluation.sampling_t2i import caption_encoder
 
     feats = caption_encoder(load(t2i_ckpt))(["a large star with a ring", "a large circle"]).numpy()  # (2, L, C)
     np.save(tmp_path / "two.npy", feats)
@@ -236,7 +236,7 @@ def class_ckpt(tmp_path_factory):
     ("guidance without a null context", "--null-context"),
 ])
 def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, t2i_ckpt, class_ckpt, capsys, case, message):
-    from train.cli import main_sample
+    from train.run.cli import main_sample
 
     prompts, feats = tmp_path / "prompts.txt", tmp_path / "feats.npy"
     prompts.write_text(PROMPTS)
@@ -280,10 +280,10 @@ def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, t2i_ckpt, class
 def test_official_layout_samples_with_a_null_context_file(tmp_path, t2i_ckpt):
     """An official-layout T2I checkpoint (no null context inside) samples with guidance given
     --null-context (the empty caption's .npy): the samples of the API's load(..., null_context=)."""
-    from train.cli import main_sample
-    from train.evaluate import load_samples
-    from train.latents import build_codec
-    from train.sampling_t2i import caption_encoder, generate_t2i
+    from train.run.cli import main_sample
+    from train.evaluation.evaluate import load_samples
+    from train.data.latents import build_codec
+    from train.evaluation.sampling_t2i import caption_encoder, generate_t2i
 
     ema = weights(t2i_ckpt)["ema"]
     sd = {k: v for k, v in ema.items() if k != "null_context"}

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from train.config import DataConfig, ModelConfig, TrainConfig
-from train.data import (LatentCacheDataset, _load_encoders, build_latent_cache, build_target_cache, encode_main,
+from train.run.config import DataConfig, ModelConfig, TrainConfig
+from train.data.datasets import (LatentCacheDataset, _load_encoders, build_latent_cache, build_target_cache, encode_main,
                         open_target_cache, target_dir)
-from train.encoders import TeacherConfig
+from train.targets.encoders import TeacherConfig
 from train.errors import UserError
-from train.latents import SDVAECodec
-from train.loop import step_generator, train
+from train.data.latents import SDVAECodec
+from train.run.loop import step_generator, train
 
 SIZE, GRID, N, B = 32, 2, 8, 4  # 32 px images -> 4x4 latents -> SiT patch 2 -> 2x2 tokens; shards of B images
 
@@ -157,7 +157,7 @@ def test_mismatched_or_unfinished_target_cache_is_refused(latent_cache, tmp_path
     build_target_cache(root, [teacher(seed=1)], progress=False)  # another random init: other weights
     with pytest.raises(UserError, match="another builtin-teacher encoder") as e:
         train(config(root), tmp_path / "run", progress=False)
-    assert "\n" not in str(e.value) and "python -m train.data targets" in str(e.value)
+    assert "\n" not in str(e.value) and "python -m train.data.datasets targets" in str(e.value)
     with pytest.raises(UserError, match="another builtin-teacher encoder"):  # nor extended by another encoder
         build_target_cache(root, [teacher(seed=0)], progress=False)
     with pytest.raises(UserError, match="needs 1x1"):
@@ -188,7 +188,7 @@ def test_runs_with_one_teacher_on_one_dataset_share_their_in_memory_targets(tmp_
     """The in-memory target cache (a built-in dataset) is computed by the first run and linked by the
     next one (one file on disk, not one per run), and the run that reads it trains bitwise as the one
     that computed it; another teacher (here: another random init) gets its own file."""
-    import train.targets as targets
+    import train.targets.source as targets
 
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.encoders import load_encoder
+from train.targets.encoders import load_encoder
 from train.errors import UserError
-from train.synthetic import MAX_SHAPES, SCENE_CLASSES, ScenesDataset, render_scenes
-from train.teacher import (TEACHERS, TeacherConfig, TeacherViT, dense_loss, masked_loss, patchify, teacher_path,
+from train.data.synthetic import MAX_SHAPES, SCENE_CLASSES, ScenesDataset, render_scenes
+from train.targets.teacher import (TEACHERS, TeacherConfig, TeacherViT, dense_loss, masked_loss, patchify, teacher_path,
                            train_builtin_teacher)
 
 TINY = dict(width=32, depth=1, heads=2, steps=3, batch_size=8, n_train=64, warmup=1)
@@ -125,7 +125,7 @@ def test_bad_teacher_configs_are_one_line_errors():
 
 
 def test_each_built_in_dataset_has_its_own_evaluator():
-    from train.evaluate import EVALUATORS, EvaluatorConfig, evaluator_config
+    from train.evaluation.evaluate import EVALUATORS, EvaluatorConfig, evaluator_config
 
     assert evaluator_config("scenes").dataset == "scenes" and evaluator_config("scenes").num_classes == 8
     assert evaluator_config("shapes") == EvaluatorConfig()
@@ -135,7 +135,7 @@ def test_each_built_in_dataset_has_its_own_evaluator():
 
 
 def test_scenes_plain_has_no_background_texture():
-    from train.data import build_dataset
+    from train.data.datasets import build_dataset
 
     plain, textured = build_dataset("scenes-plain", "val", n=8, size=16), build_dataset("scenes", "val", n=8, size=16)
     assert torch.equal(plain.type_map, textured.type_map)  # the same scenes, only the background differs
@@ -156,7 +156,7 @@ def test_a_second_process_waits_for_the_teacher_being_trained_instead_of_trainin
     cfg = TEACHERS["builtin-ssl"]
     path = teacher_path(cfg, tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from train.rundir import build_lock\n"
+        "import sys, time; from pathlib import Path; from train.run.rundir import build_lock\n"
         f"p = Path({str(path)!r})\n"
         "with build_lock(p):\n"
         "    print('locked', flush=True); time.sleep(1.5); p.write_bytes(b'trained elsewhere')\n")],

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from train import checkpoints
-from train.cli import as_vanilla, main_train
-from train.config import DataConfig, ModelConfig, TrainConfig, override
+from train.run import checkpoints
+from train.run.cli import as_vanilla, main_train
+from train.run.config import DataConfig, ModelConfig, TrainConfig, override
 from train.errors import UserError
-from train.loop import batch_indices, keep_in_series, train
-from train.encoders import TeacherConfig
-from train.models import load
+from train.run.loop import batch_indices, keep_in_series, train
+from train.targets.encoders import TeacherConfig
+from train.models.loading import load
 
 TEACHER_DIM = TeacherConfig().width
 
@@ -120,7 +120,7 @@ class Killed(BaseException):
 def test_killed_between_the_checkpoint_writes_keeps_the_series_complete(tmp_path, monkeypatch):
     """A step that is both latest.pt and a series checkpoint is two writes; a run killed after the
     first of them resumes with every series checkpoint present in the end."""
-    import train.loop as loop
+    import train.run.loop as loop
 
     real, calls = loop.atomic_save, {"n": 0}
 
@@ -189,7 +189,7 @@ def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import train.loop as loop
+    import train.run.loop as loop
 
     real = loop.denoising_loss
     calls = {"n": 0}

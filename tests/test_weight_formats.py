@@ -8,20 +8,19 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train.encoders import ENCODERS, load_encoder
+from train.targets.encoders import ENCODERS, load_encoder
 from train.errors import UserError
+from conftest import offline_cache, random_uint8_images
 
 TINY = (("embed_dim", 32), ("depth", 2), ("num_heads", 2))
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "repa-cache"))
+    offline_cache(monkeypatch, tmp_path / "repa-cache")
 
 
-def _images(n: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+_images = random_uint8_images
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +233,7 @@ def _diffusers_dit(share: bool = True, seed: int = 0, channels: int = 4):
 
 
 def test_diffusers_dit_equals_diffusers_forward(tmp_path):
-    from train.models import load
+    from train.models.loading import load
 
     net = _diffusers_dit()
     net.save_pretrained(tmp_path / "pipe" / "transformer")
@@ -263,7 +262,7 @@ def test_diffusers_dit_equals_diffusers_forward(tmp_path):
 
 def test_probes_run_on_a_diffusers_dit(tmp_path):
     from probe.extract import extract
-    from train.models import load
+    from train.models.loading import load
 
     _diffusers_dit(channels=3).save_pretrained(tmp_path / "dit")  # pixels through the identity codec
     model = load(tmp_path / "dit")
@@ -276,7 +275,7 @@ def test_probes_run_on_a_diffusers_dit(tmp_path):
 
 
 def test_diffusers_dit_with_per_block_embedders_is_refused(tmp_path):
-    from train.models import load
+    from train.models.loading import load
 
     _diffusers_dit(share=False).save_pretrained(tmp_path / "dit")
     with pytest.raises(UserError, match="block 1's .* differs from block 0's.*shares one") as err:
@@ -285,7 +284,7 @@ def test_diffusers_dit_with_per_block_embedders_is_refused(tmp_path):
 
 
 def test_diffusers_folder_of_another_model_is_one_line(tmp_path):
-    from train.models import load
+    from train.models.loading import load
 
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
@@ -361,7 +360,7 @@ def test_sam2_by_name_is_the_last_hiera_stage(monkeypatch):
 def test_fid_inception_equals_pytorch_fid(monkeypatch, tmp_path):
     """Same (random) weights in both: pool3 features agree, so FID numbers agree with pytorch-fid's."""
     pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
-    from train import evaluate as ev
+    from train.evaluation import evaluate as ev
 
     torch.manual_seed(0)
     net = ev.fid_inception()

@@ -1,5 +1,5 @@
 import sys
 
-from train.cli import main_train
+from train.run.cli import main_train
 
 sys.exit(main_train())

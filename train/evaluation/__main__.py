@@ -1,0 +1,5 @@
+import sys
+
+from train.evaluation.evaluate import main
+
+sys.exit(main())

@@ -1,0 +1,414 @@
+"""The built-in teachers: small ViTs this project trains itself, standing in for DINOv2 offline.
+
+No pretrained encoder can be downloaded on the project's machines, so REPA's target encoder is
+trained here on the built-in data, on first use, and cached.  Three kinds share one architecture
+(:class:`TeacherViT`: a convolutional stem -- ``log2(patch)`` stride-2 3x3 convs, patch 4 on 32 px
+-> 8 x 8 tokens --, learned position embeddings, pre-norm transformer blocks, a final LayerNorm on
+every token; the targets are those final-norm patch tokens) and differ in what they are trained
+to do:
+
+* ``dense`` ("SAM-like"): per-pixel targets the scene renderer gives for free
+  (:class:`train.data.synthetic.ScenesDataset`): a linear head on each token predicts, for every pixel of
+  its patch, the type of the shape covering it (or background), its depth order and whether it lies
+  on a boundary.  No image-level label is used: the tokens must say what is where in *this* image.
+* ``ssl``: masked-token prediction (SimMIM-style): half of the patches are blanked in the input and
+  their tokens replaced by a learned mask token; a linear head predicts each masked patch's pixels
+  (normalised per patch, as MAE's ``norm_pix_loss``).  Self-supervised, no label of any kind.
+* ``supervised``: the class label, read by a linear head from the mean of the patch tokens, with
+  random translations and flips (the project's first teacher; the tokens then carry mostly the
+  class, which a class-conditional model already receives: RESULTS.md).  Kept as the control.
+
+Encoder names (:data:`TEACHERS`): ``builtin-dense``, ``builtin-ssl`` and ``builtin-supervised`` are
+trained on ``scenes``; ``builtin-teacher`` is the first teacher exactly (supervised, on ``shapes``).
+Each is cached as ``$REPA_CACHE/teacher/<key>.safetensors`` with a JSON sidecar (config, training
+time, held-out accuracies); the key hashes every field of :class:`TeacherConfig`, the thread count
+included (training runs on ``cfg.threads`` threads whatever the caller's count, so the weights
+depend on the config alone).
+
+:func:`fit_classifier` is also the training loop of the built-in evaluator (``train.evaluation.evaluate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.run.checkpoints import atomic_write, repa_cache_dir
+from train.errors import UserError
+from train.targets.fit import augment, fit, fit_classifier  # noqa: F401 (re-exported: the evaluator trains with them)
+
+TEACHER_MEAN = TEACHER_STD = (0.5, 0.5, 0.5)
+TEACHER_FORMAT = "repa-builtin-teacher/1"
+KINDS = ("dense", "ssl", "supervised")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Kind, data, architecture and optimisation of a built-in teacher (hashed into its cache name)."""
+
+    kind: str = "supervised"
+    dataset: str = "shapes"  # "scenes" or "shapes" (the dense teacher needs "scenes")
+    image_size: int = 32
+    patch: int = 4
+    width: int = 64
+    depth: int = 2
+    heads: int = 2
+    num_classes: int = 10
+    n_train: int = 10_000
+    steps: int = 1600
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    shift: int = 3  # supervised: max random translation in pixels
+    label_smoothing: float = 0.1  # supervised
+    mask_ratio: float = 0.5  # ssl: share of patches masked
+    seed: int = 0
+    data_seed: int = 0
+    threads: int = 1
+    # ssl: masks drawn on a grid of mask_block x mask_block token blocks (SimMIM's mask patches;
+    # 1 = per token); norm_pix: targets normalised per patch (MAE's norm_pix_loss) or raw pixels
+    mask_block: int = 1
+    norm_pix: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"unknown teacher kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        from train.data.builtin import BUILTIN
+
+        if self.dataset not in BUILTIN:
+            raise UserError(f"unknown teacher dataset {self.dataset!r}: use one of {', '.join(BUILTIN)}")
+        g = self.image_size // self.patch
+        if self.mask_block < 1 or g % self.mask_block:
+            raise UserError(f"mask_block {self.mask_block} does not divide the {g} x {g} token grid: use a divisor of {g}")
+        if self.kind == "dense" and self.dataset != "scenes":
+            raise UserError("the dense teacher trains on the per-pixel ground truth of the scenes dataset: set dataset='scenes'")
+
+    def key(self) -> str:
+        fields = asdict(self)
+        for name, default in (("mask_block", 1), ("norm_pix", True)):  # keys from before these fields
+            if fields[name] == default:
+                fields.pop(name)
+        blob = json.dumps({"format": TEACHER_FORMAT, **fields}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _scenes_teacher(kind: str, size: int = 16) -> TeacherConfig:
+    return TeacherConfig(kind=kind, dataset="scenes", num_classes=8, image_size=size, patch=size // 8)
+
+
+def _fashion_teacher(kind: str) -> TeacherConfig:
+    """The shipped Fashion-MNIST teachers (:mod:`train.targets.shipped`; ``make teachers``): 16 px, patch 2
+    (8 x 8 tokens, the student's grid), width 128, 4 blocks, on all 60,000 training images.  Their
+    compute is recorded in their cards (``train/weights/<name>.json``)."""
+    common = dict(kind=kind, dataset="fashion-mnist", image_size=16, patch=2, width=128, depth=4, heads=4,
+                  num_classes=10, n_train=60_000, steps=2400, batch_size=128, lr=1e-3, warmup=200)
+    if kind == "ssl":  # SimMIM: 60 % of 4 x 4 blocks of 2 x 2 tokens masked, raw pixels predicted
+        return TeacherConfig(**common, mask_ratio=0.6, mask_block=2, norm_pix=False)
+    return TeacherConfig(**common, shift=2)
+
+
+TEACHERS: dict[str, TeacherConfig] = {
+    "fashion-ssl": _fashion_teacher("ssl"),
+    "fashion-supervised": _fashion_teacher("supervised"),
+    "builtin-dense": _scenes_teacher("dense"),
+    "builtin-ssl": _scenes_teacher("ssl"),
+    "builtin-supervised": _scenes_teacher("supervised"),
+    "builtin-teacher": TeacherConfig(),  # the first built-in teacher: supervised, on shapes
+}
+
+
+def teacher_path(cfg: TeacherConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the teacher of ``cfg`` is cached: ``<cache_dir>/teacher/<key>.safetensors``."""
+    return Path(cache_dir or repa_cache_dir()) / "teacher" / f"{cfg.key()}.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+def _dense_channels(cfg: TeacherConfig) -> tuple[int, int, int]:
+    """Per-pixel logits of the dense head: types (+ background), depth order (+ background), boundary."""
+    from train.data.synthetic import MAX_SHAPES
+
+    return cfg.num_classes + 1, MAX_SHAPES + 1, 2
+
+
+class TeacherViT(nn.Module):
+    """A ViT with a convolutional stem (which makes a small ViT learn much faster on little data),
+    learned position embeddings, pre-norm blocks and a final LayerNorm; no class token.  The head
+    depends on the kind: class logits from the mean token (supervised), per-pixel logits from every
+    token (dense), or pixels of every token's patch (ssl, which also has a mask token)."""
+
+    num_prefix_tokens = 0
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        super().__init__()
+        n_down = int(math.log2(cfg.patch))
+        if 2**n_down != cfg.patch or cfg.image_size % cfg.patch:
+            raise UserError(f"teacher patch {cfg.patch} must be a power of two dividing the image size "
+                            f"{cfg.image_size} — change the TeacherConfig")
+        self.cfg = cfg
+        w = self.embed_dim = cfg.width
+        chans = [3] + [max(w >> (n_down - 1 - i), 16) for i in range(n_down - 1)] + [w]
+        stem: list[nn.Module] = []
+        for i in range(n_down):
+            stem.append(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1))
+            if i < n_down - 1:
+                stem.append(nn.GELU())
+        self.stem = nn.Sequential(*stem)
+        self.pos_embed = nn.Parameter(torch.randn(1, (cfg.image_size // cfg.patch) ** 2, w) * 0.02)
+        self.blocks = nn.Sequential(*[
+            nn.TransformerEncoderLayer(w, cfg.heads, 4 * w, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True)
+            for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(w)
+        pp = cfg.patch * cfg.patch
+        if cfg.kind == "supervised":
+            self.head = nn.Linear(w, cfg.num_classes)
+        elif cfg.kind == "dense":
+            self.head = nn.Linear(w, pp * sum(_dense_channels(cfg)))
+        else:
+            self.head = nn.Linear(w, pp * 3)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, w))
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised patch tokens ``(B, T, width)`` of images ``x`` in [-1, 1]; ``mask`` ``(B, T)``
+        (ssl training only) replaces the masked tokens by the mask token."""
+        tokens = self.stem(x).flatten(2).transpose(1, 2)                          # (B, T, w)
+        if mask is not None:
+            tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
+        return self.norm(self.blocks(tokens + self.pos_embed))                    # (B, T, w)
+
+    def attention_logits(self, x: torch.Tensor, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """{block: attention logits ``q k^T / sqrt(head_dim)`` (B, heads, T, T)} of the 1-based
+        ``layers`` for images ``x`` in [-1, 1] (no class token: all T tokens are patches)."""
+        tokens = self.stem(x).flatten(2).transpose(1, 2) + self.pos_embed            # (B, T, w)
+        out: dict[int, torch.Tensor] = {}
+        for i, blk in enumerate(self.blocks, start=1):
+            if i in layers:  # pre-norm: the attention reads norm1(x); q, k from the packed projection
+                mha, h = blk.self_attn, blk.norm1(tokens)
+                b, t, w = h.shape
+                hd = w // mha.num_heads
+                q, k, _ = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+                q, k = (z.reshape(b, t, mha.num_heads, hd).transpose(1, 2) for z in (q, k))  # (B, H, T, hd)
+                out[i] = (q * hd**-0.5) @ k.transpose(-2, -1)                              # (B, H, T, T)
+            if i >= max(layers):
+                break
+            tokens = blk(tokens)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (supervised); the per-token head's output otherwise."""
+        feats = self.forward_features(x)
+        return self.head(feats.mean(1) if self.cfg.kind == "supervised" else feats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, T, p*p, C)``: the pixels of every patch, patches in row-major order."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p)                                     # (B, C, gh, p, gw, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p, c)  # (B, T, p*p, C)
+
+
+def dense_loss(model: TeacherViT, x: torch.Tensor, type_map: torch.Tensor, depth_map: torch.Tensor,
+               boundary: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropies of the dense head: shape type + depth order + 0.5 x boundary."""
+    cfg = model.cfg
+    n_type, n_depth, n_edge = _dense_channels(cfg)
+    b, t, pp = x.shape[0], (cfg.image_size // cfg.patch) ** 2, cfg.patch**2
+    logits = model(x).reshape(b, t, pp, n_type + n_depth + n_edge)                # (B, T, p*p, C)
+    maps = [patchify(m[:, None].long(), cfg.patch)[..., 0] for m in (type_map, depth_map, boundary)]  # (B, T, p*p)
+    lt, ld, le = logits.split([n_type, n_depth, n_edge], dim=-1)
+    ce = lambda lg, y: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), y.reshape(-1))  # noqa: E731
+    return ce(lt, maps[0]) + ce(ld, maps[1]) + 0.5 * ce(le, maps[2])
+
+
+def masked_loss(model: TeacherViT, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SimMIM: the masked patches are zeroed in the input and their tokens replaced; the MSE of the
+    predicted pixels of the masked patches against each patch's pixels, normalised to zero mean and
+    unit variance when ``cfg.norm_pix`` (MAE's norm_pix_loss), raw otherwise."""
+    p = model.cfg.patch
+    target = patchify(x, p).flatten(2)                                            # (B, T, p*p*3)
+    if model.cfg.norm_pix:
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    g = int(math.isqrt(mask.shape[1]))
+    pixel_mask = mask.reshape(-1, 1, g, 1, g, 1).expand(-1, 1, g, p, g, p).reshape(x.shape[0], 1, g * p, g * p)
+    pred = model.head(model.forward_features(x.masked_fill(pixel_mask, 0.0), mask))  # (B, T, p*p*3)
+    err = (pred - target).pow(2).mean(-1)                                         # (B, T)
+    return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _teacher_loss(model: TeacherViT, data, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    cfg = model.cfg
+
+    def flip(idx: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        f = torch.rand(len(idx), generator=gen) < 0.5
+        return [torch.where(f.view(-1, *[1] * (a.ndim - 1)), a.flip(-1), a) for a in tensors]
+
+    if cfg.kind == "dense":
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            x, tm, dm, bd = flip(idx, data.images[idx].float() / 127.5 - 1.0, data.type_map[idx],
+                                 data.depth_map[idx], data.boundary[idx])
+            return dense_loss(model, x, tm, dm, bd)
+    else:  # ssl
+        g, m = cfg.image_size // cfg.patch, cfg.mask_block
+        blocks = (g // m) ** 2  # masks on the coarse grid of m x m token blocks, then repeated per token
+        n_mask = round(cfg.mask_ratio * blocks)
+
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            (x,) = flip(idx, data.images[idx].float() / 127.5 - 1.0)
+            order = torch.rand(len(idx), blocks, generator=gen).argsort(1)
+            mask = torch.zeros(len(idx), blocks, dtype=torch.bool).scatter_(1, order[:, :n_mask], True)
+            if m > 1:
+                mask = mask.reshape(-1, g // m, 1, g // m, 1).expand(-1, -1, m, -1, m).reshape(len(idx), g * g)
+            return masked_loss(model, x, mask)
+    return loss
+
+
+def _dataset(cfg: TeacherConfig, split: str):
+    from train.data.builtin import BUILTIN
+
+    return BUILTIN[cfg.dataset](split, n=cfg.n_train if split == "train" else None, size=cfg.image_size,
+                                  seed=cfg.data_seed)
+
+
+def train_builtin_teacher(cfg: TeacherConfig = TeacherConfig(), cache_dir: str | os.PathLike | None = None,
+                          progress: bool = True) -> Path:
+    """Train the built-in teacher ``cfg`` on its dataset's train split unless it is cached; return its path.
+
+    Deterministic given ``cfg`` (it runs on ``cfg.threads`` threads, the caller's count restored).
+    Writes ``<key>.json`` (config, training seconds, the held-out linear-probe accuracy of the
+    mean-pooled tokens and, for the supervised kind, the head's accuracy) and then
+    ``<key>.safetensors`` (config in its metadata), each atomically.  Under a build lock
+    (``train.run.rundir.build_lock``): a second process that needs the same teacher waits for it.
+    """
+    from train.run.rundir import build_lock
+
+    path = teacher_path(cfg, cache_dir)
+    if path.exists():
+        return path
+    with build_lock(path):  # a second process needing this teacher waits and reads it
+        if not path.exists():
+            _train_teacher(cfg, path, progress)
+    return path
+
+
+def _train_teacher(cfg: TeacherConfig, path: Path, progress: bool, state_path: Path | None = None) -> dict[str, Any]:
+    """The training behind :func:`train_builtin_teacher`: fit (resumable from ``state_path``), measure,
+    write sidecar then weights; returns the sidecar."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        start, cpu_start = time.time(), time.process_time()
+        data = _dataset(cfg, "train")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            model = TeacherViT(cfg)
+        if cfg.kind == "supervised":
+            fit_classifier(model, data, cfg, gen, "built-in teacher", progress, cfg.label_smoothing, max_grad_norm=1.0,
+                           state_path=state_path)
+        else:
+            fit(model, cfg, gen, _teacher_loss(model, data, gen), len(data), f"built-in teacher ({cfg.kind})",
+                progress, max_grad_norm=1.0, state_path=state_path)
+        seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
+        val = _dataset(cfg, "val")
+        tokens = lambda images: model.forward_features(images.float() / 127.5 - 1.0)  # noqa: E731
+        sidecar: dict[str, Any] = {
+            "config": asdict(cfg), "seed": cfg.seed, "train_seconds": round(seconds, 1),
+            "train_cpu_seconds": round(cpu_seconds, 1), "threads": cfg.threads, "torch": torch.__version__,
+        }
+        with torch.no_grad():
+            if cfg.kind == "supervised":
+                logits = torch.cat([model(val.images[i:i + 500].float() / 127.5 - 1.0) for i in range(0, len(val), 500)])
+                sidecar["val_accuracy"] = (logits.argmax(1) == val.labels).float().mean().item()
+            sidecar["linear_probe_accuracy"] = linear_probe_accuracy(tokens, data, val, n_train=5000, n_val=len(val))
+    finally:
+        torch.set_num_threads(threads)
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": TEACHER_FORMAT, "config": json.dumps(asdict(cfg))}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    return sidecar
+
+
+def load_teacher(cfg: TeacherConfig, weights: str | os.PathLike | None = None,
+                 random_init: bool = False, name: str | None = None) -> tuple[TeacherViT, str]:
+    """The teacher and a description of its source: random weights of ``cfg``'s architecture, the
+    file ``weights`` (its own config, which must be of ``cfg``'s kind), the shipped weights of
+    ``name`` (sha256-verified, :mod:`train.targets.shipped`), or ``cfg`` cached/trained."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from train.targets.shipped import SHIPPED, verified_path
+
+    if random_init:
+        return TeacherViT(cfg).eval(), "random-init"
+    if weights is not None:
+        path = Path(weights).expanduser()
+    elif name in SHIPPED:
+        path = verified_path(name)
+    else:
+        path = train_builtin_teacher(cfg)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != TEACHER_FORMAT:
+            raise ValueError("no built-in teacher metadata")
+        saved = json.loads(meta["config"])
+        file_cfg = TeacherConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TeacherConfig)}})
+        model = TeacherViT(file_cfg)
+        model.load_state_dict(load_file(str(path)))
+    except (OSError, ValueError, TypeError, SafetensorError, RuntimeError) as e:
+        raise UserError(f"{path} is not a built-in teacher checkpoint ({e}) — pass a file written by "
+                        "train_builtin_teacher, or no weights to use the cached one") from e
+    if file_cfg.kind != cfg.kind:
+        raise UserError(f"{path} holds a {file_cfg.kind} teacher, not a {cfg.kind} one — pass the encoder name of its kind "
+                        f"(builtin-{file_cfg.kind})")
+    source = f"shipped:{name}:{path.name}" if weights is None and name in SHIPPED else f"builtin:{path.resolve()}"
+    return model.eval(), source
+
+
+def linear_probe_accuracy(tokens: Callable[[torch.Tensor], torch.Tensor], train_ds, val_ds, n_train: int = 5000,
+                          n_val: int = 2000, batch_size: int = 256) -> float:
+    """Held-out accuracy of a logistic regression on mean-pooled tokens (``tokens(uint8 images) ->
+    (B, T, D)``, e.g. an :class:`train.targets.encoders.Encoder`): fitted on the first ``n_train`` images of
+    ``train_ds`` (standardised features), scored on the first ``n_val`` of ``val_ds``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def features(ds, n: int) -> tuple[Any, Any]:
+        n = min(n, len(ds))
+        if hasattr(ds, "images"):
+            images, labels = ds.images[:n], ds.labels[:n]
+        else:
+            items = [ds[i] for i in range(n)]
+            images, labels = torch.stack([im for im, _ in items]), torch.tensor([lb for _, lb in items])
+        with torch.no_grad():
+            feats = torch.cat([tokens(images[i:i + batch_size]).mean(1).cpu() for i in range(0, n, batch_size)])
+        return feats.numpy(), labels.numpy()
+
+    x_train, y_train = features(train_ds, n_train)
+    x_val, y_val = features(val_ds, n_val)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, tol=1e-6))
+    return float(clf.fit(x_train, y_train).score(x_val, y_val))
