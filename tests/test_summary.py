@@ -97,3 +97,16 @@ def test_markdown_ignores_token_level_rows():
     more = pd.concat([p, extra, extra.assign(metric="cknna_token", target="x"), refs], ignore_index=True)
     teacher = {"linear_probe_accuracy": 0.95, "val_accuracy": 0.94}
     assert results_markdown(more, _metrics_table(), teacher, 2) == results_markdown(p, _metrics_table(), teacher, 2)
+
+
+def test_same_tables_ignores_provenance_and_catches_a_changed_value(tmp_path):
+    from studies.same_tables import main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, version, value in ((a, "rev1", 0.5), (b, "rev2", 0.5)):
+        d.mkdir()
+        pd.DataFrame({"metric": ["cknna"], "value": [value], "code_version": [version]}).to_csv(d / "probe.csv", index=False)
+        (d / "results.md").write_text("# same\n")
+    assert main([str(a), str(b)]) == 0
+    pd.DataFrame({"metric": ["cknna"], "value": [0.5000001], "code_version": ["rev2"]}).to_csv(b / "probe.csv", index=False)
+    assert main([str(a), str(b)]) == 1
