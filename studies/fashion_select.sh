@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
 # Choosing the Fashion-MNIST default (issue 21; plan: studies/results/fashion/PLAN.md):
-#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... as the plan numbers them
+#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), as the plan numbers them
+#   TEACHER=fashion-ssl COND=cond CHOSEN="proj_coeff=1.0" bash studies/fashion_select.sh 4   # later stages: what was chosen
+# then python -m studies.fashion_choose runs/study/fashion applies the plan's rule.
 # Each stage's runs, two at a time on one thread each (JOBS=2), resumable (the same command continues;
 # finished runs are skipped), then the summary tables in studies/results/fashion.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-1}
 common="eval_every=500 eval_samples=2000 ckpt_every=500 sample_every=500 align_every=0"
+# What the stages before chose, by the rule (python -m studies.fashion_choose; the plan is greedy):
+#   TEACHER (stage 1), COND=cond|uncond (stage 2), CHOSEN: the --set fields stages 3-6 chose (may be empty).
+TEACHER=${TEACHER:-fashion-ssl} COND=${COND:-cond} CHOSEN=${CHOSEN:-}
+t=${TEACHER#fashion-}
+case $COND in cond) base="" ;; uncond) base="model.class_dropout_prob=1.0" ;; *) echo "COND is cond or uncond" >&2; exit 2 ;; esac
+repa="encoders=$TEACHER $base $CHOSEN"
 {
   for seed in 0 1 2; do
     case $stage in
       1) echo "fashion/cond/vanilla $seed 2000 --vanilla --set $common"
          echo "fashion/cond/repa-ssl $seed 2000 --set $common encoders=fashion-ssl"
          echo "fashion/cond/repa-sup $seed 2000 --set $common encoders=fashion-supervised" ;;
-      *) echo "stage $stage is not planned yet" >&2; exit 2 ;;
+      2) echo "fashion/uncond/vanilla $seed 2000 --vanilla --set $common model.class_dropout_prob=1.0"
+         echo "fashion/uncond/repa-$t $seed 2000 --set $common encoders=$TEACHER model.class_dropout_prob=1.0" ;;
+      3) echo "fashion/$COND/repa-$t-lambda1 $seed 2000 --set $common $repa proj_coeff=1.0" ;;
+      4) echo "fashion/$COND/repa-$t-block3 $seed 2000 --set $common $repa model.encoder_depth=3" ;;
+      5) echo "fashion/$COND/repa-$t-irepa $seed 2000 --set $common $repa target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+      6) echo "fashion/$COND/repa-$t-stop1000 $seed 2000 --set $common $repa align_stop_step=1000" ;;
+      7) echo "fashion/$COND-w96/vanilla $seed 2000 --vanilla --set $common $base model.hidden_size=96 model.num_heads=3"
+         echo "fashion/$COND-w96/repa-$t $seed 2000 --set $common $repa model.hidden_size=96 model.num_heads=3" ;;
+      8) echo "fashion/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
+         echo "fashion/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
+      *) echo "the plan has stages 1-8" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do
-  [ -f "runs/study/$name/seed$seed/checkpoints/step_0002000.pt" ] || echo "$name $seed $rest"
+  steps=${rest%% *}
+  [ -f "runs/study/$name/seed$seed/checkpoints/$(printf 'step_%07d.pt' "$steps")" ] || echo "$name $seed $rest"
 done | xargs -P "${JOBS:-2}" -L 1 studies/run_variant.sh
 .venv/bin/python -m studies.summarize runs/study/fashion --out studies/results/fashion

@@ -110,3 +110,30 @@ def test_same_tables_ignores_provenance_and_catches_a_changed_value(tmp_path):
     assert main([str(a), str(b)]) == 0
     pd.DataFrame({"metric": ["cknna"], "value": [0.5000001], "code_version": ["rev2"]}).to_csv(b / "probe.csv", index=False)
     assert main([str(a), str(b)]) == 1
+
+
+def test_fashion_choose_applies_the_preregistered_rule(tmp_path, capsys):
+    """Variant ``fast`` reaches vanilla's step-2000 FD at step 1,000 on every seed (speed-up 2), ``slow``
+    at 1,500 on two seeds but not on the third (score 1.0, and its proviso fails there): ``fast`` wins."""
+    import json
+
+    from studies.fashion_choose import choose, main
+    from studies.summarize import read_evals
+
+    curves = {"vanilla": [30, 16, 12, 10], "fast": [20, 10, 8, 6], "slow": [29, 15, 10, 9]}
+    for variant, fds in curves.items():
+        for seed in (0, 1, 2):
+            d = tmp_path / "cond" / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            bad = variant == "slow" and seed == 2
+            lines = [{"step": s, "fd": fd + (5 if bad else 0), "fd_half_a": fd + 0.1, "fd_half_b": fd - 0.1, "class_acc": 0.5}
+                     for s, fd in zip((500, 1000, 1500, 2000), fds)]
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    seeds, best = choose(read_evals(tmp_path), ["cond/slow", "cond/fast"])
+    assert best == "cond/fast"
+    fast = seeds[seeds.variant == "cond/fast"]
+    assert list(fast.t_star) == [1000.0] * 3 and list(fast.speed_up) == [2.0] * 3
+    slow = seeds[seeds.variant == "cond/slow"].set_index("seed")
+    assert slow.loc[0, "t_star"] == 1500.0 and not slow.loc[2, "reached"] and slow.loc[2, "speed_up"] == 1.0
+    assert main([str(tmp_path), "--order", "cond/slow", "cond/fast"]) == 0
+    assert "chosen by the rule: cond/fast" in capsys.readouterr().out

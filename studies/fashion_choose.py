@@ -1,0 +1,74 @@
+"""The pre-registered rule of the Fashion-MNIST selection (studies/results/fashion/PLAN.md), applied:
+
+    python -m studies.fashion_choose runs/study/fashion [--out studies/results/fashion/choice.csv]
+
+Per REPA variant (every ``<setting>/<variant>`` but ``vanilla``) and seed: the speed-up 2,000 / t*,
+t* the first step at which its FD reaches its vanilla's step-2,000 FD (linear between evaluations; not
+reached: 1.0, said so); the proviso: FD below its vanilla's at steps 1,000, 1,500 and 2,000.  A
+variant's score is its smallest speed-up over the seeds; it is eligible when it has all three seeds
+finished and the proviso holds on each.  Prints one row per variant with the noise beside it (the FD of
+the two halves of the samples, and the seed spread), and the winner by the rule (ties within 0.05 go
+to the variant listed first in the plan; that order is the caller's ``--order``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from studies.summarize import baseline_of, first_step_below, read_evals
+from studies.tables import show_and_save
+
+SEEDS, STEPS, CHECKED = (0, 1, 2), 2000, (1000, 1500, 2000)
+
+
+def per_seed(evals: pd.DataFrame, variant: str, seed: int) -> dict | None:
+    g = evals[(evals.variant == variant) & (evals.seed == seed)].sort_values("step")
+    b = evals[(evals.variant == baseline_of(variant)) & (evals.seed == seed)].sort_values("step")
+    if g.empty or b.empty or g.step.max() < STEPS or b.step.max() < STEPS:
+        return None
+    fd, base = g.set_index("step").fd, b.set_index("step").fd
+    t_star = first_step_below(g.step.to_numpy(), g.fd.to_numpy(), base[STEPS])
+    half_gap = float(np.nanmax(np.abs(g.fd_half_a - g.fd_half_b)))  # the noise of one FD estimate, at its largest
+    return {"variant": variant, "seed": seed, "vanilla_fd_2000": base[STEPS], "fd_2000": fd[STEPS],
+            "t_star": t_star, "speed_up": STEPS / t_star if np.isfinite(t_star) else 1.0, "reached": bool(np.isfinite(t_star)),
+            "below_at_1000_1500_2000": all(fd[s] < base[s] for s in CHECKED),
+            "gaps": " / ".join(f"{base[s] - fd[s]:.2f}" for s in CHECKED), "largest_half_gap": half_gap}
+
+
+def choose(evals: pd.DataFrame, order: list[str]) -> tuple[pd.DataFrame, str | None]:
+    rows = [r for v in order for s in SEEDS if (r := per_seed(evals, v, s)) is not None]
+    seeds = pd.DataFrame(rows)
+    best, best_score = None, -np.inf
+    for v in order:
+        g = seeds[seeds.variant == v] if len(seeds) else seeds
+        if len(g) == len(SEEDS) and g.below_at_1000_1500_2000.all() and g.speed_up.min() > best_score + 0.05:
+            best, best_score = v, g.speed_up.min()
+    return seeds, best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--order", nargs="+", help="the variants in the plan's order (default: all found, sorted)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    evals = read_evals(args.root)
+    order = args.order or sorted(v for v in evals.variant.unique() if Path(v).name != "vanilla")
+    seeds, best = choose(evals, order)
+    if seeds.empty:
+        print(f"no variant has a finished seed (step {STEPS}) with its vanilla under {args.root}")
+        return 1
+    show_and_save(seeds.to_dict("records"), args.out)
+    for v in order:
+        g = seeds[seeds.variant == v]
+        print(f"{v}: seeds {sorted(g.seed.tolist())}, score (smallest speed-up) {g.speed_up.min():.3f}, "
+              f"proviso {'holds' if len(g) and g.below_at_1000_1500_2000.all() else 'fails or incomplete'}")
+    print(f"chosen by the rule: {best or 'none (no variant is eligible): the plan keeps the first variant and reports the miss'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
