@@ -7,6 +7,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -95,3 +96,15 @@ def small_shapes(n: int = 20):
     from train.data.datasets import build_dataset
 
     return build_dataset("shapes", "val", n=n, size=SMALL_SIZE)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """20 shapes val images at :data:`SMALL_SIZE` (the seeing-inside tests' evaluation set)."""
+    return small_shapes()
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """``$REPA_CACHE`` in the test's own folder (nothing read from or left in the user's cache)."""
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))

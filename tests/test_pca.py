@@ -10,20 +10,11 @@ from probe.cli import main
 from probe.extract import extract, image_set
 from probe.pca import TokenPCA, pca_rgb, token_pca
 from train.errors import UserError
-from conftest import SMALL_DEPTH, SMALL_SIZE, small_shapes, small_sit
+from conftest import SMALL_DEPTH, SMALL_SIZE, small_sit
 
 SIZE, DEPTH = SMALL_SIZE, SMALL_DEPTH
 tiny = small_sit
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def images():
-    return small_shapes()
+pytestmark = pytest.mark.usefixtures("own_cache")  # and the images fixture of conftest
 
 
 def direct(fit, tokens):
