@@ -440,7 +440,7 @@ def test_a_truncated_latent_shard_is_named_then_encoded_again(tmp_path, vae, cap
                      "data.random_init_vae=true", "model.in_channels=4", f"model.input_size={LSIZE // 8}", "model.name=SiT-T/2",
                      "proj_coeff=0", "model.z_dims=[]", "encoders=[]", "model.num_classes=2"], capsys)
     assert code == 2
-    one_line(err, "shard_00001.safetensors is truncated", "rerun the same python -m train.data.datasets encode command")
+    one_line(err, "shard_00001.safetensors is truncated", "rerun the same python -m train.data encode command")
     # the targets command refuses to build on it, naming the same fix
     argv = ["targets", "--cache", str(out), "--encoders", "builtin-teacher", "--grid", "2", "--random-init-encoders"]
     assert encode_main(argv) == 2
@@ -475,7 +475,7 @@ def test_target_cache_advice_works(tmp_path, vae, capsys):
     # a truncated target shard: one line naming the fix, and the fix (the same command) works
     shard = target_dir(out, "builtin-teacher") / "shard_00000.safetensors"
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(UserError, match="truncated or unreadable: rerun the same python -m train.data.datasets targets command"):
+    with pytest.raises(UserError, match="truncated or unreadable: rerun the same python -m train.data targets command"):
         open_target_cache(out, enc)
     assert encode_main(argv) == 0
     assert len(open_target_cache(out, enc)) == 6

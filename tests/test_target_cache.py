@@ -157,7 +157,7 @@ def test_mismatched_or_unfinished_target_cache_is_refused(latent_cache, tmp_path
     build_target_cache(root, [teacher(seed=1)], progress=False)  # another random init: other weights
     with pytest.raises(UserError, match="another builtin-teacher encoder") as e:
         train(config(root), tmp_path / "run", progress=False)
-    assert "\n" not in str(e.value) and "python -m train.data.datasets targets" in str(e.value)
+    assert "\n" not in str(e.value) and "python -m train.data targets" in str(e.value)
     with pytest.raises(UserError, match="another builtin-teacher encoder"):  # nor extended by another encoder
         build_target_cache(root, [teacher(seed=0)], progress=False)
     with pytest.raises(UserError, match="needs 1x1"):

@@ -10,9 +10,9 @@
 :func:`build_dataset` picks one by name from :data:`DATASETS`; :func:`validate_dataset` checks that a
 dataset fits a model (image size, label range) before training starts.
 
-:func:`build_latent_cache` (``python -m train.data.datasets encode``) stores the SD-VAE posterior of an image
+:func:`build_latent_cache` (``python -m train.data encode``) stores the SD-VAE posterior of an image
 folder (and of its mirror images with ``--hflip``) for :class:`LatentCacheDataset`;
-:func:`build_target_cache` (``python -m train.data.datasets targets``) stores a frozen encoder's patch tokens
+:func:`build_target_cache` (``python -m train.data targets``) stores a frozen encoder's patch tokens
 of every image and its mirror image beside it, which the trainer reads instead of encoding
 (:mod:`train.targets.stored`).  Both caches are re-exported here and built by :func:`encode_main`.
 """
@@ -60,14 +60,14 @@ def _load_encoders(names: Sequence[str], weights: Sequence[str] | None, grid: in
 
 
 def encode_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.data.datasets encode --root IMAGES --out CACHE [--hflip] [--encoders NAME ...]``: the
-    SD-VAE latent cache (and the encoder targets); ``python -m train.data.datasets targets --cache CACHE
+    """``python -m train.data encode --root IMAGES --out CACHE [--hflip] [--encoders NAME ...]``: the
+    SD-VAE latent cache (and the encoder targets); ``python -m train.data targets --cache CACHE
     --encoders NAME ...``: encoder targets for an existing latent cache."""
     import sys
 
     from train.run.rules import Parser, option
 
-    ap = Parser(prog="python -m train.data.datasets")
+    ap = Parser(prog="python -m train.data")
     sub = ap.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="the SD-VAE latent cache of an image folder", description=build_latent_cache.__doc__)
     enc.add_argument("--root", required=True, type=option("image_root", str), help="image folder with one subfolder per class")
@@ -129,7 +129,7 @@ def build_dataset(name: str, split: str = "train", **kw) -> Dataset:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r} — choose one of: {', '.join(DATASETS)}")
     if name == "latents" and "root" not in kw:
-        raise UserError("the latents dataset needs its cache directory: pass root=PATH (made by python -m train.data.datasets encode)")
+        raise UserError("the latents dataset needs its cache directory: pass root=PATH (made by python -m train.data encode)")
     if name == "folder" and "root" not in kw:
         raise UserError("the folder dataset needs a root directory — pass root=PATH (with one subfolder per class)")
     return DATASETS[name](split, **kw)

@@ -1,6 +1,6 @@
 """The SD-VAE latent cache of an image folder, driven by a manifest.
 
-:func:`build_latent_cache` (``python -m train.data.datasets encode``) stores the posterior of every image of
+:func:`build_latent_cache` (``python -m train.data encode``) stores the posterior of every image of
 a folder (and of its mirror image with ``hflip``) in safetensors shards listed by ``manifest.csv``;
 :class:`LatentCacheDataset` reads them back (``train.data.datasets`` builds it by name, ``latents``, and
 re-exports both).  The encoder-target cache beside it is :mod:`train.targets.stored`.
@@ -142,7 +142,7 @@ class LatentCacheDataset(Dataset):
 
         root = Path(root)
         if not (root / MANIFEST).is_file():
-            raise UserError(f"no {MANIFEST} in {root}: build the cache first with python -m train.data.datasets encode --root IMAGES --out {root}")
+            raise UserError(f"no {MANIFEST} in {root}: build the cache first with python -m train.data encode --root IMAGES --out {root}")
         shards = sorted(root.glob("shard_*.safetensors"))
         with open(root / MANIFEST) as f:
             n_rows = sum(1 for _ in f) - 1
@@ -152,9 +152,9 @@ class LatentCacheDataset(Dataset):
                 parts.append(load_file(str(p)))
             except Exception as e:  # noqa: BLE001 - SafetensorError of a truncated or junk shard
                 raise UserError(f"latent shard {p} is truncated or unreadable ({str(e).splitlines()[0][:100]}): rerun the "
-                                f"same python -m train.data.datasets encode command (it encodes that shard again)") from None
+                                f"same python -m train.data encode command (it encodes that shard again)") from None
             if not {"mean", "std", "images", "labels"} <= set(parts[-1]):
-                raise UserError(f"latent shard {p} lacks tensors of a latent cache: rerun the same python -m train.data.datasets "
+                raise UserError(f"latent shard {p} lacks tensors of a latent cache: rerun the same python -m train.data "
                                 "encode command (it encodes that shard again)")
         self.root = root
         self.images = torch.cat([p["images"] for p in parts]) if parts else torch.empty(0, 3, size, size, dtype=torch.uint8)
@@ -185,7 +185,7 @@ class LatentCacheDataset(Dataset):
             return self.mean[idx], self.std[idx]
         if not self.has_flips:
             raise UserError(f"the latent cache in {self.root} has no mirrored latents for data.hflip: "
-                            "rerun its python -m train.data.datasets encode command with --hflip (it adds them)")
+                            "rerun its python -m train.data encode command with --hflip (it adds them)")
         f = flip.cpu()[:, None, None, None]
         return (torch.where(f, self.mean_flip[idx], self.mean[idx]),
                 torch.where(f, self.std_flip[idx], self.std[idx]))

@@ -27,7 +27,7 @@ TARGET_NORMS = ("none", "spatial")
 @dataclass
 class DataConfig:
     """What the model trains on: a built-in dataset (``shapes``, ``digits``), an image ``folder``, or
-    a ``latents`` cache made by ``python -m train.data.datasets encode`` (``root`` = the cache directory)."""
+    a ``latents`` cache made by ``python -m train.data encode`` (``root`` = the cache directory)."""
 
     dataset: str = "shapes"
     root: str | None = None

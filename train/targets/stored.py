@@ -1,6 +1,6 @@
 """The encoder-target cache: a frozen encoder's patch tokens of every image and its mirror image.
 
-:func:`build_target_cache` (``python -m train.data.datasets targets``) stores them beside a latent cache
+:func:`build_target_cache` (``python -m train.data targets``) stores them beside a latent cache
 (:mod:`train.data.latent_cache`, whose manifest fixes the images and their order) in
 ``targets_<encoder>/``, keyed by :func:`encoder_key`; :func:`open_target_cache` returns the
 :class:`StoredTargets` the trainer reads instead of encoding (``train.data.datasets`` re-exports them).
@@ -51,7 +51,7 @@ def _manifest_digest(root: Path) -> str:
 
 
 def _targets_fix(root: Path, encoder) -> str:
-    return (f"rebuild it with python -m train.data.datasets targets --cache {root} --encoders {encoder.name} --grid {encoder.grid} "
+    return (f"rebuild it with python -m train.data targets --cache {root} --encoders {encoder.name} --grid {encoder.grid} "
             f"--rebuild (and this run's --encoder-weights), or delete {target_dir(root, encoder.name)} to encode online")
 
 
@@ -94,13 +94,13 @@ def build_target_cache(root: str | Path, encoders: Sequence, batch_size: int = 6
 
     root = Path(root)
     if not (root / MANIFEST).is_file():
-        raise UserError(f"no {MANIFEST} in {root}: build the latent cache first with python -m train.data.datasets encode --root IMAGES --out {root}")
+        raise UserError(f"no {MANIFEST} in {root}: build the latent cache first with python -m train.data encode --root IMAGES --out {root}")
     with open(root / MANIFEST) as f:
         n_rows = sum(1 for _ in f) - 1
     shards = sorted(root.glob("shard_*.safetensors"))
     counts = [_shard_rows(p) for p in shards]
     if None in counts:
-        raise UserError(f"latent shard {shards[counts.index(None)]} is truncated or unreadable: rerun its python -m train.data.datasets "
+        raise UserError(f"latent shard {shards[counts.index(None)]} is truncated or unreadable: rerun its python -m train.data "
                         "encode command (it encodes that shard again) first")
     have = sum(counts)
     if have != n_rows:
@@ -218,11 +218,11 @@ def open_target_cache(root: str | Path, encoder) -> StoredTargets | None:
     missing = sum(not f.is_file() for f in files)
     if missing:
         raise UserError(f"the target cache {where} is incomplete ({missing} of {len(files)} shards missing): rerun the same "
-                        f"python -m train.data.datasets targets command to finish it, or delete {where} to encode online")
+                        f"python -m train.data targets command to finish it, or delete {where} to encode online")
     sizes = [_shard_rows(f, "tokens", ("tokens", "tokens_flip")) for f in files]
     damaged = [f.name for f, n in zip(files, sizes) if n is None]
     if damaged:
-        raise UserError(f"target shard {where / damaged[0]} is truncated or unreadable: rerun the same python -m train.data.datasets "
+        raise UserError(f"target shard {where / damaged[0]} is truncated or unreadable: rerun the same python -m train.data "
                         f"targets command (it encodes that shard again), or delete {where} to encode online")
     if sizes != [_rows_in(p) for p in latent]:
         raise UserError(f"the target cache {where} does not match the latent shards of {root}: {_targets_fix(root, encoder)}")
