@@ -80,7 +80,7 @@ class TargetSource:
     With ``cache`` on, per encoder, the first of
 
     1. stored: ``targets_<encoder>/`` beside the latent cache ``stored_root`` (``python -m
-       train.data.datasets targets``), checked against the encoder -- targets of another encoder (weights,
+       train.data targets``), checked against the encoder -- targets of another encoder (weights,
        grid, preprocessing) or unfinished ones are refused with a one-line :class:`UserError`;
     2. in memory: for in-memory ``images``, the tokens of every image (and, with ``hflip``, of its
        mirror image) computed once at the start as float16 (N, T, D) and kept in ``cache_file``, a
