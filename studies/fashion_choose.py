@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         g = seeds[seeds.variant == v]
         print(f"{v}: seeds {sorted(g.seed.tolist())}, score (smallest speed-up) {g.speed_up.min():.3f}, "
               f"proviso {'holds' if len(g) and g.below_at_1000_1500_2000.all() else 'fails or incomplete'}")
-    print(f"chosen by the rule: {best or 'none (no variant is eligible): the plan keeps the first variant and reports the miss'}")
+    missing = [v for v in order if len(seeds[seeds.variant == v]) < len(SEEDS)]
+    if best is None and missing:
+        print(f"chosen by the rule: none yet (seeds {', '.join(map(str, SEEDS))} not all finished for {', '.join(missing)})")
+    else:
+        print(f"chosen by the rule: {best or 'none (no variant is eligible): the plan keeps the first variant and reports the miss'}")
     return 0
 
 
