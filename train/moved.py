@@ -63,12 +63,11 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self, origin=MOVED[fullname])
 
     def create_module(self, spec):
-        module = importlib.import_module(MOVED[spec.name])
-        self._spec = module.__spec__  # importlib sets __spec__ on what this returns: put it back below
-        return module
+        return importlib.import_module(MOVED[spec.name])
 
     def exec_module(self, module) -> None:
-        module.__spec__ = self._spec
+        # importlib set the alias's spec on the module it got from create_module: give it back its own
+        module.__spec__ = importlib.util.spec_from_file_location(module.__name__, module.__file__)
 
     def get_code(self, fullname):  # python -m <old name>
         new = MOVED[fullname]
