@@ -92,9 +92,17 @@ def test_plan_with_the_control_arm(tmp_path):
     job = plan(args)
     by_name = {t.name: t for t in job.tasks}
     assert set(job.run_dirs) == {(0, r) for r in ("repa", "vanilla", "control")}
-    assert by_name["train control seed 0"].deps == ("evaluator", "teacher")
+    # the REPA arms start once their teacher is loaded; vanilla after the evaluator's reference statistics
+    assert by_name["train control seed 0"].deps == by_name["train repa seed 0"].deps == ("teacher",)
+    assert by_name["train vanilla seed 0"].deps == ("evaluator",)
     cfg = by_name["train control seed 0"].args[0]
     assert cfg["target_shuffle"] == "image" and cfg["proj_coeff"] > 0 and "probe control seed 0" in by_name
+    # the control reads other images' cached tokens: with it every arm keeps the target cache ...
+    assert all(t.args[0]["cache_targets"] for t in job.tasks if t.name.startswith("train "))
+    # ... which the main job alone runs without (the teacher on each batch: 300 steps see a sixth of the images)
+    alone = plan(argparse.Namespace(**{**vars(args), "control": False, "steps": None}))
+    repa = next(t for t in alone.tasks if t.name == "train repa seed 0").args[0]
+    assert not repa["cache_targets"] and repa["steps"] == 300 and repa["eval_every"] == 150
 
 
 def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
@@ -103,7 +111,7 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     by_name = {t.name: t for t in job.tasks}
     assert job.align_depth == 2
     assert set(job.run_dirs) == {(s, r) for s in (3, 4) for r in ("repa", "vanilla")}
-    assert by_name["train repa seed 3"].deps == ("evaluator", "teacher")
+    assert by_name["train repa seed 3"].deps == ("teacher",)  # REPA starts once its teacher is loaded
     assert by_name["train vanilla seed 3"].deps == ("evaluator",)  # vanilla does not wait for the teacher
     ckpts, seed, options, part, dataset, encoder = by_name["probe vanilla seed 4"].args
     assert (dataset, encoder) == ("fashion-mnist", "fashion-ssl")  # the preset's data and teacher

@@ -137,3 +137,38 @@ def test_fashion_choose_applies_the_preregistered_rule(tmp_path, capsys):
     assert slow.loc[0, "t_star"] == 1500.0 and not slow.loc[2, "reached"] and slow.loc[2, "speed_up"] == 1.0
     assert main([str(tmp_path), "--order", "cond/slow", "cond/fast"]) == 0
     assert "chosen by the rule: cond/fast" in capsys.readouterr().out
+
+
+def _must_show_tables(gap: float):
+    steps = [500, 1000, 1500, 2000]
+    fds = {"repa": [20.0, 10.0, 8.0, 6.0], "vanilla": [22.0, 13.0, 10.0, 8.0], "control": [22.5, 13.2, 10.1, 8.1]}
+    rows = []
+    for run, fd in fds.items():
+        for s, f in zip(steps, fd):
+            rows.append({"run": run, "seed": 0, "step": s, "fd": f, "fd_half_a": f + gap / 2, "fd_half_b": f - gap / 2,
+                         "kid": f / 10, "kid_half_a": f / 10, "kid_half_b": f / 10, "class_acc": 0.8 if run == "repa" else 0.7})
+    probe = []
+    for run, vals in {"repa": (0.1, 0.4), "vanilla": (0.05, 0.2)}.items():
+        for step, v in zip((0, 2000), vals):
+            for layer in (1, 2):
+                probe.append({"seed_run": 0, "metric": "cknna", "t": 0.0, "pooling": "mean", "label": "null", "run": run,
+                              "step": step, "layer": layer, "value": v * layer / 2})
+    return pd.DataFrame(rows), pd.DataFrame(probe)
+
+
+def test_must_show_checks_against_the_half_to_half_noise():
+    from studies.must_show import seed_checks, spread
+
+    ev, probe = _must_show_tables(gap=1.0)
+    row = seed_checks(ev, probe, 0, align=2)
+    assert row["fd ahead at every eval >= 1000"] is True  # margins 3, 2, 2 against noise 1
+    assert row["fd smallest margin / its noise"] == "2 / 1"
+    # REPA reaches vanilla's final FD 8 at step 1500 (between 1500 and 2000: exactly at 1500)
+    assert row["REPA steps to it / vanilla's (<= 2/3)"] == 0.75
+    assert row["CKNNA block 2 REPA / vanilla (>= 1.5)"] == "0.4000 / 0.2000 = 2.00"
+    assert row["vanilla CKNNA max, first -> last ckpt"] == "0.0500 -> 0.2000"
+    assert row["control FD gain over vanilla (noise)"] == "-0.10 (1.00)"
+    assert row["REPA class acc (>= 0.75)"] == 0.8
+    noisy = seed_checks(*_must_show_tables(gap=2.5), 0, align=2)  # a margin of 2 is inside a noise of 2.5
+    assert noisy["fd ahead at every eval >= 1000"] is False
+    assert set(spread(ev).index) == {"repa", "vanilla", "control"}

@@ -113,6 +113,32 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert list(m["step"]) == [1, 2, 3, 4, 5, 6]  # lines after the resumed checkpoint were replaced
 
 
+def test_a_run_killed_before_its_evaluation_evaluates_that_step_when_resumed(tmp_path):
+    """Killed between the checkpoint of an evaluation step and the evaluation (the evaluation takes
+    minutes, the checkpoint milliseconds): the resumed run evaluates that step, once, with the same
+    EMA weights an uninterrupted run evaluated."""
+    seen = {}
+
+    def evaluator(ema, step):
+        seen.setdefault(step, []).append(sum(float(p.double().sum()) for p in ema.parameters()))
+        return {"fd": float(step)}
+
+    cfg = micro(steps=4, eval_every=2, sample_every=2)
+    train(cfg, tmp_path / "straight", progress=False, evaluator=evaluator)
+    straight = dict(seen)
+    seen.clear()
+    out = tmp_path / "interrupted"
+    train(cfg, out, progress=False, stop_after=2)  # no evaluator: stands for a kill before the evaluation
+    (out / "samples" / "step_0000002.png").unlink()  # nor its sample grid
+    train(cfg, out, progress=False, evaluator=evaluator)
+    m = pd.read_json(out / "metrics.jsonl", lines=True)
+    assert list(m.loc[m["fd"].notna(), "step"]) == [2, 4]
+    assert seen == straight  # step 2 evaluated once on resume, on the same EMA weights
+    assert (out / "samples" / "step_0000002.png").is_file()
+    train(cfg, out, progress=False, evaluator=evaluator)  # a finished run resumed: nothing more
+    assert len(pd.read_json(out / "metrics.jsonl", lines=True)) == len(m) and seen == straight
+
+
 class Killed(BaseException):
     """Stands for the process being killed."""
 

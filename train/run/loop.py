@@ -41,7 +41,7 @@ from train.run.checkpoints import (atomic_save, atomic_write, keep_in_series, ne
 from train.run.config import TrainConfig
 from train.run.draws import batch_indices, epoch_order, step_generator  # noqa: F401 (re-exported)
 from train.run.live_align import LiveAlignment
-from train.run.records import (check_resume_config, git_revision, save_grid, truncate_metrics,  # noqa: F401
+from train.run.records import (check_resume_config, git_revision, made_at, save_grid, truncate_metrics,  # noqa: F401
                                write_run_config)
 from train.run.rundir import lock_run_dir, remove_stale_temporaries
 from train.targets.source import TargetSource, class_partners, image_partners  # noqa: F401 (re-exported)
@@ -307,6 +307,8 @@ def start(run: Run, evaluator: Callable | None) -> None:
         save(run, 0)  # the series starts at initialisation
         if run.live is not None:
             log(run, {"step": 0, **run.live(run.ema, 0)})
+    elif acc.is_main_process:  # a run stopped between its checkpoint and what follows it (an evaluation ...) catches up
+        measure(run, run.step, made_at(run.out, run.step))
     run.bar = tqdm(total=cfg.steps, initial=run.step, disable=not (run.progress and acc.is_main_process), dynamic_ncols=True,
                    desc=f"train {'+'.join(tm.name.removesuffix('_loss') for tm in run.terms) or 'vanilla'}")
     run.sums = torch.zeros(3 + 2 * len(run.terms), device=run.device)
@@ -397,12 +399,21 @@ def after_step(run: Run, end: int) -> None:
     if run.at_ckpt:
         save(run, step)
         run.last_good = step
-    if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
+    measure(run, step)
+
+
+def measure(run: Run, step: int, done: frozenset[str] = frozenset()) -> None:
+    """What the EMA model gets at ``step`` when due: a sample grid, an evaluation, live alignment
+    (those named in ``done`` were already made: a resumed run catches up the rest)."""
+    cfg = run.cfg
+    due = lambda every: every and (step % every == 0 or step == cfg.steps)  # noqa: E731
+    if due(cfg.sample_every) and "samples" not in done:
         sample_grid(run, step)
-    if run.evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and run.acc.is_main_process:
+    if run.evaluator is not None and due(cfg.eval_every) and run.acc.is_main_process and "evaluation" not in done:
         log(run, {"step": step, **run.evaluator(run.ema, step)})
-    if run.live is not None and (step % cfg.align_every == 0 or step == cfg.steps):
+    if run.live is not None and due(cfg.align_every) and "live" not in done:
         log(run, {"step": step, **run.live(run.ema, step)})
+
 
 
 def finish(run: Run, end: int) -> Path:

@@ -56,6 +56,22 @@ def check_resume_config(out: Path, cfg: TrainConfig) -> None:
         raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}): use a new --out directory or the same options")
 
 
+def made_at(out: Path, step: int) -> frozenset[str]:
+    """What the run directory holds of :func:`train.run.loop.measure` at ``step``: ``"samples"`` (the grid's file),
+    ``"evaluation"`` (a logged ``fd``), ``"live"`` (logged ``align/`` values)."""
+    made = {"samples"} if (out / "samples" / f"step_{step:07d}.png").is_file() else set()
+    log_file = out / "metrics.jsonl"
+    for line in (log_file.read_text().splitlines() if log_file.is_file() else []):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("step") == step:
+            made |= {"evaluation"} if "fd" in rec else set()
+            made |= {"live"} if any(k.startswith("align/") for k in rec) else set()
+    return frozenset(made)
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop lines logged after ``step`` (written after the checkpoint a resume starts from)."""
     if not path.exists():
