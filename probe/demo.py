@@ -29,8 +29,8 @@ settings; recomputed when a checkpoint file has changed, e.g. a run retrained in
 interrupted run resumes: training from its last checkpoint, probing from the
 feature store.
 
-    python -m probe.demo                       # seeds 0 1 2, about 7 minutes on 2 CPU cores
-    python -m probe.demo --seeds 0             # one seed
+    python -m probe.demo                       # seed 0, 300 steps: about 6 minutes on 2 CPU cores
+    python -m probe.demo --seeds 0 1 2         # three seeds
     python -m probe.demo --figures-only        # redraw figures from the saved tables
 """
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The comparison of objectives (RESULTS.md section 7; `make compare`): on the tiny preset at 2000
+# The comparison of objectives (RESULTS-scenes.md section 7 for the scenes default; `make compare`): on the tiny preset at 2000
 # steps, seeds 0 1 2, two runs at a time on one thread each, resumable (the same command continues):
 #   vanilla, repa (the default), irepa (spatial norm gamma 0.8 + 3x3 conv projector), haste (REPA +
 #   attention distillation, both stopped at step 400), sra (self-alignment, no encoder), dispersive
 #   (no encoder), reg (REPA + the teacher's global token, weight 0.03); settings: the papers'
 #   defaults scaled to the 6-block model, fixed before any run (RESULTS.md).
-# The arms that `make extended` / `make controls` already trained are linked, not retrained:
+# The arms that `make extended` already trained are linked, not retrained:
 # training is deterministic, so they are the same runs (their config is checked on resume).
 # Then the table and figure (python -m studies.compare).
 set -euo pipefail

@@ -77,7 +77,8 @@ def test_graph_failure_stops_running_tasks(tmp_path):
     with pytest.raises(UserError, match="^bad: broken: fix it$"):
         run_graph(tasks, jobs=2, say=lambda line: None)
     assert time.time() - start < 25  # "slow" would wait 30 s for a task that never starts: it was stopped
-    assert "end slow" not in Path(log).read_text()
+    # on a busy machine "bad" can fail before "slow"'s worker has even started it: no log at all
+    assert "end slow" not in (Path(log).read_text() if Path(log).exists() else "")
 
 
 def test_graph_rejects_unknown_dependencies_and_cycles():

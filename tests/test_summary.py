@@ -172,3 +172,23 @@ def test_must_show_checks_against_the_half_to_half_noise():
     noisy = seed_checks(*_must_show_tables(gap=2.5), 0, align=2)  # a margin of 2 is inside a noise of 2.5
     assert noisy["fd ahead at every eval >= 1000"] is False
     assert set(spread(ev).index) == {"repa", "vanilla", "control"}
+
+
+def test_fill_evals_finds_the_evaluation_steps_a_log_lacks_and_inserts_them_in_order(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from studies.fill_evals import insert, missing_steps
+
+    (tmp_path / "checkpoints").mkdir()
+    for s in (0, 500, 1000, 1500, 2000):
+        (tmp_path / "checkpoints" / f"step_{s:07d}.pt").touch()
+    lines = [{"step": s, "loss": 1.0} for s in (500, 1000, 1500, 2000)] + [{"step": 500, "fd": 3.0}]
+    lines.insert(4, {"step": 1500, "fd": 2.0})  # the log order: a step's loss, then its evaluation
+    lines.sort(key=lambda r: r["step"])
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert missing_steps(tmp_path, SimpleNamespace(eval_every=500, steps=2000)) == [1000, 2000]
+    insert(tmp_path, {"step": 1000, "fd": 2.5, "filled": True})
+    steps = [(r["step"], "fd" in r) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [(500, False), (500, True), (1000, False), (1000, True), (1500, False), (1500, True), (2000, False)]
+    assert missing_steps(tmp_path, SimpleNamespace(eval_every=500, steps=2000)) == [2000]
