@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures", type=option("out"), default=ROOT / "figures")
     ap.add_argument("--seeds", type=option("seed"), nargs="+", default=[0],
                     help="training seeds, each a REPA / vanilla pair (default: 0; make extended: 0 1 2)")
-    ap.add_argument("--steps", type=option("steps"), help="training steps per run (default: the tiny preset's)")
+    ap.add_argument("--steps", type=option("steps"), help="training steps per run (default: 300, DEMO_SETTINGS)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="override training fields, e.g. model.class_dropout_prob=1.0 (as repa-train --set)")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
