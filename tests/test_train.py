@@ -319,3 +319,17 @@ def test_probabilities_are_checked_before_anything_runs(bad):
     with pytest.raises(UserError, match=r"(class_dropout_prob|ema_decay) .* is not a (finite )?number( in \[0, 1\])?: use"):
         demo_config(0, 2, [bad])
     assert demo_config(0, 2, ["model.class_dropout_prob=1.0"]).model.class_dropout_prob == 1.0
+
+
+def test_an_unconditional_model_samples_with_the_null_class_whatever_label_it_is_given():
+    """class_dropout_prob = 1: training only ever saw the null class, so evaluation, sample grids and
+    probes (which pass real labels) must get it too, not the untrained class embeddings."""
+    from train.models.loading import build_model as build
+
+    cfg = micro(model={**micro().model.to_dict(), "class_dropout_prob": 1.0}).model
+    model = build(cfg).eval()
+    labels = torch.tensor([0, 3, 5])
+    null = torch.full_like(labels, cfg.num_classes)
+    assert torch.equal(model.y_embedder(labels), model.y_embedder(null))
+    cond = build(micro().model).eval()  # a conditional model keeps its labels at evaluation
+    assert not torch.equal(cond.y_embedder(labels), cond.y_embedder(torch.full_like(labels, cond.cfg.num_classes)))

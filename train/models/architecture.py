@@ -117,6 +117,8 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + int(null_class), hidden_size)
 
     def forward(self, labels: Tensor, drop_mask: Tensor | None = None) -> Tensor:
+        if self.dropout_prob >= 1.0:  # trained with every label dropped (unconditional): only the null class was learnt
+            drop_mask = torch.ones_like(labels, dtype=torch.bool)
         if drop_mask is None and self.training and self.dropout_prob > 0:
             drop_mask = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
         if drop_mask is not None:
