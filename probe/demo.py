@@ -65,7 +65,7 @@ DEMO_METRICS = ("cknna", "linear_probe", "cknna_token", "lds")
 
 
 LIVE_EVERY = 100  # live alignment of every run (train.run.live_align); its overhead at this interval: BENCHMARKS.md
-# What the main job changes of the tiny preset to fit its 10-minute budget on 2 cores (RESULTS.md section 4):
+# What the main job changes of the tiny preset to fit its 10-minute budget on 2 cores (RESULTS.md section 3):
 # 300 steps instead of 600, checkpointed and evaluated at steps 150 and 300 on 250 fixed-noise samples
 # instead of 2,000 (REPA's and vanilla's samples share their noise), and the teacher run on each batch
 # instead of encoding all 60,000 training images first (300 steps x 32 images see a sixth of them).

@@ -20,10 +20,11 @@ import torch
 
 
 def missing_steps(out: Path, cfg) -> list[int]:
-    """Evaluation steps with a series checkpoint and no logged ``fd``."""
-    logged = {r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "fd" in r}
+    """Evaluation steps with a series checkpoint and no logged evaluation (``train.run.records.made_at``)."""
+    from train.run.records import made_at
+
     steps = sorted(int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("step_*.pt"))
-    return [s for s in steps if s > 0 and (s % cfg.eval_every == 0 or s == cfg.steps) and s not in logged]
+    return [s for s in steps if s > 0 and (s % cfg.eval_every == 0 or s == cfg.steps) and "evaluation" not in made_at(out, s)]
 
 
 def insert(out: Path, record: dict) -> None:
