@@ -114,3 +114,27 @@ def test_the_demo_trains_with_live_alignment_and_draws_it(runs, tmp_path):
     live_rows(logs).to_csv(tables / "live_alignment.csv", index=False)
     paths = task_figures(str(tables), str(tmp_path / "fig"), "training", 1, {})
     assert {Path(p).name for p in paths} >= {"training_curves.png", "live_alignment.png"}
+
+
+def test_live_alignment_filled_from_checkpoints_equals_what_the_loop_logged(runs, tmp_path):
+    """studies.fill_evals --live: a run trained without live alignment and resumed with it (a study run
+    linked into make extended) gets the values the loop would have logged at its checkpoints."""
+    import shutil
+
+    from studies.fill_evals import fill_live, missing_live_steps
+
+    cfg, root = runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "repa", run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if not ("align/seconds" in json.loads(ln) and json.loads(ln)["step"] in (2, 4))]
+    assert len(kept) == len(lines) - 2
+    (run / "metrics.jsonl").write_text("".join(ln + "\n" for ln in kept))
+    assert missing_live_steps(run, cfg) == [2, 4]
+    fill_live(run, cfg)
+    assert missing_live_steps(run, cfg) == []
+    logged, filled = _live(root / "repa"), _live(run)
+    assert list(filled.index) == [0, 2, 4] and filled.loc[[2, 4], "filled"].all()
+    for col in [c for c in logged.columns if c.startswith("align/") and c != "align/seconds"]:
+        for step in (2, 4):
+            assert filled.loc[step, col] == pytest.approx(logged.loc[step, col], abs=1e-6, nan_ok=True), (col, step)
