@@ -184,14 +184,14 @@ def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: l
     return str(tables)
 
 
-def task_figures(tables: str, out: str, what: str, align_depth: int, samples: dict[str, str]) -> list[str]:
+def task_figures(tables: str, out: str, what: str, align_depth: int, samples: dict[str, list[str]]) -> list[str]:
     """Figures from the saved tables into ``out``: one probe metric's (``what``), or ``"training"``:
     the training curves and the sample grids."""
     from probe import plots
 
     if what == "training":
         metrics = pd.read_csv(Path(tables) / "training_metrics.csv")
-        paths = plots.training_curves(metrics, out) + plots.sample_grids({r: p for r, p in samples.items() if Path(p).is_file()}, out)
+        paths = plots.training_curves(metrics, out) + plots.sample_grids(samples, out)
         live = Path(tables) / "live_alignment.csv"
         live = pd.read_csv(live) if live.is_file() else pd.DataFrame()
         if not live.empty:
@@ -331,12 +331,12 @@ def _key(obj: Any) -> str:
 @dataclass
 class Plan:
     """A demo run: its task graph, the run directories by (seed, run), the aligned depth, and the
-    final sample grids of the first seed's runs (the samples figure)."""
+    sample grids of the first seed's runs at every sampled step (the samples figure)."""
 
     tasks: list[Task]
     run_dirs: dict[tuple[int, str], Path]
     align_depth: int
-    samples: dict[str, str]
+    samples: dict[str, list[str]]
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -387,7 +387,8 @@ def plan(args: argparse.Namespace) -> Plan:
                                           [(seed, run, str(d)) for (seed, run), d in run_dirs.items()], align, str(args.out),
                                           encoder),
                   ("teacher", *(t.name for t in probes)))
-    samples = {run: str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{cfg0.steps:07d}.png") for run in RUNS}
+    shown = sorted({*range(cfg0.sample_every, cfg0.steps, cfg0.sample_every or cfg0.steps), cfg0.steps})  # steps with grids, not 0
+    samples = {run: [str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{s:07d}.png") for s in shown] for run in RUNS}
     figures = [Task(f"figures {what}", task_figures, (str(args.out / "tables"), str(args.out / "figures"), what, align,
                                                       samples), ("tables",))
                for what in ("training", *metrics)]
@@ -423,7 +424,7 @@ def combine(paths: list[str]) -> pd.DataFrame:
     return df
 
 
-def draw(tables: Path, out: Path, align_depth: int, samples: dict[str, str]) -> list[str]:
+def draw(tables: Path, out: Path, align_depth: int, samples: dict[str, list[str]]) -> list[str]:
     """All figures from saved tables, in this process (``--figures-only``): every metric the probe table holds."""
     probe = pd.read_csv(tables / "probe.csv", usecols=["metric", "is_reference"])
     metrics = list(dict.fromkeys(probe.loc[~probe["is_reference"].astype(bool), "metric"]))

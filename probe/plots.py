@@ -233,17 +233,22 @@ def objective_comparison(evals: pd.DataFrame, alignment: pd.DataFrame, out: str 
     return _save(grid.figure, out, name)
 
 
-def sample_grids(grids: dict[str, str | os.PathLike], out: str | os.PathLike) -> list[Path]:
-    """The runs' final sample grids (PNG files written during training) side by side."""
-    if not grids:
+def sample_grids(grids: dict[str, list[str | os.PathLike]], out: str | os.PathLike) -> list[Path]:
+    """The runs' sample grids (PNG files written during training, one per sampled step) side by side: a
+    column per run, a row per step that every run has a grid of."""
+    grids = {run: {Path(p).stem: p for p in paths if Path(p).is_file()} for run, paths in grids.items()}
+    steps = [s for s in next(iter(grids.values()), {}) if all(s in g for g in grids.values())]
+    if not steps:
         return []
-    images = {run: plt.imread(path) for run, path in grids.items()}
+    images = {(run, s): plt.imread(g[s]) for run, g in grids.items() for s in steps}
     aspect = max(im.shape[0] / im.shape[1] for im in images.values())
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.2 * aspect + 0.9), squeeze=False)
-    for ax, (run, path) in zip(axes[0], grids.items()):
-        ax.imshow(images[run])
-        ax.set_title(f"{run}: {Path(path).stem.replace('_', ' ')}")
-        ax.axis("off")
+    fig, axes = plt.subplots(len(steps), len(grids), figsize=(4.2 * len(grids), (4.2 * aspect + 0.4) * len(steps) + 0.5),
+                             squeeze=False)
+    for i, s in enumerate(steps):
+        for ax, run in zip(axes[i], grids):
+            ax.imshow(images[run, s])
+            ax.set_title(f"{run}: step {int(s.rsplit('_', 1)[-1]):,}")  # grids are named step_0000500.png
+            ax.axis("off")
     fig.suptitle("EMA samples, same noise and labels (column j: class j)")
     return _save(fig, out, "samples")
 

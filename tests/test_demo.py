@@ -211,3 +211,23 @@ def test_plan_draws_the_maps_from_the_first_seeds_final_checkpoints(tmp_path):
     repa, vanilla, dataset, encoder, align, deeper, seed = maps.args[:7]
     assert repa == str(tmp_path / "seed5" / "repa" / "checkpoints" / "step_0000040.pt") and "vanilla" in vanilla
     assert (dataset, encoder, align, deeper, seed) == ("fashion-mnist", "fashion-ssl", 2, 4, 5)
+
+
+def test_the_samples_figure_puts_each_step_both_runs_have_in_a_row(tmp_path):
+    from PIL import Image
+
+    from probe import plots
+
+    paths = {}
+    for run, steps in (("repa", (500, 1000, 1500)), ("vanilla", (500, 1000))):
+        (tmp_path / run).mkdir()
+        for s in steps:
+            Image.new("RGB", (182, 74), (s % 255, 0, 0)).save(tmp_path / run / f"step_{s:07d}.png")
+        paths[run] = [str(tmp_path / run / f"step_{s:07d}.png") for s in (500, 1000, 1500)]
+    out = plots.sample_grids(paths, tmp_path / "fig")
+    assert {Path(p).name for p in out} >= {"samples.png"}
+    one_row = plots.sample_grids({r: p[:1] for r, p in paths.items()}, tmp_path / "one")
+    h2 = Image.open(next(p for p in out if str(p).endswith(".png"))).size[1]
+    h1 = Image.open(next(p for p in one_row if str(p).endswith(".png"))).size[1]
+    assert 1.6 < h2 / h1 < 2.2  # two rows (500 and 1,000: the steps both runs have), not three
+    assert plots.sample_grids({"repa": [str(tmp_path / "none.png")]}, tmp_path / "x") == []

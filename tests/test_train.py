@@ -333,3 +333,12 @@ def test_an_unconditional_model_samples_with_the_null_class_whatever_label_it_is
     assert torch.equal(model.y_embedder(labels), model.y_embedder(null))
     cond = build(micro().model).eval()  # a conditional model keeps its labels at evaluation
     assert not torch.equal(cond.y_embedder(labels), cond.y_embedder(torch.full_like(labels, cond.cfg.num_classes)))
+
+
+def test_a_sample_grid_has_a_column_per_class_for_ten_classes(tmp_path):
+    """Fashion-MNIST's ten classes each get a column (the grid once stopped at eight: classes 8, 9 unseen)."""
+    from PIL import Image
+
+    train(micro(steps=2, sample_every=2), tmp_path, progress=False)
+    w, h = Image.open(tmp_path / "samples" / "step_0000002.png").size
+    assert (w, h) == (10 * (16 + 2) + 2, 4 * (16 + 2) + 2)  # 10 columns x 4 rows of 16 px images, 2 px borders

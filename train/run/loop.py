@@ -292,10 +292,10 @@ def start(run: Run, evaluator: Callable | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
         run.tb = SummaryWriter(run.out / "tensorboard")
     # fixed evaluation noise and labels for sample grids (same for REPA and vanilla runs)
-    n_show = 4 * min(cfg.model.num_classes, 8)
+    n_show = 4 * min(cfg.model.num_classes, 10)  # a column per class (Fashion-MNIST's ten)
     gen = torch.Generator().manual_seed(cfg.seed + 12345)
     run.show = {"noise": torch.randn(n_show, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size, generator=gen),
-                "labels": torch.arange(n_show) % min(cfg.model.num_classes, 8), "extra": {}}
+                "labels": torch.arange(n_show) % min(cfg.model.num_classes, 10), "extra": {}}
     if cfg.model.is_mmdit:  # the first captions' features (N, L, C)
         run.show["labels"] = torch.stack([torch.as_tensor(run.dataset[j][1]) for j in range(n_show)])
     if cfg.model.reg_dim:  # REG's token
@@ -492,4 +492,4 @@ def sample_grid(run: Run, step: int) -> None:
     x = sample(run.ema, show["noise"].to(device), show["labels"].to(device), "euler", run.cfg.sample_steps,
                **{k: v.to(device) for k, v in show["extra"].items()})
     save_grid(run.codec.decode(x, uint8=True).cpu(), run.out / "samples" / f"step_{step:07d}.png",
-              nrow=min(run.cfg.model.num_classes, 8))
+              nrow=min(run.cfg.model.num_classes, 10))
