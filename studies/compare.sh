@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The comparison of objectives (RESULTS-scenes.md section 7 for the scenes default; `make compare`): on the tiny preset at 2000
-# steps, seeds 0 1 2, two runs at a time on one thread each, resumable (the same command continues):
+# The comparison of objectives (`make compare`; its scenes-default results: RESULTS-scenes.md section 7): on the tiny
+# preset at 2000 steps, seeds 0 1 2, two runs at a time on one thread each, resumable (the same command continues),
+# evaluated as `make extended` evaluates (every 500 steps on 2,000 samples):
 #   vanilla, repa (the default), irepa (spatial norm gamma 0.8 + 3x3 conv projector), haste (REPA +
 #   attention distillation, both stopped at step 400), sra (self-alignment, no encoder), dispersive
 #   (no encoder), reg (REPA + the teacher's global token, weight 0.03); settings: the papers'
@@ -10,9 +11,9 @@
 # Then the table and figure (python -m studies.compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-common="eval_every=250"
+common="eval_every=500 eval_samples=2000 ckpt_every=500 sample_every=500"  # make extended's (its arms are linked)
 for seed in 0 1 2; do
-  for pair in "vanilla:runs/extended/seed$seed/vanilla" "repa:runs/extended/seed$seed/repa" "irepa:runs/study/extended/irepa/seed$seed"; do
+  for pair in "vanilla:runs/extended/seed$seed/vanilla" "repa:runs/extended/seed$seed/repa"; do
     arm=${pair%%:*} src=${pair#*:}
     dst=runs/study/compare/$arm/seed$seed
     if [ -f "$src/checkpoints/step_0002000.pt" ] && [ ! -e "$dst" ]; then mkdir -p "$(dirname "$dst")"; ln -s "$(realpath "$src")" "$dst"; fi

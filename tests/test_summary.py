@@ -192,3 +192,21 @@ def test_fill_evals_finds_the_evaluation_steps_a_log_lacks_and_inserts_them_in_o
     steps = [(r["step"], "fd" in r) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
     assert steps == [(500, False), (500, True), (1000, False), (1000, True), (1500, False), (1500, True), (2000, False)]
     assert missing_steps(tmp_path, SimpleNamespace(eval_every=500, steps=2000)) == [2000]
+
+
+def test_a_linked_arm_shares_checkpoints_but_not_the_files_a_resume_rewrites(tmp_path):
+    from studies.link_arms import link_run
+
+    src = tmp_path / "study" / "seed0"
+    (src / "checkpoints").mkdir(parents=True)
+    (src / "checkpoints" / "step_0002000.pt").write_bytes(b"weights")
+    (src / "metrics.jsonl").write_text('{"step": 0}\n')
+    (src / "config.json").write_text("{}")
+    dst = tmp_path / "extended" / "seed0" / "repa"
+    link_run(src, dst)
+    assert (dst / "checkpoints" / "step_0002000.pt").stat().st_ino == (src / "checkpoints" / "step_0002000.pt").stat().st_ino
+    with open(dst / "metrics.jsonl", "a") as f:  # the loop appends to its log and truncates it in place
+        f.write('{"step": 2000, "align/seconds": 1.0}\n')
+    assert (src / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    with pytest.raises(SystemExit, match="exists"):
+        link_run(src, dst)
