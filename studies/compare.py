@@ -4,8 +4,8 @@
 
 Reads ``<root>/<arm>/seed<k>/`` for every arm and seed:
 
-* generation: the evaluation lines of ``metrics.jsonl`` (FD and class accuracy of 256 fixed-noise
-  EMA samples at each evaluation of the runs (`studies/compare.sh`: every 500 steps on 2,000), the built-in evaluator);
+* generation: the evaluation lines of ``metrics.jsonl`` (FD and class accuracy of the fixed-noise EMA
+  samples of each evaluation, ``studies/compare.sh``: 2,000 every 500 steps; the built-in evaluator);
 * alignment: every checkpoint of the run's series (EMA weights) measured by
   ``train.run.live_align.LiveAlignment`` -- the function live alignment logs during training, on the
   same fixed probe set for every arm -- at the aligned block (REPA's ``model.encoder_depth``, the
