@@ -180,10 +180,12 @@ def plot_all(df: pd.DataFrame, out: str | os.PathLike, layers: Sequence[int] = (
 
 def training_curves(metrics: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
     """From training logs (metrics.jsonl rows with ``run`` and ``seed`` columns): denoising loss,
-    projection loss and, where evaluated, Fréchet distance and class accuracy against step."""
-    panels = [c for c in ("denoise_loss", "proj_loss", "fd", "class_acc") if c in metrics and metrics[c].notna().any()]
+    projection loss and, where evaluated, Fréchet distance, class accuracy (of conditional samples: the
+    label asked for) and the evaluator's mean confidence (recognisability, with or without labels) against step."""
+    panels = [c for c in ("denoise_loss", "proj_loss", "fd", "class_acc", "class_confidence")
+              if c in metrics and metrics[c].notna().any()]
     labels = {"denoise_loss": "denoising loss", "proj_loss": "projection loss (-cos)", "fd": "Fréchet distance (evaluator)",
-              "class_acc": "class accuracy of samples"}
+              "class_acc": "class accuracy of samples (label asked for)", "class_confidence": "evaluator's mean confidence"}
     long = metrics.melt(id_vars=["run", "seed", "step"], value_vars=panels, var_name="panel").dropna(subset=["value"])
     long = long[~((long["panel"] == "proj_loss") & (long["run"] == "vanilla"))]
     grid = sns.relplot(data=long, x="step", y="value", hue="run", col="panel", col_wrap=2, kind="line", marker=".",

@@ -79,9 +79,10 @@ def live_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def fd_curves(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Evaluation rows (run, seed, step, fd, class_acc)."""
+    """Evaluation rows (run, seed, step, fd, class_acc, and where logged kid, the halves' FD and the
+    evaluator's mean confidence: what says whether an unconditional model's samples are recognisable)."""
     ev = metrics.dropna(subset=["fd"]) if "fd" in metrics else metrics.iloc[0:0]
-    cols = ["run", "seed", "step", "fd", "class_acc"] + [c for c in ("kid", "fd_half_a", "fd_half_b") if c in ev]
+    cols = ["run", "seed", "step", "fd", "class_acc"] + [c for c in ("kid", "fd_half_a", "fd_half_b", "class_confidence") if c in ev]
     return ev[cols].assign(step=lambda d: d["step"].astype(int))
 
 

@@ -60,6 +60,8 @@ def seed_checks(ev: pd.DataFrame, probe: pd.DataFrame, seed: int, align: int) ->
     row[f"CKNNA block {align} REPA / vanilla (>= 1.5)"] = f"{at['repa']:.4f} / {at['vanilla']:.4f} = {at['repa'] / at['vanilla']:.2f}"
     row["REPA class acc (>= 0.75)"] = round(rep["class_acc"].iloc[-1], 3)
     row["vanilla class acc"] = round(van["class_acc"].iloc[-1], 3)
+    if "class_confidence" in rep:  # an unconditional default's recognisability (the class histogram: metrics.jsonl)
+        row["REPA / vanilla evaluator confidence"] = f"{rep['class_confidence'].iloc[-1]:.3f} / {van['class_confidence'].iloc[-1]:.3f}"
     v = p[p.run == "vanilla"].groupby("step")["value"].max()
     row["vanilla CKNNA max, first -> last ckpt"] = f"{v.iloc[0]:.4f} -> {v.iloc[-1]:.4f}"
     for arm in [r for r in runs if r != "vanilla"]:
