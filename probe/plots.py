@@ -251,7 +251,8 @@ def sample_grids(grids: dict[str, list[str | os.PathLike]], out: str | os.PathLi
             ax.imshow(images[run, s])
             ax.set_title(f"{run}: step {int(s.rsplit('_', 1)[-1]):,}")  # grids are named step_0000500.png
             ax.axis("off")
-    fig.suptitle("EMA samples, same noise and labels (column j: class j)")
+    fig.suptitle("EMA samples, the same noise and labels for every run (column j asks for class j; "
+                 "an unconditional model is given the null class)")
     return _save(fig, out, "samples")
 
 
