@@ -1,6 +1,8 @@
 """The pre-registered rule of the Fashion-MNIST selection (studies/results/fashion/PLAN.md), applied:
 
     python -m studies.fashion_choose runs/study/fashion [--out studies/results/fashion/choice.csv]
+    python -m studies.fashion_choose studies/results/fashion/evals.csv ...   # the committed tables
+
 
 Per REPA variant (every ``<setting>/<variant>`` but ``vanilla``) and seed: the speed-up 2,000 / t*,
 t* the first step at which its FD reaches its vanilla's step-2,000 FD (linear between evaluations; not
@@ -51,11 +53,11 @@ def choose(evals: pd.DataFrame, order: list[str]) -> tuple[pd.DataFrame, str | N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("root", type=Path)
+    ap.add_argument("root", type=Path, help="the study's runs, or the evals.csv studies.summarize wrote of them")
     ap.add_argument("--order", nargs="+", help="the variants in the plan's order (default: all found, sorted)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    evals = read_evals(args.root)
+    evals = pd.read_csv(args.root) if args.root.suffix == ".csv" else read_evals(args.root)
     order = args.order or sorted(v for v in evals.variant.unique() if Path(v).name != "vanilla")
     seeds, best = choose(evals, order)
     if seeds.empty:

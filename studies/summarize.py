@@ -7,6 +7,10 @@ Reads every ``<root>/[<setting>/]<variant>/seed<k>/metrics.jsonl``; a variant is
 seed x evaluated step), ``training_metrics.csv`` (every logged line of every run) and ``summary.csv`` (per variant x seed: final FD and class accuracy, the
 first step at which the run reaches its seed's vanilla final FD -- linear interpolation between
 evaluations -- and that step over vanilla's steps), and prints both.
+
+The tables outlive the runs: where ``--out`` already holds ``evals.csv`` and ``training_metrics.csv``,
+the rows of runs that are not under the root now (a stage whose checkpoints were lost with the machine
+they were on) are kept, and the runs found replace their own rows.
 """
 
 from __future__ import annotations
@@ -57,6 +61,22 @@ def first_step_below(steps: np.ndarray, fds: np.ndarray, target: float) -> float
     return float("nan")
 
 
+def keep_absent_runs(found: pd.DataFrame, old_csv: Path) -> pd.DataFrame:
+    """``found`` and the rows of ``old_csv`` whose (variant, seed) is not in ``found``: a table built up
+    over stages whose runs are not all on this machine."""
+    if not old_csv.exists():
+        return found
+    old = pd.read_csv(old_csv)
+    here = set(zip(found.variant, found.seed)) if len(found) else set()
+    kept = old[[(v, s) not in here for v, s in zip(old.variant, old.seed)]]
+    if len(kept):
+        runs = sorted(set(zip(kept.variant, kept.seed)))
+        print(f"{old_csv}: kept the rows of {len(runs)} runs not under the root: "
+              + ", ".join(f"{v} seed {s}" for v, s in runs))
+    return pd.concat([kept, found], ignore_index=True).sort_values(["variant", "seed", "step"], kind="stable",
+                                                                    ignore_index=True)
+
+
 def baseline_of(variant: str) -> str:
     """``<setting>/vanilla`` for ``<setting>/<variant>``; ``vanilla`` at the top level."""
     return str(Path(variant).parent / "vanilla") if "/" in variant else "vanilla"
@@ -78,14 +98,16 @@ def summary(evals: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("root", nargs="?", default="runs/study", type=Path)
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     evals = read_evals(args.root)
     if evals.empty:
         raise SystemExit(f"no evaluations under {args.root}")
+    if args.out:
+        evals = keep_absent_runs(evals, args.out / "evals.csv")
     table = summary(evals)
     pivot = evals.pivot_table(index=["variant", "seed"], columns="step", values="fd").round(1)
     acc = evals.pivot_table(index=["variant", "seed"], columns="step", values="class_acc").round(2)
@@ -94,7 +116,8 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         evals.to_csv(args.out / "evals.csv", index=False)
-        read_logs(args.root).to_csv(args.out / "training_metrics.csv", index=False)
+        keep_absent_runs(read_logs(args.root), args.out / "training_metrics.csv").to_csv(
+            args.out / "training_metrics.csv", index=False)
         table.to_csv(args.out / "summary.csv", index=False)
 
 

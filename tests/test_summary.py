@@ -139,6 +139,40 @@ def test_fashion_choose_applies_the_preregistered_rule(tmp_path, capsys):
     assert "chosen by the rule: cond/fast" in capsys.readouterr().out
 
 
+def test_summarize_keeps_the_rows_of_runs_no_longer_on_this_machine(tmp_path, capsys):
+    """Stage 1's runs are gone, stage 2's are here: the tables hold both, and a run found again replaces
+    its own rows rather than doubling them; the rule then reads the committed table."""
+    import json
+
+    from studies.fashion_choose import main as choose_main
+    from studies.summarize import main
+
+    def write(root, variant, seed, fds):
+        d = root / variant / f"seed{seed}"
+        d.mkdir(parents=True)
+        lines = [{"step": s, "fd": fd, "fd_half_a": fd, "fd_half_b": fd} for s, fd in zip((500, 1000, 1500, 2000), fds)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "tables"
+    for seed in (0, 1, 2):
+        write(first, "cond/vanilla", seed, [30, 16, 12, 10])
+        write(first, "cond/repa", seed, [31, 17, 13, 11])
+    main([str(first), "--out", str(out)])
+    write(second, "cond/repa", 0, [20, 10, 8, 6])  # seed 0 of cond/repa measured again
+    for seed in (0, 1, 2):
+        write(second, "uncond/vanilla", seed, [30, 16, 12, 10])
+        write(second, "uncond/repa", seed, [20, 10, 8, 6])
+    main([str(second), "--out", str(out)])
+    evals = pd.read_csv(out / "evals.csv")
+    assert len(evals) == 4 * 3 * 4  # 4 variants x 3 seeds x 4 evaluations, none twice
+    assert evals[(evals.variant == "cond/repa") & (evals.seed == 0)].fd.tolist() == [20, 10, 8, 6]
+    assert evals[(evals.variant == "cond/repa") & (evals.seed == 1)].fd.tolist() == [31, 17, 13, 11]
+    assert len(pd.read_csv(out / "training_metrics.csv")) == 48
+    assert set(pd.read_csv(out / "summary.csv").variant) == {"cond/vanilla", "cond/repa", "uncond/vanilla", "uncond/repa"}
+    assert choose_main([str(out / "evals.csv"), "--order", "cond/repa", "uncond/repa"]) == 0
+    assert "chosen by the rule: uncond/repa" in capsys.readouterr().out
+
+
 def _must_show_tables(gap: float):
     steps = [500, 1000, 1500, 2000]
     fds = {"repa": [20.0, 10.0, 8.0, 6.0], "vanilla": [22.0, 13.0, 10.0, 8.0], "control": [22.5, 13.2, 10.1, 8.1]}
