@@ -167,8 +167,10 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
     runs = [r for r in (*RUNS, "control") if r in set(ev["run"])]  # the control arm when the study trained one
     kid = "kid" in ev and ev["kid"].notna().any()
     noise = "fd_half_a" in ev and ev["fd_half_a"].notna().any()
+    conf = "class_confidence" in ev and ev["class_confidence"].notna().any()
     heads = ([f"FD {r}" for r in runs] + ([f"KID x 1000 {r}" for r in runs] if kid else [])
-             + [f"class accuracy {r}" for r in runs] + (["FD noise: halves differ by"] if noise else []))
+             + [f"class accuracy {r}" for r in runs] + ([f"evaluator confidence {r}" for r in runs] if conf else [])
+             + (["FD noise: halves differ by"] if noise else []))
     out += ["", "### Generation over training: FD, KID and class accuracy of samples", "",
             "| step | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for step in sorted(ev["step"].unique()):
@@ -176,8 +178,13 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
         cells = ([mean_sd(e[e["run"] == run]["fd"], 1) for run in runs]
                  + ([mean_sd(1000 * e[e["run"] == run]["kid"], 2) for run in runs] if kid else [])
                  + [mean_sd(e[e["run"] == run]["class_acc"]) for run in runs]
+                 + ([mean_sd(e[e["run"] == run]["class_confidence"]) for run in runs] if conf else [])
                  + ([mean_sd((e["fd_half_a"] - e["fd_half_b"]).abs(), 2)] if noise else []))
         out.append(f"| {step} | " + " | ".join(cells) + " |")
+    if conf:
+        out += ["", "Class accuracy is the evaluator's agreement with the label the sample was asked for (an "
+                "unconditional model is given the null class, so its accuracy is chance); the evaluator's mean "
+                "confidence in its own prediction says whether the samples are recognisable either way."]
     if noise:
         out += ["", "FD noise: |FD of the first half - FD of the second half| of each evaluation's samples (all runs, "
                 "mean ± sd): the spread of one estimate at half the sample count."]

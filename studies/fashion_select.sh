@@ -10,17 +10,17 @@ cd "$(dirname "$0")/.."
 stage=${1:-1}
 common="eval_every=500 eval_samples=2000 ckpt_every=500 sample_every=500 align_every=0"
 # What the stages before chose, by the rule (python -m studies.fashion_choose; the plan is greedy):
-#   TEACHER (stage 1), COND=cond|uncond (stage 2), CHOSEN: the --set fields stages 3-6 chose (may be empty).
+#   TEACHER (stage 1), COND=cond|uncond (stage 2: uncond, now the tiny preset's default), CHOSEN: the --set fields stages 3-6 chose (may be empty).
 TEACHER=${TEACHER:-fashion-ssl} COND=${COND:-cond} CHOSEN=${CHOSEN:-}
 t=${TEACHER#fashion-}
-case $COND in cond) base="" ;; uncond) base="model.class_dropout_prob=1.0" ;; *) echo "COND is cond or uncond" >&2; exit 2 ;; esac
+case $COND in cond) base="model.class_dropout_prob=0.1" ;; uncond) base="model.class_dropout_prob=1.0" ;; *) echo "COND is cond or uncond" >&2; exit 2 ;; esac
 repa="encoders=$TEACHER $base $CHOSEN"
 {
   for seed in 0 1 2; do
     case $stage in
-      1) echo "fashion/cond/vanilla $seed 2000 --vanilla --set $common"
-         echo "fashion/cond/repa-ssl $seed 2000 --set $common encoders=fashion-ssl"
-         echo "fashion/cond/repa-sup $seed 2000 --set $common encoders=fashion-supervised" ;;
+      1) echo "fashion/cond/vanilla $seed 2000 --vanilla --set $common model.class_dropout_prob=0.1"
+         echo "fashion/cond/repa-ssl $seed 2000 --set $common encoders=fashion-ssl model.class_dropout_prob=0.1"
+         echo "fashion/cond/repa-sup $seed 2000 --set $common encoders=fashion-supervised model.class_dropout_prob=0.1" ;;
       2) echo "fashion/uncond/vanilla $seed 2000 --vanilla --set $common model.class_dropout_prob=1.0"
          echo "fashion/uncond/repa-$t $seed 2000 --set $common encoders=$TEACHER model.class_dropout_prob=1.0" ;;
       3) echo "fashion/$COND/repa-$t-lambda1 $seed 2000 --set $common $repa proj_coeff=1.0" ;;

@@ -87,6 +87,11 @@ def test_mean_sd_and_markdown():
     assert "| 100 | 5.0 ± 0.0 | 200, 200, 200 | 2.00, 2.00, 2.00 |" in md
     assert "> 400" in md
     assert not math.isnan(float(md.split("Teacher's own linear probe on the probe images (mean-pooled tokens): ")[1][:5]))
+    assert "evaluator confidence" not in md
+    conf = _metrics_table().assign(class_confidence=lambda d: d["fd"].notna() * (0.5 + 0.2 * (d["run"] == "repa")))
+    md = results_markdown(_probe_table(), conf, {"linear_probe_accuracy": 0.95, "val_accuracy": 0.94}, 2)
+    assert "| evaluator confidence vanilla | evaluator confidence repa |" in md
+    assert "| 400 | 2.5 ± 0.0 | 1.2 ± 0.0 | 0.100 ± 0.000 | 0.200 ± 0.000 | 0.500 ± 0.000 | 0.700 ± 0.000 |" in md
 
 
 def test_markdown_ignores_token_level_rows():
