@@ -1,6 +1,6 @@
 """Issue 21's checks, per seed, from the extended study's tables (``make extended``):
 
-    python -m studies.must_show [figures/extended/tables] [--align 2]
+    python -m studies.must_show [figures/extended/tables] [--align 2] > figures/extended/tables/must_show.txt
 
 1. **ahead by more than the noise**: at every evaluation from step 1,000 on, vanilla's FD minus REPA's
    (and the same for KID) against the noise of one estimate, the larger of the two runs'
@@ -9,7 +9,9 @@
    over vanilla's steps (target <= 2/3, aim 1/2);
 3. **alignment**: null-label CKNNA at the aligned block (mean-pooled, t = 0, last checkpoint), REPA
    over vanilla (target >= 1.5, aim 2);
-4. **recognisable**: class accuracy of REPA's conditional samples at the end (target >= 0.75);
+4. **recognisable**: class accuracy of REPA's conditional samples at the end (target >= 0.75); for an
+   unconditional default, the evaluator's mean confidence of both arms (the class histogram is in
+   each run's ``metrics.jsonl``);
 5. **Fig. 2c**: vanilla's CKNNA (the same slice, max over blocks) at the first and last checkpoint;
 6. **control**: each arm's gain over vanilla in final FD (vanilla's FD minus the arm's) beside that
    FD's noise: the control should lose REPA's gain;
@@ -72,9 +74,11 @@ def seed_checks(ev: pd.DataFrame, probe: pd.DataFrame, seed: int, align: int) ->
 
 
 def spread(ev: pd.DataFrame) -> pd.DataFrame:
-    """Each arm's final FD, KID and class accuracy: mean and sd over seeds."""
+    """Each arm's final FD, KID, class accuracy (and, where logged, the evaluator's mean confidence):
+    mean and sd over seeds."""
     last = ev.sort_values("step").groupby(["run", "seed"]).tail(1)
-    return last.groupby("run")[["fd", "kid", "class_acc"]].agg(["mean", "std"]).round(4)
+    cols = ["fd", "kid", "class_acc"] + [c for c in ("class_confidence",) if c in last and last[c].notna().any()]
+    return last.groupby("run")[cols].agg(["mean", "std"]).round(4)
 
 
 def main() -> None:
