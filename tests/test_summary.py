@@ -249,3 +249,37 @@ def test_a_linked_arm_shares_checkpoints_but_not_the_files_a_resume_rewrites(tmp
     assert (src / "metrics.jsonl").read_text() == '{"step": 0}\n'
     with pytest.raises(SystemExit, match="exists"):
         link_run(src, dst)
+
+
+def test_fashion_choose_judges_a_longer_run_at_its_own_length(tmp_path):
+    """Stage 8's runs are 4,000 steps: the speed-up is 4,000 / t* against vanilla's step-4,000 FD, and the
+    proviso covers every evaluation from 1,000 to 4,000 (a lead lost at step 3,000 fails it); a run not
+    yet at its planned length is not judged."""
+    import json
+
+    from studies.fashion_choose import choose
+    from studies.summarize import read_evals
+
+    steps = [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000]
+    curves = {"vanilla": [30, 16, 12, 10, 9, 8, 7, 6], "repa": [20, 10, 8, 7, 6, 5.5, 5.2, 5],
+              "late": [20, 10, 8, 7, 6, 8.5, 6.5, 5.9]}
+    for variant, fds in curves.items():
+        for seed in (0, 1, 2):
+            d = tmp_path / "u-4k" / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "config.json").write_text(json.dumps({"config": {"steps": 4000}}))
+            lines = [{"step": s, "fd": fd, "fd_half_a": fd, "fd_half_b": fd} for s, fd in zip(steps, fds)]
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    seeds, best = choose(read_evals(tmp_path), ["u-4k/late", "u-4k/repa"])
+    repa = seeds[seeds.variant == "u-4k/repa"]
+    assert list(repa.steps) == [4000] * 3
+    assert list(repa.t_star) == [2500.0] * 3 and repa.speed_up.round(6).tolist() == [1.6] * 3  # FD 6 reached at 2,500
+    late = seeds[seeds.variant == "u-4k/late"]
+    assert list(late.t_star) == [2500.0] * 3 and not late.below_from_1000.any()  # behind at step 3,000
+    assert best == "u-4k/repa"
+    # a vanilla stopped at step 3,000 of its 4,000: that seed is not judged
+    (tmp_path / "u-4k" / "vanilla" / "seed2" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "fd": fd, "fd_half_a": fd, "fd_half_b": fd}) + "\n"
+                for s, fd in zip(steps[:6], curves["vanilla"])))
+    seeds, best = choose(read_evals(tmp_path), ["u-4k/late", "u-4k/repa"])
+    assert sorted(seeds[seeds.variant == "u-4k/repa"].seed) == [0, 1] and best is None
