@@ -113,6 +113,19 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert list(m["step"]) == [1, 2, 3, 4, 5, 6]  # lines after the resumed checkpoint were replaced
 
 
+def test_a_finished_run_continued_to_more_steps_is_the_longer_run(tmp_path):
+    """The selection study's stage 8 continues 2,000-step runs to 4,000: the run length enters no schedule,
+    so a run trained to 3 steps and continued to 6 holds the weights of a run trained to 6 at once."""
+    train(micro(steps=6), tmp_path / "straight", progress=False)
+    train(micro(steps=3), tmp_path / "continued", progress=False)
+    train(micro(steps=6), tmp_path / "continued", progress=False)
+    a = weights(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    b = weights(tmp_path / "continued" / "checkpoints" / "latest.pt")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
 def test_a_run_killed_before_its_evaluation_evaluates_that_step_when_resumed(tmp_path):
     """Killed between the checkpoint of an evaluation step and the evaluation (the evaluation takes
     minutes, the checkpoint milliseconds): the resumed run evaluates that step, once, with the same
