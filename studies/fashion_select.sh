@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Choosing the Fashion-MNIST default (issue 21; plan: studies/results/fashion/PLAN.md):
-#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), as the plan numbers them
+#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), as the plan numbers them
 #   TEACHER=fashion-ssl COND=cond CHOSEN="proj_coeff=1.0" bash studies/fashion_select.sh 4   # later stages: what was chosen
 # then python -m studies.fashion_choose runs/study/fashion applies the plan's rule.
 # Each stage's runs, two at a time on one thread each (JOBS=2), resumable (the same command continues;
@@ -31,7 +31,8 @@ repa="encoders=$TEACHER $base $CHOSEN"
          echo "fashion/$COND-w96/repa-$t $seed 2000 --set $common $repa model.hidden_size=96 model.num_heads=3" ;;
       8) echo "fashion/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
          echo "fashion/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
-      *) echo "the plan has stages 1-8" >&2; exit 2 ;;
+      9) echo "fashion/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+      *) echo "the plan has stages 1-9" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do
