@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Choosing the Fashion-MNIST default (issue 21; plan: studies/results/fashion/PLAN.md):
-#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), as the plan numbers them
+#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4)
 #   TEACHER=fashion-ssl COND=cond CHOSEN="proj_coeff=1.0" bash studies/fashion_select.sh 4   # later stages: what was chosen
 # then python -m studies.fashion_choose runs/study/fashion applies the plan's rule.
 # Each stage's runs, two at a time on one thread each (JOBS=2), resumable (the same command continues;
@@ -32,7 +32,11 @@ repa="encoders=$TEACHER $base $CHOSEN"
       8) echo "fashion/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
          echo "fashion/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
       9) echo "fashion/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
-      *) echo "the plan has stages 1-9" >&2; exit 2 ;;
+      10) [ "$seed" = 0 ] && for held in 3 4; do  # the held-out check of stage 9's pick (PLAN.md): nothing is chosen on it
+            echo "fashion/$COND/vanilla $held 2000 --vanilla --set $common $base"
+            echo "fashion/$COND/repa-$t-lambda1-irepa $held 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
+          done ;;
+      *) echo "the plan has stages 1-10" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do

@@ -130,11 +130,17 @@ def read_config_file(path: Path) -> TrainConfig:
 
 
 def as_vanilla(cfg: TrainConfig) -> TrainConfig:
-    """The same run without REPA: lambda 0, no projector, no encoder (and so no REG token); live
-    alignment, when on, still measures against the encoder the REPA run uses."""
+    """The same run without REPA: lambda 0, no projector, no encoder (and so no REG token), and the
+    settings that only shape the targets or the projector at their defaults (``target_norm``, the
+    projector's kind: inert without them), so that a vanilla run is one run whatever REPA variant it is
+    the baseline of; live alignment, when on, still measures against the encoder the REPA run uses."""
     align_encoder = cfg.align_encoder or (cfg.encoders[0] if cfg.encoders else "")
-    return dataclasses.replace(cfg, proj_coeff=0.0, reg_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=(), reg_dim=0),
-                               encoders=(), encoder_weights=(), align_encoder=align_encoder)
+    plain, plain_model = type(cfg)(), type(cfg.model)()
+    model = dataclasses.replace(cfg.model, z_dims=(), reg_dim=0, projector=plain_model.projector,
+                                projector_kernel=plain_model.projector_kernel)
+    return dataclasses.replace(cfg, proj_coeff=0.0, reg_coeff=0.0, model=model, encoders=(), encoder_weights=(),
+                               align_encoder=align_encoder, target_norm=plain.target_norm,
+                               target_norm_gamma=plain.target_norm_gamma, target_norm_eps=plain.target_norm_eps)
 
 
 def side_by_side(cfg: TrainConfig, out: Path, jobs: int = 1, progress: bool = True) -> dict[str, Path]:
