@@ -1,6 +1,7 @@
 """Short real training runs: vanilla, REPA, accumulation, two encoders, 2 processes, exact resume,
 atomic saves and every bad input the issue lists."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -355,3 +356,16 @@ def test_a_sample_grid_has_a_column_per_class_for_ten_classes(tmp_path):
     train(micro(steps=2, sample_every=2), tmp_path, progress=False)
     w, h = Image.open(tmp_path / "samples" / "step_0000002.png").size
     assert (w, h) == (10 * (16 + 2) + 2, 4 * (16 + 2) + 2)  # 10 columns x 4 rows of 16 px images, 2 px borders
+
+
+def test_vanilla_is_one_run_whatever_repa_variant_it_is_the_baseline_of():
+    """as_vanilla drops what only shapes REPA's targets or projector, so the tiny preset's vanilla (iREPA's
+    targets since plan stage 9) is the vanilla of REPA's own targets: the selection study's vanilla runs
+    are the extended study's vanilla arms."""
+    from train.run.config import preset
+
+    irepa = preset("tiny")
+    assert (irepa.target_norm, irepa.model.projector) == ("spatial", "conv")
+    plain = dataclasses.replace(irepa, target_norm="none", proj_coeff=0.5, model=dataclasses.replace(irepa.model, projector="mlp"))
+    assert as_vanilla(irepa).to_dict() == as_vanilla(plain).to_dict()
+    assert as_vanilla(irepa).target_norm == "none" and as_vanilla(irepa).model.z_dims == ()
