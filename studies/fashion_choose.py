@@ -33,8 +33,8 @@ def per_seed(evals: pd.DataFrame, variant: str, seed: int) -> dict | None:
     b = evals[(evals.variant == baseline_of(variant)) & (evals.seed == seed)].sort_values("step")
     if g.empty or b.empty:
         return None
-    planned = b.planned_steps.iloc[0] if "planned_steps" in b and b.planned_steps.notna().any() else STEPS
-    length = int(planned)
+    planned = b.planned_steps.dropna() if "planned_steps" in b else b.step.iloc[:0]
+    length = int(planned.iloc[0]) if len(planned) else STEPS
     if g.step.max() < length or b.step.max() < length:
         return None
     fd, base = g.set_index("step").fd, b.set_index("step").fd
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     order = args.order or sorted(v for v in evals.variant.unique() if Path(v).name != "vanilla")
     seeds, best = choose(evals, order)
     if seeds.empty:
-        print(f"no variant has a finished seed (step {STEPS}) with its vanilla under {args.root}")
+        print(f"no variant has a seed finished to its planned length (e.g. step {STEPS}) with its vanilla under {args.root}")
         return 1
     show_and_save(seeds.to_dict("records"), args.out)
     for v in order:
