@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Choosing the Fashion-MNIST default (issue 21; plan: studies/results/fashion/PLAN.md):
-#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4)
+#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4), 11 (lambda 2.0 with iREPA's targets), 12 (11 on seeds 3, 4)
 #   TEACHER=fashion-ssl COND=cond CHOSEN="proj_coeff=1.0" bash studies/fashion_select.sh 4   # later stages: what was chosen
 # then python -m studies.fashion_choose runs/study/fashion applies the plan's rule.
 # Each stage's runs, two at a time on one thread each (JOBS=2), resumable (the same command continues;
@@ -12,35 +12,44 @@ common="eval_every=500 eval_samples=2000 ckpt_every=500 sample_every=500 align_e
 # What the stages before chose, by the rule (python -m studies.fashion_choose; the plan is greedy):
 #   TEACHER (stage 1), COND=cond|uncond (stage 2: uncond, now the tiny preset's default), CHOSEN: the --set fields stages 3-6 chose (may be empty).
 TEACHER=${TEACHER:-fashion-ssl} COND=${COND:-cond} CHOSEN=${CHOSEN:-}
+# ROOT: the runs' folder under runs/study (fashion; fashion-rerun for stage 11, on another machine than stages 1-10)
+ROOT=${ROOT:-fashion}
 t=${TEACHER#fashion-}
 case $COND in cond) base="model.class_dropout_prob=0.1" ;; uncond) base="model.class_dropout_prob=1.0" ;; *) echo "COND is cond or uncond" >&2; exit 2 ;; esac
 repa="encoders=$TEACHER $base $CHOSEN"
 {
   for seed in 0 1 2; do
     case $stage in
-      1) echo "fashion/cond/vanilla $seed 2000 --vanilla --set $common model.class_dropout_prob=0.1"
-         echo "fashion/cond/repa-ssl $seed 2000 --set $common encoders=fashion-ssl model.class_dropout_prob=0.1"
-         echo "fashion/cond/repa-sup $seed 2000 --set $common encoders=fashion-supervised model.class_dropout_prob=0.1" ;;
-      2) echo "fashion/uncond/vanilla $seed 2000 --vanilla --set $common model.class_dropout_prob=1.0"
-         echo "fashion/uncond/repa-$t $seed 2000 --set $common encoders=$TEACHER model.class_dropout_prob=1.0" ;;
-      3) echo "fashion/$COND/repa-$t-lambda1 $seed 2000 --set $common $repa proj_coeff=1.0" ;;
-      4) echo "fashion/$COND/repa-$t-block3 $seed 2000 --set $common $repa model.encoder_depth=3" ;;
-      5) echo "fashion/$COND/repa-$t-irepa $seed 2000 --set $common $repa target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
-      6) echo "fashion/$COND/repa-$t-stop1000 $seed 2000 --set $common $repa align_stop_step=1000" ;;
-      7) echo "fashion/$COND-w96/vanilla $seed 2000 --vanilla --set $common $base model.hidden_size=96 model.num_heads=3"
-         echo "fashion/$COND-w96/repa-$t $seed 2000 --set $common $repa model.hidden_size=96 model.num_heads=3" ;;
-      8) echo "fashion/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
-         echo "fashion/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
-      9) echo "fashion/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+      1) echo "$ROOT/cond/vanilla $seed 2000 --vanilla --set $common model.class_dropout_prob=0.1"
+         echo "$ROOT/cond/repa-ssl $seed 2000 --set $common encoders=fashion-ssl model.class_dropout_prob=0.1"
+         echo "$ROOT/cond/repa-sup $seed 2000 --set $common encoders=fashion-supervised model.class_dropout_prob=0.1" ;;
+      2) echo "$ROOT/uncond/vanilla $seed 2000 --vanilla --set $common model.class_dropout_prob=1.0"
+         echo "$ROOT/uncond/repa-$t $seed 2000 --set $common encoders=$TEACHER model.class_dropout_prob=1.0" ;;
+      3) echo "$ROOT/$COND/repa-$t-lambda1 $seed 2000 --set $common $repa proj_coeff=1.0" ;;
+      4) echo "$ROOT/$COND/repa-$t-block3 $seed 2000 --set $common $repa model.encoder_depth=3" ;;
+      5) echo "$ROOT/$COND/repa-$t-irepa $seed 2000 --set $common $repa target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+      6) echo "$ROOT/$COND/repa-$t-stop1000 $seed 2000 --set $common $repa align_stop_step=1000" ;;
+      7) echo "$ROOT/$COND-w96/vanilla $seed 2000 --vanilla --set $common $base model.hidden_size=96 model.num_heads=3"
+         echo "$ROOT/$COND-w96/repa-$t $seed 2000 --set $common $repa model.hidden_size=96 model.num_heads=3" ;;
+      8) echo "$ROOT/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
+         echo "$ROOT/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
+      9) echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
       10) [ "$seed" = 0 ] && for held in 3 4; do  # the held-out check of stage 9's pick (PLAN.md): nothing is chosen on it
-            echo "fashion/$COND/vanilla $held 2000 --vanilla --set $common $base"
-            echo "fashion/$COND/repa-$t-lambda1-irepa $held 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
+            echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
+            echo "$ROOT/$COND/repa-$t-lambda1-irepa $held 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
           done ;;
-      *) echo "the plan has stages 1-10" >&2; exit 2 ;;
+      11) echo "$ROOT/$COND/vanilla $seed 2000 --vanilla --set $common $base"  # stage 11 ran on a new machine: its vanilla and stage 9 again beside it
+          echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
+          echo "$ROOT/$COND/repa-$t-lambda2-irepa $seed 2000 --set $common $repa proj_coeff=2.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+      12) [ "$seed" = 0 ] && for held in 3 4; do  # the held-out check of stage 11, if it won (PLAN.md): nothing is chosen on it
+            echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
+            echo "$ROOT/$COND/repa-$t-lambda2-irepa $held 2000 --set $common $repa proj_coeff=2.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
+          done ;;
+      *) echo "the plan has stages 1-12" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do
   steps=${rest%% *}
   [ -f "runs/study/$name/seed$seed/checkpoints/$(printf 'step_%07d.pt' "$steps")" ] || echo "$name $seed $rest"
 done | xargs -P "${JOBS:-2}" -L 1 studies/run_variant.sh
-.venv/bin/python -m studies.summarize runs/study/fashion --out studies/results/fashion
+.venv/bin/python -m studies.summarize "runs/study/$ROOT" --out "studies/results/$ROOT"

@@ -179,3 +179,16 @@ def test_linear_probe_helper():
     enc = load_encoder(TEACHER, random_init=True)
     acc = linear_probe_accuracy(enc, ShapesDataset("train", n=200), ShapesDataset("val", n=100), 200, 100)
     assert 0.0 <= acc <= 1.0
+
+
+def test_linear_probe_on_pooled_features_is_the_encoder_probe():
+    """make_teachers scores the probe on features it already pooled for the k-NN: the same number as the
+    encoder-driven probe, which pools the same tokens itself."""
+    from train.targets.teacher import linear_probe_on_features
+
+    enc = load_encoder(TEACHER, random_init=True)
+    tr, va = ShapesDataset("train", n=200), ShapesDataset("val", n=100)
+    with torch.no_grad():
+        x_tr, x_va = enc(tr.images[:200]).mean(1), enc(va.images[:100]).mean(1)
+    direct = linear_probe_on_features(x_tr.numpy(), tr.labels[:200].numpy(), x_va.numpy(), va.labels[:100].numpy())
+    assert direct == linear_probe_accuracy(enc, tr, va, 200, 100)

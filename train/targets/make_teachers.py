@@ -72,7 +72,7 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, feats: t
 def teacher_measures(name: str, path: Path) -> dict[str, Any]:
     from train.targets.encoders import load_encoder
     from train.evaluation.metrics import cds, lds, rmsc
-    from train.targets.teacher import linear_probe_accuracy
+    from train.targets.teacher import linear_probe_on_features
     from train.data.fashion_mnist import FashionMNISTDataset
 
     enc = load_encoder(name, weights=path)
@@ -84,7 +84,9 @@ def teacher_measures(name: str, path: Path) -> dict[str, Any]:
     return {
         "knn_accuracy": knn_accuracy(tr.mean(1), train.labels[:N_MEMORY], te.mean(1), test.labels),
         "knn_k": KNN_K,
-        "linear_probe_accuracy": linear_probe_accuracy(enc, train, test, n_train=N_MEMORY, n_val=len(test)),
+        # the same pooled features as the k-NN (each image encoded once)
+        "linear_probe_accuracy": linear_probe_on_features(tr.mean(1).numpy(), train.labels[:N_MEMORY].numpy(),
+                                                          te.mean(1).numpy(), test.labels.numpy()),
         "lds": lds(te[:n]), "cds": cds(te[:n]), "rmsc": rmsc(te[:n]),
         "class_r2": class_r2(tr, train.labels[:N_MEMORY], te[:n], test.labels[:n]),
         "token_to_image_mean_cosine": float(torch.nn.functional.cosine_similarity(te[:n], te[:n].mean(1, keepdim=True), dim=-1).mean()),

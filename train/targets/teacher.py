@@ -393,9 +393,6 @@ def linear_probe_accuracy(tokens: Callable[[torch.Tensor], torch.Tensor], train_
     """Held-out accuracy of a logistic regression on mean-pooled tokens (``tokens(uint8 images) ->
     (B, T, D)``, e.g. an :class:`train.targets.encoders.Encoder`): fitted on the first ``n_train`` images of
     ``train_ds`` (standardised features), scored on the first ``n_val`` of ``val_ds``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     def features(ds, n: int) -> tuple[Any, Any]:
         n = min(n, len(ds))
@@ -408,7 +405,15 @@ def linear_probe_accuracy(tokens: Callable[[torch.Tensor], torch.Tensor], train_
             feats = torch.cat([tokens(images[i:i + batch_size]).mean(1).cpu() for i in range(0, n, batch_size)])
         return feats.numpy(), labels.numpy()
 
-    x_train, y_train = features(train_ds, n_train)
-    x_val, y_val = features(val_ds, n_val)
+    return linear_probe_on_features(*features(train_ds, n_train), *features(val_ds, n_val))
+
+
+def linear_probe_on_features(x_train, y_train, x_val, y_val) -> float:
+    """Held-out accuracy of a logistic regression (standardised features, fitted on ``x_train``) on
+    already-pooled features ``(N, D)``; :func:`linear_probe_accuracy` pools and calls it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, tol=1e-6))
     return float(clf.fit(x_train, y_train).score(x_val, y_val))
