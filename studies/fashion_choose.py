@@ -2,6 +2,7 @@
 
     python -m studies.fashion_choose runs/study/fashion [--out studies/results/fashion/choice.csv]
     python -m studies.fashion_choose studies/results/fashion/evals.csv ...   # the committed tables
+    python -m studies.fashion_choose runs/study/fashion --order V --held-out 3 4   # + the held-out check of V
 
 
 Per REPA variant (every ``<setting>/<variant>`` but ``vanilla``) and seed, with L the run's planned
@@ -12,7 +13,9 @@ for the plan's 2,000-step runs).  A
 variant's score is its smallest speed-up over the seeds; it is eligible when it has all three seeds
 finished and the proviso holds on each.  Prints one row per variant with the noise beside it (the FD of
 the two halves of the samples, and the seed spread), and the winner by the rule (ties within 0.05 go
-to the variant listed first in the plan; that order is the caller's ``--order``)."""
+to the variant listed first in the plan; that order is the caller's ``--order``).  ``--held-out SEEDS``
+adds the same measures on seeds the rule never reads (the held-out check of stages 10 and 12): reported,
+nothing chosen on them."""
 
 from __future__ import annotations
 
@@ -59,11 +62,18 @@ def choose(evals: pd.DataFrame, order: list[str]) -> tuple[pd.DataFrame, str | N
     return seeds, best
 
 
+def held_out(evals: pd.DataFrame, order: list[str], seeds: list[int]) -> pd.DataFrame:
+    """The per-seed measures of ``order``'s variants on ``seeds`` (finished runs only); nothing is chosen."""
+    return pd.DataFrame([r for v in order for s in seeds if (r := per_seed(evals, v, s)) is not None])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("root", type=Path, help="the study's runs, or the evals.csv studies.summarize wrote of them")
     ap.add_argument("--order", nargs="+", help="the variants in the plan's order (default: all found, sorted)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--held-out", nargs="+", type=int, default=[], metavar="SEED",
+                    help="also report these seeds (never read by the rule), e.g. 3 4")
     args = ap.parse_args(argv)
     evals = pd.read_csv(args.root) if args.root.suffix == ".csv" else read_evals(args.root)
     order = args.order or sorted(v for v in evals.variant.unique() if Path(v).name != "vanilla")
@@ -81,6 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chosen by the rule: none yet (seeds {', '.join(map(str, SEEDS))} not all finished for {', '.join(missing)})")
     else:
         print(f"chosen by the rule: {best or 'none (no variant is eligible): the plan keeps the first variant and reports the miss'}")
+    if args.held_out:
+        rows = held_out(evals, order, args.held_out)
+        print(f"held-out seeds {' '.join(map(str, args.held_out))} (reported; nothing is chosen on them):")
+        if rows.empty:
+            print("  none finished to its planned length with its vanilla")
+        else:
+            held_out_csv = args.out.with_name(args.out.stem + "_held_out.csv") if args.out else None
+            show_and_save(rows.to_dict("records"), held_out_csv)
+            for v in order:
+                g = rows[rows.variant == v]
+                if len(g):
+                    ahead = [int(r.seed) for r in g.itertuples() if r.below_from_1000]
+                    print(f"  {v}: below vanilla at every evaluation from step {FIRST_CHECKED} on seeds {ahead or 'none'} "
+                          f"of {sorted(g.seed.tolist())}; speed-ups {' / '.join(f'{x:.3f}' for x in g.speed_up)}")
     return 0
 
 

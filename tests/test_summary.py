@@ -144,6 +144,36 @@ def test_fashion_choose_applies_the_preregistered_rule(tmp_path, capsys):
     assert "chosen by the rule: cond/fast" in capsys.readouterr().out
 
 
+def test_fashion_choose_reports_held_out_seeds_without_choosing_on_them(tmp_path, capsys):
+    """Seeds 0-2 choose ``fast``; on held-out seed 3 it falls behind vanilla at step 1,500, on seed 4 it
+    stays ahead: both are reported, the choice is the same as without them, and the rule's own seeds'
+    table does not include them."""
+    import json
+
+    from studies.fashion_choose import choose, held_out, main
+    from studies.summarize import read_evals
+
+    curves = {"vanilla": [30, 16, 12, 10], "fast": [20, 10, 8, 6]}
+    for variant, fds in curves.items():
+        for seed in (0, 1, 2, 3, 4):
+            d = tmp_path / "uncond" / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            fds_s = [20, 10, 13, 6] if (variant, seed) == ("fast", 3) else fds
+            lines = [{"step": s, "fd": fd, "fd_half_a": fd + 0.1, "fd_half_b": fd - 0.1}
+                     for s, fd in zip((500, 1000, 1500, 2000), fds_s)]
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    evals = read_evals(tmp_path)
+    seeds, best = choose(evals, ["uncond/fast"])
+    assert best == "uncond/fast" and sorted(seeds.seed) == [0, 1, 2]
+    rows = held_out(evals, ["uncond/fast"], [3, 4]).set_index("seed")
+    assert not rows.loc[3, "below_from_1000"] and rows.loc[4, "below_from_1000"]
+    assert rows.loc[3, "gaps"] == "6.00 / -1.00 / 4.00"
+    assert main([str(tmp_path), "--order", "uncond/fast", "--held-out", "3", "4", "--out", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "chosen by the rule: uncond/fast" in out and "on seeds [4] of [3, 4]" in out
+    assert sorted(pd.read_csv(tmp_path / "c_held_out.csv").seed) == [3, 4]
+
+
 def test_summarize_keeps_the_rows_of_runs_no_longer_on_this_machine(tmp_path, capsys):
     """Stage 1's runs are gone, stage 2's are here: the tables hold both, and a run found again replaces
     its own rows rather than doubling them; the rule then reads the committed table."""
