@@ -17,6 +17,7 @@ ROOT=${ROOT:-fashion}
 t=${TEACHER#fashion-}
 case $COND in cond) base="model.class_dropout_prob=0.1" ;; uncond) base="model.class_dropout_prob=1.0" ;; *) echo "COND is cond or uncond" >&2; exit 2 ;; esac
 repa="encoders=$TEACHER $base $CHOSEN"
+irepa="target_norm=spatial target_norm_gamma=0.6 model.projector=conv"  # iREPA's targets (stages 5, 9-12)
 {
   for seed in 0 1 2; do
     case $stage in
@@ -27,23 +28,23 @@ repa="encoders=$TEACHER $base $CHOSEN"
          echo "$ROOT/uncond/repa-$t $seed 2000 --set $common encoders=$TEACHER model.class_dropout_prob=1.0" ;;
       3) echo "$ROOT/$COND/repa-$t-lambda1 $seed 2000 --set $common $repa proj_coeff=1.0" ;;
       4) echo "$ROOT/$COND/repa-$t-block3 $seed 2000 --set $common $repa model.encoder_depth=3" ;;
-      5) echo "$ROOT/$COND/repa-$t-irepa $seed 2000 --set $common $repa target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+      5) echo "$ROOT/$COND/repa-$t-irepa $seed 2000 --set $common $repa $irepa" ;;
       6) echo "$ROOT/$COND/repa-$t-stop1000 $seed 2000 --set $common $repa align_stop_step=1000" ;;
       7) echo "$ROOT/$COND-w96/vanilla $seed 2000 --vanilla --set $common $base model.hidden_size=96 model.num_heads=3"
          echo "$ROOT/$COND-w96/repa-$t $seed 2000 --set $common $repa model.hidden_size=96 model.num_heads=3" ;;
       8) echo "$ROOT/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
          echo "$ROOT/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
-      9) echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+      9) echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 $irepa" ;;
       10) [ "$seed" = 0 ] && for held in 3 4; do  # the held-out check of stage 9's pick (PLAN.md): nothing is chosen on it
             echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
-            echo "$ROOT/$COND/repa-$t-lambda1-irepa $held 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
+            echo "$ROOT/$COND/repa-$t-lambda1-irepa $held 2000 --set $common $repa proj_coeff=1.0 $irepa"
           done ;;
       11) echo "$ROOT/$COND/vanilla $seed 2000 --vanilla --set $common $base"  # stage 11 ran on a new machine: its vanilla and stage 9 again beside it
-          echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
-          echo "$ROOT/$COND/repa-$t-lambda2-irepa $seed 2000 --set $common $repa proj_coeff=2.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv" ;;
+          echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 $irepa"
+          echo "$ROOT/$COND/repa-$t-lambda2-irepa $seed 2000 --set $common $repa proj_coeff=2.0 $irepa" ;;
       12) [ "$seed" = 0 ] && for held in 3 4; do  # the held-out check of stage 11, if it won (PLAN.md): nothing is chosen on it
             echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
-            echo "$ROOT/$COND/repa-$t-lambda2-irepa $held 2000 --set $common $repa proj_coeff=2.0 target_norm=spatial target_norm_gamma=0.6 model.projector=conv"
+            echo "$ROOT/$COND/repa-$t-lambda2-irepa $held 2000 --set $common $repa proj_coeff=2.0 $irepa"
           done ;;
       *) echo "the plan has stages 1-12" >&2; exit 2 ;;
     esac
