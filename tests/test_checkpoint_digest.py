@@ -20,13 +20,16 @@ COMMON = ["--no-progress", "--threads", "1", "--set", "sample_every=0", "eval_ev
           "data.n_train=128"]
 # The tiny preset as it was when the digests were stored (revision 5c8321f: conditional, lambda 0.5 on
 # REPA's own targets, MLP projector), pinned so that the digest follows the code paths, not the default:
-# the preset has changed twice since by the plan (unconditional; lambda 1.0 with iREPA's targets).
+# the preset has changed three times since by the plan (unconditional; lambda 1.0 with iREPA's targets;
+# lambda 2.0).
 TINY_AS_STORED = ["model.class_dropout_prob=0.1", "proj_coeff=0.5", "target_norm=none", "model.projector=mlp"]
 RUNS = {
     "tiny-repa": ["--preset", "tiny", "--steps", "3", *COMMON, *TINY_AS_STORED],
     "tiny-vanilla": ["--preset", "tiny", "--steps", "3", "--vanilla", *COMMON, "model.class_dropout_prob=0.1"],
-    # the default as it is now (unconditional, lambda 1.0 on iREPA's targets through the conv projector);
-    # stored 2026-12-06 on a revision whose three other digests still matched those stored at 5c8321f
+    # stage 9's default (unconditional, lambda 1.0 on iREPA's targets through the conv projector), pinned:
+    # stored 2026-12-06 at 254225a as "tiny-default", on a revision whose other digests matched 5c8321f's
+    "tiny-lambda1-irepa": ["--preset", "tiny", "--steps", "3", *COMMON, "proj_coeff=1.0"],
+    # the default as it is now (stage 11: lambda 2.0 on iREPA's targets)
     "tiny-default": ["--preset", "tiny", "--steps", "3", *COMMON],
     "scenes-objectives": ["--preset", "tiny-scenes", "--steps", "2", *COMMON, "random_init_encoders=true", "batch_size=8",
                           "data.hflip=true", "attn_coeff=0.5", "dispersive_coeff=0.25", "model.depth=4"],

@@ -219,14 +219,14 @@ def test_bad_irepa_options_fail_in_one_line_from_the_cli(tmp_path, capsys, assig
 
 def test_dry_run_lists_the_options_with_their_defaults(capsys):
     """REPA's own targets are the defaults (the ImageNet presets); the tiny preset carries iREPA's (plan
-    stage 9), and either is one --set away from the other."""
+    stages 9 and 11, with lambda 2.0), and either is one --set away from the other."""
     assert main_train(["--preset", "SiT-B/2", "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert (cfg["target_norm"], cfg["target_norm_gamma"], cfg["target_norm_eps"]) == ("none", 0.6, 1e-6)
     assert (cfg["model"]["projector"], cfg["model"]["projector_kernel"]) == ("mlp", 3)
     assert main_train(["--preset", "tiny", "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert (cfg["target_norm"], cfg["target_norm_gamma"], cfg["model"]["projector"], cfg["proj_coeff"]) == ("spatial", 0.6, "conv", 1.0)
+    assert (cfg["target_norm"], cfg["target_norm_gamma"], cfg["model"]["projector"], cfg["proj_coeff"]) == ("spatial", 0.6, "conv", 2.0)
     assert main_train(["--preset", "tiny", "--dry-run", "--set", "target_norm=none", "model.projector=mlp"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert (cfg["target_norm"], cfg["model"]["projector"]) == ("none", "mlp")
