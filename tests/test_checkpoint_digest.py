@@ -29,7 +29,7 @@ RUNS = {
     # stage 9's default (unconditional, lambda 1.0 on iREPA's targets through the conv projector), pinned:
     # stored 2026-12-06 at 254225a as "tiny-default", on a revision whose other digests matched 5c8321f's
     "tiny-lambda1-irepa": ["--preset", "tiny", "--steps", "3", *COMMON, "proj_coeff=1.0"],
-    # the default as it is now (stage 11: lambda 2.0 on iREPA's targets)
+    # the default as it is now (stage 11: lambda 2.0 on iREPA's targets), stored 2026-12-06 at 07c74aa
     "tiny-default": ["--preset", "tiny", "--steps", "3", *COMMON],
     "scenes-objectives": ["--preset", "tiny-scenes", "--steps", "2", *COMMON, "random_init_encoders=true", "batch_size=8",
                           "data.hflip=true", "attn_coeff=0.5", "dispersive_coeff=0.25", "model.depth=4"],
