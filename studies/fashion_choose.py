@@ -80,8 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     seeds, best = choose(evals, order)
     if seeds.empty:
         print(f"no variant has a seed finished to its planned length (e.g. step {STEPS}) with its vanilla under {args.root}")
-        return 1
-    show_and_save(seeds.to_dict("records"), args.out)
+        if not args.held_out:
+            return 1
+    else:
+        report_rule(seeds, best, order, args.out)
+    if args.held_out:
+        rows = held_out(evals, order, args.held_out)
+        print(f"held-out seeds {' '.join(map(str, args.held_out))} (reported; nothing is chosen on them):")
+        if rows.empty:
+            print("  none finished to its planned length with its vanilla")
+            return 1
+        held_out_csv = args.out.with_name(args.out.stem + "_held_out.csv") if args.out else None
+        show_and_save(rows.to_dict("records"), held_out_csv)
+        for v in order:
+            g = rows[rows.variant == v]
+            if len(g):
+                ahead = [int(r.seed) for r in g.itertuples() if r.below_from_1000]
+                print(f"  {v}: below vanilla at every evaluation from step {FIRST_CHECKED} on seeds {ahead or 'none'} "
+                      f"of {sorted(g.seed.tolist())}; speed-ups {' / '.join(f'{x:.3f}' for x in g.speed_up)}")
+    return 0
+
+
+def report_rule(seeds: pd.DataFrame, best: str | None, order: list[str], out: Path | None) -> None:
+    """Print and save the rule's rows (seeds 0, 1, 2) and its choice."""
+    show_and_save(seeds.to_dict("records"), out)
     for v in order:
         g = seeds[seeds.variant == v]
         print(f"{v}: seeds {sorted(g.seed.tolist())}, score (smallest speed-up) {g.speed_up.min():.3f}, "
@@ -91,21 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chosen by the rule: none yet (seeds {', '.join(map(str, SEEDS))} not all finished for {', '.join(missing)})")
     else:
         print(f"chosen by the rule: {best or 'none (no variant is eligible): the plan keeps the first variant and reports the miss'}")
-    if args.held_out:
-        rows = held_out(evals, order, args.held_out)
-        print(f"held-out seeds {' '.join(map(str, args.held_out))} (reported; nothing is chosen on them):")
-        if rows.empty:
-            print("  none finished to its planned length with its vanilla")
-        else:
-            held_out_csv = args.out.with_name(args.out.stem + "_held_out.csv") if args.out else None
-            show_and_save(rows.to_dict("records"), held_out_csv)
-            for v in order:
-                g = rows[rows.variant == v]
-                if len(g):
-                    ahead = [int(r.seed) for r in g.itertuples() if r.below_from_1000]
-                    print(f"  {v}: below vanilla at every evaluation from step {FIRST_CHECKED} on seeds {ahead or 'none'} "
-                          f"of {sorted(g.seed.tolist())}; speed-ups {' / '.join(f'{x:.3f}' for x in g.speed_up)}")
-    return 0
 
 
 if __name__ == "__main__":

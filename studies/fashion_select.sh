@@ -35,22 +35,22 @@ irepa="target_norm=spatial target_norm_gamma=0.6 model.projector=conv"  # iREPA'
       8) echo "$ROOT/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
          echo "$ROOT/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
       9) echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 $irepa" ;;
-      10) [ "$seed" = 0 ] && for held in 3 4; do  # the held-out check of stage 9's pick (PLAN.md): nothing is chosen on it
+      10) if [ "$seed" = 0 ]; then for held in 3 4; do  # the held-out check of stage 9's pick (PLAN.md): nothing is chosen on it
             echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
             echo "$ROOT/$COND/repa-$t-lambda1-irepa $held 2000 --set $common $repa proj_coeff=1.0 $irepa"
-          done ;;
+          done; fi ;;  # an if, not [ ] &&: a false test on seeds 1 and 2 must not fail the pipeline (set -e, pipefail)
       11) echo "$ROOT/$COND/vanilla $seed 2000 --vanilla --set $common $base"  # stage 11 ran on a new machine: its vanilla and stage 9 again beside it
           echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 $irepa"
           echo "$ROOT/$COND/repa-$t-lambda2-irepa $seed 2000 --set $common $repa proj_coeff=2.0 $irepa" ;;
-      12) [ "$seed" = 0 ] && for held in 3 4; do  # the held-out check of stage 11, if it won (PLAN.md): nothing is chosen on it
+      12) if [ "$seed" = 0 ]; then for held in 3 4; do  # the held-out check of stage 11, if it won (PLAN.md): nothing is chosen on it
             echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
             echo "$ROOT/$COND/repa-$t-lambda2-irepa $held 2000 --set $common $repa proj_coeff=2.0 $irepa"
-          done ;;
+          done; fi ;;
       *) echo "the plan has stages 1-12" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do
   steps=${rest%% *}
   [ -f "runs/study/$name/seed$seed/checkpoints/$(printf 'step_%07d.pt' "$steps")" ] || echo "$name $seed $rest"
-done | xargs -P "${JOBS:-2}" -L 1 studies/run_variant.sh
+done | xargs -r -P "${JOBS:-2}" -L 1 studies/run_variant.sh  # -r: nothing left to run is not an error
 .venv/bin/python -m studies.summarize "runs/study/$ROOT" --out "studies/results/$ROOT"

@@ -172,6 +172,15 @@ def test_fashion_choose_reports_held_out_seeds_without_choosing_on_them(tmp_path
     out = capsys.readouterr().out
     assert "chosen by the rule: uncond/fast" in out and "on seeds [4] of [3, 4]" in out
     assert sorted(pd.read_csv(tmp_path / "c_held_out.csv").seed) == [3, 4]
+    # a folder of the held-out seeds alone (stage 12 ran on another machine than the rule's seeds):
+    # reported without the rule's table; with neither, exit status 1
+    for seed in (0, 1, 2):
+        for variant in curves:
+            (tmp_path / "uncond" / variant / f"seed{seed}" / "metrics.jsonl").unlink()
+    assert main([str(tmp_path), "--order", "uncond/fast", "--held-out", "3", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen by the rule" not in out and "on seeds [4] of [3, 4]" in out
+    assert main([str(tmp_path), "--order", "uncond/fast"]) == 1
 
 
 def test_summarize_keeps_the_rows_of_runs_no_longer_on_this_machine(tmp_path, capsys):
