@@ -61,3 +61,16 @@ def test_bench_live_align_quick(tmp_path, keep_threads):
     assert saved["summary"]["off"]["align_calls"] == 0
     assert saved["summary"]["every-10"]["align_calls"] == 3  # steps 0, 10, 20
     assert saved["summary"]["every-10"]["align_seconds_median"] > 0
+
+
+def test_bench_evaluation_quick(tmp_path, keep_threads):
+    """The evaluation's parts are timed, the sampling chunk is profiled by aten op, and the MLP's
+    activation is timed beside exact GELU and its fc1 (the figures BENCHMARKS.md quotes)."""
+    out = tmp_path / "evaluation.json"
+    res = _load("bench_evaluation").main(["--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["samples"] == 16 and saved["sampling_s"] > 0 and saved["scoring_s"] > 0
+    assert res["evaluation_s"] > 0 and res["fd"] == res["fd"]  # a number, not NaN
+    assert "aten::gelu" in {op["op"] for op in saved["chunk_profile"]["top_ops"]}
+    assert saved["mlp_ops_ms"]["shape"] == [64 * 64, 256]  # a sampling chunk of 64 images x 64 tokens, width 4 x 64
+    assert min(saved["mlp_ops_ms"][k] for k in ("gelu_tanh", "gelu_exact", "fc1_linear")) > 0
