@@ -4,8 +4,10 @@ The tiny preset's evaluation as ``make extended`` runs it (``--samples`` fixed-n
 steps, scored with the shipped evaluator against the 10,000 test images, then its two halves), on a
 model freshly initialised from ``--seed`` (sampling costs the same for any weights) or ``--checkpoint``:
 
-* ``sampling_s``: ``generate_spec`` (the model's forward passes), ``scoring_s``: the three
-  ``evaluate_samples`` calls (all samples, then each half: features, FD, KID, precision/recall);
+* ``evaluation_s``: the whole evaluation as the loop calls it; then its parts measured apart on the
+  same samples: ``sampling_s`` (``generate_spec`` with the evaluator's own spec: the model's forward
+  passes) and ``scoring_s`` (``evaluate_samples`` on all samples and on each half: features, FD, KID,
+  precision/recall); on a shared machine the parts need not add up to the whole;
 * the op-level profile of one sampling chunk (``torch.profiler``, self CPU time per aten op, top ops);
 * the MLP's activation alone on its tensor shape (chunk x tokens, hidden): ``GELU(approximate="tanh")``
   (the published SiT MLP) against exact GELU and the ``fc1`` matmul, median of ``--repeats``.
@@ -62,13 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    import dataclasses
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from train.data.latents import build_codec
     from train.evaluation.evaluate import build_training_evaluator, evaluate_samples, generate_spec
     from train.evaluation.feature_nets import EVALUATOR, load_feature_net, reference
-    from train.evaluation.samples import SampleSpec
     from train.models.loading import build_model, load
     from train.run.config import override, preset
 
@@ -83,17 +85,14 @@ def _measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
         model = build_model(cfg.model)
     model.eval()
 
-    # the whole evaluation, as the training loop calls it (loads the evaluator and reference first)
+    # the whole evaluation, as the training loop calls it (the evaluator and reference are loaded first)
     evaluate = build_training_evaluator(cfg)
     start = time.perf_counter()
-    scores = evaluate(model, 0)
+    res["fd"] = evaluate(model, 0)["fd"]
     res["evaluation_s"] = time.perf_counter() - start
-    res["fd"] = scores["fd"]
 
-    # its two parts
-    spec = SampleSpec(cfg.eval_samples, "euler", cfg.sample_steps, seed=cfg.seed,
-                      labels=tuple(range(cfg.model.num_classes)), path=cfg.path)
-    codec = build_codec(cfg.data.codec)
+    # its parts, on the same samples (the evaluator's own spec; its network and reference come from the cache)
+    spec, codec = evaluate.spec, evaluate.codec
     start = time.perf_counter()
     images, labels = generate_spec(model, spec, codec)
     res["sampling_s"] = time.perf_counter() - start
@@ -107,8 +106,7 @@ def _measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     save(res, args.json)
 
     # op-level profile of one sampling chunk
-    one = SampleSpec(min(spec.chunk, cfg.eval_samples), "euler", cfg.sample_steps, seed=cfg.seed,
-                     labels=spec.labels, chunk=spec.chunk, path=cfg.path)
+    one = dataclasses.replace(spec, n=min(spec.chunk, spec.n))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         generate_spec(model, one, codec)
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)

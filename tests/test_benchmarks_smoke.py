@@ -69,8 +69,8 @@ def test_bench_evaluation_quick(tmp_path, keep_threads):
     out = tmp_path / "evaluation.json"
     res = _load("bench_evaluation").main(["--quick", "--json", str(out)])
     saved = json.loads(out.read_text())
-    assert saved["samples"] == 16 and saved["sampling_s"] > 0 and saved["scoring_s"] > 0
-    assert res["evaluation_s"] > 0 and res["fd"] == res["fd"]  # a number, not NaN
+    assert saved["samples"] == 16 and min(saved["evaluation_s"], saved["sampling_s"], saved["scoring_s"]) > 0
+    assert res["fd"] == res["fd"]  # a number, not NaN
     assert "aten::gelu" in {op["op"] for op in saved["chunk_profile"]["top_ops"]}
     assert saved["mlp_ops_ms"]["shape"] == [64 * 64, 256]  # a sampling chunk of 64 images x 64 tokens, width 4 x 64
     assert min(saved["mlp_ops_ms"][k] for k in ("gelu_tanh", "gelu_exact", "fc1_linear")) > 0

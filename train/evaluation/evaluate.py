@@ -156,6 +156,7 @@ def build_training_evaluator(cfg: TrainConfig, feature: str = EVALUATOR, feature
         return {**out, "eval_n": spec.n, "eval_sampler": spec.sampler, "eval_steps": spec.steps,
                 "eval_feature": net.cache_id, "eval_reference": f"{cfg.data.dataset}/{cfg.eval_ref_split} ({ref.meta.get('n')})"}
 
+    evaluate.spec, evaluate.codec = spec, codec  # what it samples, for a caller that times or repeats the sampling
     return evaluate
 
 
