@@ -9,8 +9,13 @@ model freshly initialised from ``--seed`` (sampling costs the same for any weigh
   passes) and ``scoring_s`` (``evaluate_samples`` on all samples and on each half: features, FD, KID,
   precision/recall); on a shared machine the parts need not add up to the whole;
 * the op-level profile of one sampling chunk (``torch.profiler``, self CPU time per aten op, top ops);
-* the MLP's activation alone on its tensor shape (chunk x tokens, hidden): ``GELU(approximate="tanh")``
-  (the published SiT MLP) against exact GELU and the ``fc1`` matmul, median of ``--repeats``.
+* the MLP's activation alone on its tensor shape (chunk x tokens, hidden): ATen's ``GELU(approximate="tanh")``
+  (the published SiT MLP; training's kernel) and the same function as ``x sigmoid(2z)`` (sampling's,
+  ``train.models.architecture.gelu_tanh_inference``) against exact GELU and the ``fc1`` matmul, median
+  of ``--repeats``.
+
+The process keeps freed memory as the training loop's does (``train.run.allocator``); the four
+settings side by side: ``benchmarks/bench_sampling.py``.
 
     python benchmarks/bench_evaluation.py --json benchmarks/results/evaluation_cpu.json
     python benchmarks/bench_evaluation.py --quick          # a smoke run (seconds)
@@ -74,8 +79,12 @@ def _measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     from train.models.loading import build_model, load
     from train.run.config import override, preset
 
+    from train.models.architecture import gelu_tanh_inference
+    from train.run.allocator import keep_freed_memory
+
+    kept = keep_freed_memory()  # as the training loop's set-up does
     cfg = override(preset("tiny"), [f"eval_samples={args.samples}", f"seed={args.seed}"])
-    res = header("bench_evaluation.py", argv if argv is not None else sys.argv[1:], args.threads)
+    res = header("bench_evaluation.py", argv if argv is not None else sys.argv[1:], args.threads, allocator_kept=str(kept))
     res.update(samples=args.samples, sample_steps=cfg.sample_steps, checkpoint=args.checkpoint)
 
     if args.checkpoint:
@@ -126,6 +135,7 @@ def _measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     with torch.no_grad():
         res["mlp_ops_ms"] = {"shape": [spec.chunk * tokens, hidden],
                              "gelu_tanh": median_ms(lambda: torch.nn.functional.gelu(x, approximate="tanh"), args.repeats),
+                             "gelu_tanh_inference": median_ms(lambda: gelu_tanh_inference(x), args.repeats),
                              "gelu_exact": median_ms(lambda: torch.nn.functional.gelu(x), args.repeats),
                              "fc1_linear": median_ms(lambda: fc1(x_in), args.repeats)}
     finish(res)
@@ -135,7 +145,8 @@ def _measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     for op in res["chunk_profile"]["top_ops"]:
         print(f"  {op['op']:<36} {op['self_ms']:9.1f} ms  {100 * op['share']:5.1f} %  ({op['calls']} calls)")
     m = res["mlp_ops_ms"]
-    print(f"MLP on {m['shape']}: GELU(tanh) {m['gelu_tanh']:.2f} ms, exact GELU {m['gelu_exact']:.2f} ms, "
+    print(f"MLP on {m['shape']}: GELU(tanh) {m['gelu_tanh']:.2f} ms (as x sigmoid(2z): {m['gelu_tanh_inference']:.2f} ms), "
+          f"exact GELU {m['gelu_exact']:.2f} ms, "
           f"fc1 {m['fc1_linear']:.2f} ms")
     return res
 

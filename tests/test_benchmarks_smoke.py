@@ -3,6 +3,7 @@ their own equivalences (features / probe weights) and write their JSON where tol
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,22 @@ def test_bench_evaluation_quick(tmp_path, keep_threads):
     saved = json.loads(out.read_text())
     assert saved["samples"] == 16 and min(saved["evaluation_s"], saved["sampling_s"], saved["scoring_s"]) > 0
     assert res["fd"] == res["fd"]  # a number, not NaN
-    assert "aten::gelu" in {op["op"] for op in saved["chunk_profile"]["top_ops"]}
+    ops = {op["op"] for op in saved["chunk_profile"]["top_ops"]}
+    assert "aten::sigmoid_" in ops and "aten::gelu" not in ops  # sampling's GELU is x sigmoid(2z), not ATen's kernel
     assert saved["mlp_ops_ms"]["shape"] == [64 * 64, 256]  # a sampling chunk of 64 images x 64 tokens, width 4 x 64
-    assert min(saved["mlp_ops_ms"][k] for k in ("gelu_tanh", "gelu_exact", "fc1_linear")) > 0
+    assert min(saved["mlp_ops_ms"][k] for k in ("gelu_tanh", "gelu_tanh_inference", "gelu_exact", "fc1_linear")) > 0
+    assert saved["machine"]["allocator_kept"] == str(sys.platform.startswith("linux"))
+
+
+def test_bench_sampling_quick(tmp_path, keep_threads):
+    """Four settings (allocator x GELU), each in its own process: the allocator changes no bit, the
+    inference GELU moves the samples by float rounding at most."""
+    out = tmp_path / "sampling.json"
+    _load("bench_sampling").main(["--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    s = saved["settings"]
+    assert set(s) == {"default/aten", "kept/aten", "default/inference", "kept/inference"}
+    assert all(v["median_s"] > 0 and len(v["seconds"]) == 1 for v in s.values())
+    assert s["kept/aten"]["bitwise_equal_to_default_aten"] and s["kept/aten"]["allocator_kept"] == sys.platform.startswith("linux")
+    assert not s["default/aten"]["allocator_kept"]
+    assert max(v["max_abs_diff_to_default_aten"] for v in s.values()) < 1e-5

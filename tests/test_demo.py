@@ -100,10 +100,21 @@ def test_plan_with_the_control_arm(tmp_path):
     assert cfg["target_shuffle"] == "image" and cfg["proj_coeff"] > 0 and "probe control seed 0" in by_name
     # the control reads other images' cached tokens: with it every arm keeps the target cache ...
     assert all(t.args[0]["cache_targets"] for t in job.tasks if t.name.startswith("train "))
+    # the control is evaluated at every second evaluation step of the other arms, the rest of its config theirs
+    repa_cfg = by_name["train repa seed 0"].args[0]
+    assert cfg["eval_every"] == 2 * repa_cfg["eval_every"] > 0
+    assert {k: v for k, v in cfg.items() if k not in ("eval_every", "target_shuffle")} == \
+        {k: v for k, v in repa_cfg.items() if k not in ("eval_every", "target_shuffle")}
     # ... which the main job alone runs without (the teacher on each batch: 300 steps see a sixth of the images)
     alone = plan(argparse.Namespace(**{**vars(args), "control": False, "steps": None}))
     repa = next(t for t in alone.tasks if t.name == "train repa seed 0").args[0]
     assert not repa["cache_targets"] and repa["steps"] == 300 and repa["eval_every"] == 150
+
+
+def test_plan_starts_the_longest_training_runs_first(tmp_path):
+    args = argparse.Namespace(seeds=[0, 1, 2], steps=200, set=[], out=tmp_path, n_images=40, n_train=30, control=True)
+    order = [t.name for t in plan(args).tasks if t.name.startswith("train ")]
+    assert order == [f"train {arm} seed {s}" for arm in ("repa", "vanilla", "control") for s in (0, 1, 2)]
 
 
 def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from train.run.allocator import keep_freed_memory
 from train.run.config import TrainConfig
 from train.errors import UserError
 from train.run.rules import Parser, option
@@ -240,6 +241,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     text.add_argument("--context-features", type=option("context_features"), metavar="FILE", help=".npy caption features, (tokens, width) or (N, tokens, width)")
     t2i.add_argument("--null-context", type=option("null_context"), metavar="FILE", help="the empty caption's features (.npy) for an official T2I checkpoint")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # train.run.allocator: sampling's activations reuse the heap
     given, contexts, cond_meta = None, None, {}
     if args.prompts is not None or args.context_features is not None:  # read before the model loads
         from train.evaluation.sampling_t2i import read_text_input, text_conditions
@@ -275,6 +277,7 @@ def fid_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=option("pr_k"), default=3, help="k of precision/recall")
     _sampling_args(ap)
     args = ap.parse_args(argv)
+    keep_freed_memory()  # train.run.allocator
     feature, weights = (INCEPTION, args.inception_weights) if args.inception_weights else (args.feature, args.feature_weights)
     progress = not args.no_progress
     args.ref_split = args.ref_split or ("val" if args.dataset == "fashion-mnist" else "train")

@@ -15,7 +15,9 @@
   decision of the step's start time, as REPA's code does.
 
 The state is carried in float64 and cast to the model's dtype per call, like the reference.  The
-projectors never run while sampling.
+projectors never run while sampling.  The MLPs compute GELU(tanh) as ``x sigmoid(2z)``
+(:func:`train.models.architecture.inference_gelu`): the same function, rounded differently, about a
+fifth of a sampling step's time saved on the CPU.
 
 REG models (``cfg.reg_dim > 0``, :mod:`train.objectives.reg`) generate their global token jointly: it starts
 from N(0, I) at t = 1 (``cls_noise``, else drawn from ``generator`` or torch's global generator, as
@@ -34,6 +36,7 @@ from typing import Callable
 import torch
 
 from train.objectives import interpolants as itp
+from train.models.architecture import inference_gelu
 from train.models.loading import DiffusionTransformer, null_labels, predict
 
 Tensor = torch.Tensor
@@ -76,6 +79,7 @@ def guided_velocity(
 
 
 @torch.no_grad()
+@inference_gelu()
 def sample(
     model: DiffusionTransformer,
     noise: Tensor,

@@ -31,8 +31,9 @@ token 0 and aligns it with the encoder's class token; here REPA's loss sees patc
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -158,15 +159,49 @@ class Attention(nn.Module):
         return (out, attn) if return_logits else out
 
 
+# GELU(tanh) = x/2 (1 + tanh(z)) = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3): the same function
+_GELU_2Z = 2 * math.sqrt(2 / math.pi)
+_FAST_GELU = [False]  # set by inference_gelu(): sampling (train.evaluation.sampling) turns it on
+
+
+def gelu_tanh_inference(h: Tensor) -> Tensor:
+    """GELU(tanh) of ``h`` as ``h * sigmoid(2z)`` in one extra buffer, without autograd.
+
+    The same function as ``F.gelu(h, approximate="tanh")``; it rounds differently (at most 5e-7 apart on
+    float32: tests/test_fast_paths.py) and takes about a third of ATen's kernel on this project's CPUs, whose
+    vectorised tanh is slow (``python benchmarks/bench_sampling.py``).  ``h`` is left unchanged.
+    """
+    u = h * h                                                                  # x^2
+    u.mul_(_GELU_2Z * 0.044715).add_(_GELU_2Z).mul_(h)                          # 2z
+    return u.sigmoid_().mul_(h)                                                # x sigmoid(2z)
+
+
+@contextmanager
+def inference_gelu(enabled: bool = True) -> Iterator[None]:
+    """Within it, MLPs run :func:`gelu_tanh_inference` on autograd-free CPU float32 forwards.
+
+    Sampling uses it (half of a training run's evaluation time is its model calls); training, its
+    targets (SRA's EMA teacher) and the probes keep ATen's kernel, so their bits do not depend on it.
+    """
+    before, _FAST_GELU[0] = _FAST_GELU[0], enabled
+    try:
+        yield
+    finally:
+        _FAST_GELU[0] = before
+
+
 class Mlp(nn.Module):
-    """fc1 -> GELU(tanh) -> fc2, the published MLP."""
+    """fc1 -> GELU(tanh) -> fc2, the published MLP (GELU by :func:`gelu_tanh_inference` inside
+    :func:`inference_gelu` when autograd is off on the CPU)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)                                                        # (..., hidden)
+        fast = _FAST_GELU[0] and not torch.is_grad_enabled() and h.device.type == "cpu" and h.dtype == torch.float32
+        return self.fc2(gelu_tanh_inference(h) if fast else self.act(h))       # (..., D)
 
 
 class Block(nn.Module):
