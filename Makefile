@@ -48,7 +48,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	for b in train_step metrics layer_sweep linear_probe live_align evaluation; do $(PY) benchmarks/bench_$$b.py || exit 1; done
+	for b in train_step metrics layer_sweep linear_probe live_align evaluation sampling; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info

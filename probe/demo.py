@@ -117,6 +117,24 @@ def task_teacher(name: str) -> dict:
     return {"name": name, **json.loads(Path(path).with_suffix(".json").read_text())}
 
 
+def task_targets(cfg: dict) -> str:
+    """The teacher's tokens of every training image, encoded once into the shared target cache
+    (``train.targets.source.shared_target_file``) before the REPA and control runs start: runs started
+    side by side would each encode them (2-3 minutes apiece for Fashion-MNIST's 60,000 images)."""
+    import torch
+
+    from train.run.loop import data_codec_encoders
+    from train.targets.source import TargetSource, shared_target_file
+
+    cfg = TrainConfig.from_dict(cfg)
+    dataset, in_memory, _, encoders = data_codec_encoders(cfg, torch.device("cpu"))
+    if not (in_memory and encoders):
+        return "nothing to cache"  # each run reads its data's tokens as it goes
+    path = shared_target_file(encoders, dataset.images, cfg.data.hflip)
+    TargetSource(encoders, dataset.images, True, torch.device("cpu"), cache_file=path, progress=False, hflip=cfg.data.hflip)
+    return str(path)
+
+
 def task_evaluator(cfg: dict) -> str:
     """Train (or load) the built-in evaluator and its reference statistics for ``cfg``'s data."""
     from train.evaluation.evaluate import build_training_evaluator
@@ -280,6 +298,8 @@ def plan(args: argparse.Namespace) -> Plan:
     metrics = ProbeConfig(**probe_opts).metrics  # bad probe settings fail here, not after the training runs
     encoder, dataset = cfg0.encoders[0], cfg0.data.dataset
     tasks = [Task("teacher", task_teacher, (encoder,)), Task("evaluator", task_evaluator, (cfg0.to_dict(),))]
+    if cfg0.cache_targets:  # the REPA and control runs read the teacher's tokens from one shared cache
+        tasks.append(Task("targets", task_targets, (cfg0.to_dict(),), ("teacher",)))
     run_dirs, probes, training = {}, [], []
     for seed, cfg in cfgs.items():
         arms = [("repa", cfg), ("vanilla", as_vanilla(cfg))]
@@ -288,9 +308,9 @@ def plan(args: argparse.Namespace) -> Plan:
         for run, c in arms:
             out = args.out / f"seed{seed}" / run
             run_dirs[(seed, run)] = out
-            # REPA, the longer run, starts as soon as its teacher is loaded; its first evaluation finds the
-            # reference statistics the evaluator task computed meanwhile (or computes them itself)
-            deps = ("evaluator",) if run == "vanilla" else ("teacher",)
+            # REPA starts as soon as its teacher is loaded (and its tokens cached, when runs share them); its first
+            # evaluation finds the reference statistics the evaluator task computed meanwhile (or computes them itself)
+            deps = ("evaluator",) if run == "vanilla" else ("targets",) if c.cache_targets else ("teacher",)
             training.append(Task(f"train {run} seed {seed}", task_train, (c.to_dict(), str(out)), deps,
                                  _training_status(out, c.steps)))
             steps = [s for s in range(0, c.steps + 1) if keep_in_series(s, c.ckpt_every, c.ckpt_series) or s == c.steps]
@@ -304,8 +324,8 @@ def plan(args: argparse.Namespace) -> Plan:
                 probes.append(Task(f"projection seed {seed}", task_projection,
                                    (ckpts[-1], seed, args.n_images, str(part), dataset, encoder),
                                    (f"train {run} seed {seed}", "teacher")))
-    # the longest runs first, so that two workers finish together: REPA (seed 0's builds the teacher's
-    # target cache), then vanilla, then the control (half the evaluations); seeds in order within each
+    # the longest runs first, so that two workers finish together: REPA, then vanilla, then the control
+    # (half the evaluations); seeds in order within each (vanilla starts while the target cache is built)
     tasks += sorted(training, key=lambda t: [f" {arm} " in t.name for arm in ("repa", "vanilla", "control")].index(True))
     align = cfg0.model.encoder_depth
     parts = {kind: [t.args[3] + ".parquet" for t in probes if t.name.startswith(kind)] for kind in ("probe", "projection")}

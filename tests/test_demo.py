@@ -93,9 +93,10 @@ def test_plan_with_the_control_arm(tmp_path):
     job = plan(args)
     by_name = {t.name: t for t in job.tasks}
     assert set(job.run_dirs) == {(0, r) for r in ("repa", "vanilla", "control")}
-    # the REPA arms start once their teacher is loaded; vanilla after the evaluator's reference statistics
-    assert by_name["train control seed 0"].deps == by_name["train repa seed 0"].deps == ("teacher",)
-    assert by_name["train vanilla seed 0"].deps == ("evaluator",)
+    # the REPA arms start once their teacher's tokens are cached (one task for all of them); vanilla after
+    # the evaluator's reference statistics
+    assert by_name["train control seed 0"].deps == by_name["train repa seed 0"].deps == ("targets",)
+    assert by_name["targets"].deps == ("teacher",) and by_name["train vanilla seed 0"].deps == ("evaluator",)
     cfg = by_name["train control seed 0"].args[0]
     assert cfg["target_shuffle"] == "image" and cfg["proj_coeff"] > 0 and "probe control seed 0" in by_name
     # the control reads other images' cached tokens: with it every arm keeps the target cache ...
@@ -107,8 +108,9 @@ def test_plan_with_the_control_arm(tmp_path):
         {k: v for k, v in repa_cfg.items() if k not in ("eval_every", "target_shuffle")}
     # ... which the main job alone runs without (the teacher on each batch: 300 steps see a sixth of the images)
     alone = plan(argparse.Namespace(**{**vars(args), "control": False, "steps": None}))
-    repa = next(t for t in alone.tasks if t.name == "train repa seed 0").args[0]
-    assert not repa["cache_targets"] and repa["steps"] == 300 and repa["eval_every"] == 150
+    repa = next(t for t in alone.tasks if t.name == "train repa seed 0")
+    assert not repa.args[0]["cache_targets"] and repa.args[0]["steps"] == 300 and repa.args[0]["eval_every"] == 150
+    assert repa.deps == ("teacher",) and "targets" not in {t.name for t in alone.tasks}
 
 
 def test_plan_starts_the_longest_training_runs_first(tmp_path):

@@ -259,6 +259,20 @@ def test_fid_cli_on_a_checkpoint_and_on_samples(tmp_path, tiny_ckpt, evaluator_f
     assert res["n"] == 8 and res["sampler"] == "euler" and res["steps"] == 2 and "fd" in res
 
 
+def test_fid_cli_defaults_to_the_data_the_checkpoint_was_trained_on(tmp_path, evaluator_file, capsys):
+    model = tiny_model()
+    sd = model.state_dict()
+    ckpt = tmp_path / "scenes.pt"  # a run of this toolkit records its TrainConfig: its data is the reference
+    torch.save({"model_config": model.cfg.to_dict(), "model": sd, "ema": sd, "step": 0,
+                "train_config": {"data": {"dataset": "scenes", "root": None}}}, ckpt)
+    common = ["--n", "8", "--steps", "2", "--batch-size", "8", "--device", "cpu", "--feature-weights", str(evaluator_file),
+              "--ref-n", "64", "--no-progress"]
+    assert ev.main(["fid", "--ckpt", str(ckpt), *common]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "scenes"
+    assert ev.main(["fid", "--ckpt", str(ckpt), "--dataset", "shapes", *common]) == 0  # the option still decides
+    assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "shapes"
+
+
 def test_real_data_scores_well_and_noise_scores_badly(evaluator_file):
     from train.data.datasets import ShapesDataset
 

@@ -5,6 +5,7 @@ hflip), and targets of another encoder or unfinished ones are refused in one lin
 Random-weight SD-VAE and built-in teacher: the architectures and code paths are the real ones."""
 
 import dataclasses
+from pathlib import Path
 import json
 import shutil
 
@@ -210,3 +211,31 @@ def test_runs_with_one_teacher_on_one_dataset_share_their_in_memory_targets(tmp_
     # another seed: random-init teachers are seeded by the run, so another teacher and its own file
     train(dataclasses.replace(cfg, seed=1), tmp_path / "c", progress=False)
     assert len(calls) == 2 and len(list((tmp_path / "cache" / "targets").glob("*.pt"))) == 2
+
+
+def test_the_demo_caches_the_targets_once_before_its_runs(tmp_path, monkeypatch):
+    """``probe.demo.task_targets`` (the graph's "targets" task) writes the shared cache a REPA run then
+    links without encoding, and a run from that cache trains bitwise as one that encoded them itself."""
+    import train.targets.source as targets
+    from probe.demo import task_targets
+
+    monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(
+        model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
+                          num_heads=2, encoder_depth=1, z_dims=(64,)),
+        data=DataConfig(dataset="shapes", image_size=16, n_train=32),
+        encoders=("builtin-teacher",), random_init_encoders=True, batch_size=8, steps=2, log_every=1,
+        ckpt_every=2, device="cpu", threads=1)
+    train(cfg, tmp_path / "alone", progress=False)  # encodes its own tokens
+    (tmp_path / "cache" / "targets").rename(tmp_path / "first")
+    path = Path(task_targets(cfg.to_dict()))
+    assert path.parent == tmp_path / "cache" / "targets" and path.is_file()
+    calls = []
+    real = targets.TargetSource._encode_all
+    monkeypatch.setattr(targets.TargetSource, "_encode_all", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    train(cfg, tmp_path / "run", progress=False)
+    assert not calls and (tmp_path / "run" / "target_cache.pt").samefile(path)
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "latest.pt", weights_only=True) for r in ("alone", "run"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    vanilla = dataclasses.replace(cfg, encoders=(), proj_coeff=0.0, model=dataclasses.replace(cfg.model, z_dims=()))
+    assert task_targets(vanilla.to_dict()) == "nothing to cache"

@@ -55,6 +55,7 @@ from train.evaluation.samples import (SampleSpec, seeded_generator, sample_label
 
 Tensor = torch.Tensor
 KID_SUBSET = 1000  # torch-fidelity's default subset size
+REFERENCE_DATASETS = ["fashion-mnist", "scenes", "shapes", "digits", "folder"]  # image datasets FD can compare with
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
@@ -269,8 +270,8 @@ def fid_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feature", default=EVALUATOR, help=f"{EVALUATOR} (default), {INCEPTION} or an encoder name")
     ap.add_argument("--feature-weights", type=option("feature_weights", str), help="local weights of the feature network")
     ap.add_argument("--inception-weights", type=option("inception_weights", str), help=f"local {INCEPTION_FILE} (implies --feature {INCEPTION})")
-    ap.add_argument("--dataset", choices=["fashion-mnist", "scenes", "shapes", "digits", "folder"], default="shapes",
-                    help="reference data (default: %(default)s)")
+    ap.add_argument("--dataset", choices=REFERENCE_DATASETS,
+                    help="reference data (default: the data the checkpoint was trained on, else shapes)")
     ap.add_argument("--root", type=option("image_root", str), help="reference image folder (with --dataset folder)")
     ap.add_argument("--ref-split", choices=["train", "val"], help="default: val (the 10,000 test images) for fashion-mnist, else train")
     ap.add_argument("--ref-n", type=option("ref_n"), default=10_000, help="number of reference images")
@@ -280,10 +281,16 @@ def fid_main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # train.run.allocator
     feature, weights = (INCEPTION, args.inception_weights) if args.inception_weights else (args.feature, args.feature_weights)
     progress = not args.no_progress
-    args.ref_split = args.ref_split or ("val" if args.dataset == "fashion-mnist" else "train")
-    ref_kw = dict(ref_split=args.ref_split, ref_n=args.ref_n, root=args.root, k=args.k, progress=progress)
+    model = spec = codec = None
     if args.ckpt is not None:
         model, spec, codec = _model_spec_codec(args)
+        trained_on = (getattr(model, "train_config", None) or {}).get("data") or {}
+        if args.dataset is None and trained_on.get("dataset") in REFERENCE_DATASETS:  # its own data, as repa-probe
+            args.dataset, args.root = trained_on["dataset"], args.root or trained_on.get("root")
+    args.dataset = args.dataset or "shapes"
+    args.ref_split = args.ref_split or ("val" if args.dataset == "fashion-mnist" else "train")
+    ref_kw = dict(ref_split=args.ref_split, ref_n=args.ref_n, root=args.root, k=args.k, progress=progress)
+    if model is not None:
         res = evaluate_model(model, spec, codec, feature, args.dataset, weights, **ref_kw)
     else:
         images, labels = load_samples(args.samples)

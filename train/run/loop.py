@@ -174,7 +174,7 @@ def set_up(cfg: TrainConfig, out: Path, progress: bool) -> Run:
     world = acc.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by {world} processes x {cfg.grad_accum} accumulation steps: change --batch-size")
-    dataset, in_memory, codec, encoders = _data_codec_encoders(cfg, acc.device)
+    dataset, in_memory, codec, encoders = data_codec_encoders(cfg, acc.device)
     model, ema, params, opt = _model_ema_optimizer(cfg, dataset, acc.device)
     run = Run(cfg, out, progress, acc, lock, cfg.batch_size // (world * cfg.grad_accum), dataset, in_memory, codec,
               codec.latent_shape(cfg.data.image_size), encoders, model, ema, params, opt,
@@ -184,7 +184,8 @@ def set_up(cfg: TrainConfig, out: Path, progress: bool) -> Run:
     return run
 
 
-def _data_codec_encoders(cfg: TrainConfig, device: torch.device) -> tuple[Any, bool, Any, list]:
+def data_codec_encoders(cfg: TrainConfig, device: torch.device) -> tuple[Any, bool, Any, list]:
+    """The run's training data (and whether its images are in memory), codec and target encoders."""
     from train.data.datasets import build_dataset, validate_dataset
     from train.data.latents import build_codec
     from train.targets.encoders import load_encoder
