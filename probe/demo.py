@@ -25,7 +25,8 @@ as their inputs become ready::
 
 so vanilla training runs while the teacher is still learning, the longest training runs start
 first (REPA, vanilla, then the control) so that the workers finish together, and the figures are
-drawn two at a time.  A second run reuses everything already computed: finished training runs, the teacher, the
+drawn two at a time.  Where the runs cache the teacher's tokens (``make extended``), a ``targets``
+task between the teacher and the REPA runs encodes them once for all.  A second run reuses everything already computed: finished training runs, the teacher, the
 evaluator and each run's probe table (kept under ``<out>/parts`` and keyed by its checkpoints and
 settings; recomputed when a checkpoint file has changed, e.g. a run retrained in place).  An
 interrupted run resumes: training from its last checkpoint, probing from the
@@ -94,7 +95,7 @@ def control_config(cfg: TrainConfig) -> TrainConfig:
     """The shuffled-target control of the REPA run ``cfg``: REPA on a random other image's teacher tokens
     (``target_shuffle="image"``), evaluated at every second evaluation step of the other arms (steps
     1,000 and 2,000 of ``make extended``): what the study asks of it is its final FD beside REPA's
-    gain, and the two evaluations it skips are a tenth of the study's time (BENCHMARKS.md)."""
+    gain, and the two evaluations it skips per seed are about 8 % of the study's time (BENCHMARKS.md)."""
     return dataclasses.replace(cfg, target_shuffle="image", eval_every=2 * cfg.eval_every)
 
 

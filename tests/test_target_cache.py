@@ -185,6 +185,16 @@ def test_mismatched_or_unfinished_target_cache_is_refused(latent_cache, tmp_path
         train(config(plain), tmp_path / "noflip", progress=False)
 
 
+def _tiny_in_memory_repa() -> TrainConfig:
+    """A 2-step REPA run on 32 in-memory shapes images with a random-init built-in teacher."""
+    return TrainConfig(
+        model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
+                          num_heads=2, encoder_depth=1, z_dims=(64,)),
+        data=DataConfig(dataset="shapes", image_size=16, n_train=32),
+        encoders=("builtin-teacher",), random_init_encoders=True, batch_size=8, steps=2, log_every=1,
+        ckpt_every=2, device="cpu", threads=1)
+
+
 def test_runs_with_one_teacher_on_one_dataset_share_their_in_memory_targets(tmp_path, monkeypatch):
     """The in-memory target cache (a built-in dataset) is computed by the first run and linked by the
     next one (one file on disk, not one per run), and the run that reads it trains bitwise as the one
@@ -192,12 +202,7 @@ def test_runs_with_one_teacher_on_one_dataset_share_their_in_memory_targets(tmp_
     import train.targets.source as targets
 
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
-    cfg = TrainConfig(
-        model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
-                          num_heads=2, encoder_depth=1, z_dims=(64,)),
-        data=DataConfig(dataset="shapes", image_size=16, n_train=32),
-        encoders=("builtin-teacher",), random_init_encoders=True, batch_size=8, steps=2, log_every=1,
-        ckpt_every=2, device="cpu", threads=1)
+    cfg = _tiny_in_memory_repa()
     calls = []
     real = targets.TargetSource._encode_all
     monkeypatch.setattr(targets.TargetSource, "_encode_all", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
@@ -220,12 +225,7 @@ def test_the_demo_caches_the_targets_once_before_its_runs(tmp_path, monkeypatch)
     from probe.demo import task_targets
 
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
-    cfg = TrainConfig(
-        model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2, hidden_size=32,
-                          num_heads=2, encoder_depth=1, z_dims=(64,)),
-        data=DataConfig(dataset="shapes", image_size=16, n_train=32),
-        encoders=("builtin-teacher",), random_init_encoders=True, batch_size=8, steps=2, log_every=1,
-        ckpt_every=2, device="cpu", threads=1)
+    cfg = _tiny_in_memory_repa()
     train(cfg, tmp_path / "alone", progress=False)  # encodes its own tokens
     (tmp_path / "cache" / "targets").rename(tmp_path / "first")
     path = Path(task_targets(cfg.to_dict()))

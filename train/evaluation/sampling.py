@@ -16,8 +16,8 @@
 
 The state is carried in float64 and cast to the model's dtype per call, like the reference.  The
 projectors never run while sampling.  The MLPs compute GELU(tanh) as ``x sigmoid(2z)``
-(:func:`train.models.architecture.inference_gelu`): the same function, rounded differently, about a
-fifth of a sampling step's time saved on the CPU.
+(:func:`train.models.architecture.inference_gelu`): the same function, rounded differently; it saves
+about a sixth of sampling's time on the CPU (``benchmarks/bench_sampling.py``).
 
 REG models (``cfg.reg_dim > 0``, :mod:`train.objectives.reg`) generate their global token jointly: it starts
 from N(0, I) at t = 1 (``cls_noise``, else drawn from ``generator`` or torch's global generator, as

@@ -180,7 +180,7 @@ def gelu_tanh_inference(h: Tensor) -> Tensor:
 def inference_gelu(enabled: bool = True) -> Iterator[None]:
     """Within it, MLPs run :func:`gelu_tanh_inference` on autograd-free CPU float32 forwards.
 
-    Sampling uses it (half of a training run's evaluation time is its model calls); training, its
+    Sampling uses it (most of a training run's evaluation time is sampling's model calls); training, its
     targets (SRA's EMA teacher) and the probes keep ATen's kernel, so their bits do not depend on it.
     """
     before, _FAST_GELU[0] = _FAST_GELU[0], enabled
