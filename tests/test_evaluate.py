@@ -271,6 +271,16 @@ def test_fid_cli_defaults_to_the_data_the_checkpoint_was_trained_on(tmp_path, ev
     assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "scenes"
     assert ev.main(["fid", "--ckpt", str(ckpt), "--dataset", "shapes", *common]) == 0  # the option still decides
     assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "shapes"
+    # samples written by repa-sample from that checkpoint: their sample_config.json names it
+    assert ev.main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "s"), "--n", "8", "--steps", "2",
+                    "--batch-size", "8", "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    score = ["--feature-weights", str(evaluator_file), "--ref-n", "64", "--no-progress"]
+    assert ev.main(["fid", "--samples", str(tmp_path / "s"), *score]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "scenes"
+    ckpt.unlink()  # the checkpoint gone: nothing to read, the fallback
+    assert ev.main(["fid", "--samples", str(tmp_path / "s"), *score]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "shapes"
 
 
 def test_real_data_scores_well_and_noise_scores_badly(evaluator_file):

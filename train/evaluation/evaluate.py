@@ -260,6 +260,20 @@ def sample_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _checkpoint_data(source: Any) -> dict:
+    """The ``data`` section of the TrainConfig recorded in the checkpoint ``source`` names (a
+    ``model.source`` record, as ``sample_config.json`` keeps it), or {} when there is none to read:
+    no record, a moved file, a checkpoint of another codebase."""
+    path = source.get("path") if isinstance(source, dict) else None
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable file only loses the default, which --dataset gives
+        return {}
+    return ((obj.get("train_config") or {}).get("data") or {}) if isinstance(obj, dict) else {}
+
+
 def fid_main(argv: list[str] | None = None) -> int:
     """``python -m train.evaluation fid``: FD, precision/recall and class accuracy (sFID and IS with the
     Inception) of a checkpoint's samples or of existing samples; prints one JSON object."""
@@ -271,7 +285,7 @@ def fid_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feature-weights", type=option("feature_weights", str), help="local weights of the feature network")
     ap.add_argument("--inception-weights", type=option("inception_weights", str), help=f"local {INCEPTION_FILE} (implies --feature {INCEPTION})")
     ap.add_argument("--dataset", choices=REFERENCE_DATASETS,
-                    help="reference data (default: the data the checkpoint was trained on, else shapes)")
+                    help="reference data (default: the data the checkpoint, or the one the samples came from, was trained on; else shapes)")
     ap.add_argument("--root", type=option("image_root", str), help="reference image folder (with --dataset folder)")
     ap.add_argument("--ref-split", choices=["train", "val"], help="default: val (the 10,000 test images) for fashion-mnist, else train")
     ap.add_argument("--ref-n", type=option("ref_n"), default=10_000, help="number of reference images")
@@ -282,11 +296,16 @@ def fid_main(argv: list[str] | None = None) -> int:
     feature, weights = (INCEPTION, args.inception_weights) if args.inception_weights else (args.feature, args.feature_weights)
     progress = not args.no_progress
     model = spec = codec = None
+    sampling: dict = {}  # existing samples: what repa-sample recorded of them (sampler, steps, checkpoint)
     if args.ckpt is not None:
         model, spec, codec = _model_spec_codec(args)
         trained_on = (getattr(model, "train_config", None) or {}).get("data") or {}
-        if args.dataset is None and trained_on.get("dataset") in REFERENCE_DATASETS:  # its own data, as repa-probe
-            args.dataset, args.root = trained_on["dataset"], args.root or trained_on.get("root")
+    else:
+        cfg_file = (args.samples if args.samples.is_dir() else args.samples.parent) / "sample_config.json"
+        sampling = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+        trained_on = _checkpoint_data(sampling.get("checkpoint"))
+    if args.dataset is None and trained_on.get("dataset") in REFERENCE_DATASETS:  # its own data, as repa-probe
+        args.dataset, args.root = trained_on["dataset"], args.root or trained_on.get("root")
     args.dataset = args.dataset or "shapes"
     args.ref_split = args.ref_split or ("val" if args.dataset == "fashion-mnist" else "train")
     ref_kw = dict(ref_split=args.ref_split, ref_n=args.ref_n, root=args.root, k=args.k, progress=progress)
@@ -301,8 +320,6 @@ def fid_main(argv: list[str] | None = None) -> int:
         net = load_feature_net(feature, weights, _device(args.device), progress, args.dataset)
         ref = reference(net, args.dataset, args.ref_split, args.ref_n, images.shape[-1], args.root, progress=progress)
         res = evaluate_samples(images, labels, net, ref, args.k)
-        cfg_file = (args.samples if args.samples.is_dir() else args.samples.parent) / "sample_config.json"
-        sampling = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
         res.update({"samples": str(args.samples.resolve()), **{k: v for k, v in sampling.items() if k not in res}})
     print(json.dumps(res, indent=2, default=str))
     return 0
