@@ -76,11 +76,10 @@ def _measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
 
     from train.evaluation.evaluate import build_training_evaluator, evaluate_samples, generate_spec
     from train.evaluation.feature_nets import EVALUATOR, load_feature_net, reference
-    from train.models.loading import build_model, load
-    from train.run.config import override, preset
-
     from train.models.architecture import gelu_tanh_inference
+    from train.models.loading import build_model, load
     from train.run.allocator import keep_freed_memory
+    from train.run.config import override, preset
 
     kept = keep_freed_memory()  # as the training loop's set-up does
     cfg = override(preset("tiny"), [f"eval_samples={args.samples}", f"seed={args.seed}"])

@@ -278,9 +278,10 @@ def test_fid_cli_defaults_to_the_data_the_checkpoint_was_trained_on(tmp_path, ev
     score = ["--feature-weights", str(evaluator_file), "--ref-n", "64", "--no-progress"]
     assert ev.main(["fid", "--samples", str(tmp_path / "s"), *score]) == 0
     assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "scenes"
-    ckpt.unlink()  # the checkpoint gone: nothing to read, the fallback
+    ckpt.unlink()  # the checkpoint gone: nothing to read, the fallback, said in one line
     assert ev.main(["fid", "--samples", str(tmp_path / "s"), *score]) == 0
-    assert json.loads(capsys.readouterr().out)["reference"]["dataset"] == "shapes"
+    out = capsys.readouterr()
+    assert json.loads(out.out)["reference"]["dataset"] == "shapes" and "pass --dataset" in out.err
 
 
 def test_real_data_scores_well_and_noise_scores_badly(evaluator_file):

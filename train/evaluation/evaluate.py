@@ -306,7 +306,10 @@ def fid_main(argv: list[str] | None = None) -> int:
         trained_on = _checkpoint_data(sampling.get("checkpoint"))
     if args.dataset is None and trained_on.get("dataset") in REFERENCE_DATASETS:  # its own data, as repa-probe
         args.dataset, args.root = trained_on["dataset"], args.root or trained_on.get("root")
-    args.dataset = args.dataset or "shapes"
+    elif args.dataset is None:
+        print("fid: no --dataset, and no training data recorded with the checkpoint: scoring against shapes (pass --dataset to choose)",
+              file=sys.stderr)
+        args.dataset = "shapes"
     args.ref_split = args.ref_split or ("val" if args.dataset == "fashion-mnist" else "train")
     ref_kw = dict(ref_split=args.ref_split, ref_n=args.ref_n, root=args.root, k=args.k, progress=progress)
     if model is not None:
