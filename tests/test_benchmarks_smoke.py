@@ -72,6 +72,7 @@ def test_bench_evaluation_quick(tmp_path, keep_threads):
     saved = json.loads(out.read_text())
     assert saved["samples"] == 16 and min(saved["evaluation_s"], saved["sampling_s"], saved["scoring_s"]) > 0
     assert res["fd"] == res["fd"]  # a number, not NaN
+    assert saved["scoring_same_numbers"] is True and min(saved["scoring_per_half_extraction_s"], saved["scoring_warm_s"]) > 0
     ops = {op["op"] for op in saved["chunk_profile"]["top_ops"]}
     assert "aten::sigmoid_" in ops and "aten::gelu" not in ops  # sampling's GELU is x sigmoid(2z), not ATen's kernel
     assert saved["mlp_ops_ms"]["shape"] == [64 * 64, 256]  # a sampling chunk of 64 images x 64 tokens, width 4 x 64

@@ -295,6 +295,42 @@ def test_real_data_scores_well_and_noise_scores_badly(evaluator_file):
     assert good["fd"] < noise["fd"] / 10 and good["precision"] > noise["precision"] and good["class_acc"] > noise["class_acc"]
 
 
+def test_halves_scored_from_one_extraction_equal_their_own_evaluation(evaluator_file):
+    """A training evaluation extracts its samples' features once and scores the halves from them: the
+    same numbers, to the bit, as scoring each half on its own (its features extracted in its own batches)."""
+    from train.data.datasets import ShapesDataset
+
+    net = ev.load_feature_net(ev.EVALUATOR, evaluator_file)
+    ref = ev.reference(net, "shapes", "train", 256, 32, progress=False)
+    real = ShapesDataset("val", n=300)
+    images, labels = real.images, real.labels
+    whole = ev.extract(net, images, batch=64)
+    for part in (slice(0, 150), slice(150, 300), slice(37, 101)):  # batch boundaries of the whole fall inside each part
+        assert np.array_equal(ev.extract(net, images[part], batch=64)["features"], whole["features"][part])
+    memo: dict = {}
+    scored = ev.score_with_halves(images, labels, net, ref, memo)
+    halves = [ev.evaluate_samples(images[p], labels[p], net, ref) for p in (slice(0, 150), slice(150, 300))]
+    expect = {k: v for k, v in ev.evaluate_samples(images, labels, net, ref).items() if k in scored}
+    expect.update(fd_half_a=halves[0]["fd"], kid_half_a=halves[0]["kid"], fd_half_b=halves[1]["fd"], kid_half_b=halves[1]["kid"])
+    assert scored == expect and len(memo) == 2  # the reference's kernel sums: one entry for 300 samples, one for 150
+    assert ev.score_with_halves(images, labels, net, ref, memo) == expect  # a later evaluation reuses them
+
+
+def test_kid_memo_gives_the_same_bits_and_keeps_real_sets_apart():
+    from train.evaluation.generation_metrics import kid
+
+    rng = np.random.default_rng(0)
+    real, other_real = rng.normal(size=(400, 6)), rng.normal(0.3, 1, size=(400, 6))
+    fakes = [rng.normal(m, 1, size=(300, 6)) for m in (0.0, 0.5)]
+    memo: dict = {}
+    for fake in fakes * 2:  # the second round reads the memo
+        assert kid(fake, real, subsets=7, subset_size=100, memo=memo) == kid(fake, real, subsets=7, subset_size=100)
+        assert kid(fake, other_real, subsets=7, subset_size=100, memo=memo) == kid(fake, other_real, subsets=7, subset_size=100)
+    assert len(memo) == 2  # one entry per real set (same sizes, seed and kernel)
+    kid(fakes[0][:200], real, subsets=7, subset_size=100, memo=memo)  # another fake size draws other real subsets
+    assert len(memo) == 3
+
+
 def test_training_evaluator_uses_fixed_noise(evaluator_file):
     cfg = TrainConfig(model=ModelConfig(name="SiT-T/4", input_size=16, in_channels=3, num_classes=10, depth=2,
                                         hidden_size=32, num_heads=2),

@@ -34,6 +34,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,10 +71,22 @@ def evaluate_samples(images: Tensor, labels: Tensor | None, net: FeatureNet, ref
     and ``recall`` (k-NN manifolds, up to :data:`PR_MAX` of each set, equal sizes), and where ``net``
     offers them ``sfid``, ``inception_score`` (+ std), and ``class_acc`` (the fraction of samples
     classified as their label; needs labels and a network trained on the reference dataset)."""
-    feats = extract(net, images, batch)
-    mu, sigma = feature_statistics(feats["features"])
-    res: dict[str, Any] = {"fd": frechet_distance(mu, sigma, *ref.stats["features"])}
-    res.update(kid(feats["features"], ref.features, subset_size=min(KID_SUBSET, len(images), len(ref.features))))
+    return score_features(extract(net, images, batch), labels, net, ref, k)
+
+
+def fd_kid(features: np.ndarray, ref: Reference, kid_memo: dict | None = None) -> dict[str, float]:
+    """``fd``, ``kid`` and ``kid_std`` of sample features against ``ref``, as :func:`evaluate_samples`
+    computes them (``kid_memo``: :func:`train.evaluation.generation_metrics.kid`'s)."""
+    res = {"fd": frechet_distance(*feature_statistics(features), *ref.stats["features"])}
+    res.update(kid(features, ref.features, subset_size=min(KID_SUBSET, len(features), len(ref.features)), memo=kid_memo))
+    return res
+
+
+def score_features(feats: dict[str, np.ndarray], labels: Tensor | None, net: FeatureNet, ref: Reference, k: int = 3,
+                   kid_memo: dict | None = None) -> dict[str, Any]:
+    """:func:`evaluate_samples` on features already extracted by ``net`` (:func:`extract`)."""
+    n = len(feats["features"])
+    res: dict[str, Any] = fd_kid(feats["features"], ref, kid_memo)
     m = min(len(ref.features), len(feats["features"]), PR_MAX)
     res.update(precision_recall(ref.features[:m], feats["features"][:m], k=k))
     if "spatial" in feats and "spatial" in ref.stats:
@@ -87,9 +100,28 @@ def evaluate_samples(images: Tensor, labels: Tensor | None, net: FeatureNet, ref
         res["class_histogram"] = torch.bincount(pred, minlength=prob.shape[1]).tolist()
         if labels is not None:
             res["class_acc"] = (pred == labels.cpu()).float().mean().item()
-    res.update(n=len(images), pr_n=m, k=k, feature=net.provenance,
+    res.update(n=n, pr_n=m, k=k, feature=net.provenance,
                reference={key: ref.meta[key] for key in ("dataset", "root", "split", "n", "size")})
     return res
+
+
+def score_with_halves(images: Tensor, labels: Tensor | None, net: FeatureNet, ref: Reference,
+                      kid_memo: dict | None = None) -> dict[str, Any]:
+    """What a training-time evaluation records of its samples: :func:`evaluate_samples`' ``fd``, ``kid``,
+    ``kid_std``, ``precision``, ``recall`` and the class scores, and the noise of one estimate, FD and KID
+    of each half of the samples (``fd_half_a``, ``kid_half_a``, ``..._b``; from 8 samples on). The
+    features are extracted once (a sample's features do not depend on the batch it is in:
+    tests/test_evaluate.py), so the halves cost their FD and KID only."""
+    feats = extract(net, images)
+    res = score_features(feats, labels, net, ref, kid_memo=kid_memo)
+    out = {key: res[key] for key in ("fd", "kid", "kid_std", "precision", "recall", "class_acc", "class_confidence",
+                                     "class_histogram") if key in res}
+    if len(images) >= 8:
+        half = len(images) // 2
+        for tag, part in (("a", slice(0, half)), ("b", slice(half, 2 * half))):
+            r = fd_kid(feats["features"][part], ref, kid_memo)
+            out.update({f"fd_half_{tag}": r["fd"], f"kid_half_{tag}": r["kid"]})
+    return out
 
 
 def evaluate_model(model: nn.Module, spec: SampleSpec, codec: Codec, feature: str = EVALUATOR,
@@ -144,17 +176,12 @@ def build_training_evaluator(cfg: TrainConfig, feature: str = EVALUATOR, feature
     net = load_feature_net(feature, feature_weights, progress=progress, dataset=cfg.data.dataset)
     ref = reference(net, cfg.data.dataset, cfg.eval_ref_split, ref_n, cfg.data.image_size, cfg.data.root, progress=progress)
 
+    kid_memo: dict = {}  # the reference subsets' kernel sums, the same at every evaluation of the run
+
     def evaluate(ema: nn.Module, step: int) -> dict[str, Any]:
         device = next(ema.parameters()).device
         images, labels = generate_spec(ema, spec, codec.to(device))
-        res = evaluate_samples(images, labels, net.to(device), ref)
-        out = {key: res[key] for key in ("fd", "kid", "kid_std", "precision", "recall", "class_acc", "class_confidence",
-                                         "class_histogram") if key in res}
-        if spec.n >= 8:  # the noise of one estimate: the same scores on the two halves of the samples
-            half = spec.n // 2
-            for tag, part in (("a", slice(0, half)), ("b", slice(half, 2 * half))):
-                r = evaluate_samples(images[part], labels[part], net, ref)
-                out.update({f"fd_half_{tag}": r["fd"], f"kid_half_{tag}": r["kid"]})
+        out = score_with_halves(images, labels, net.to(device), ref, kid_memo)
         return {**out, "eval_n": spec.n, "eval_sampler": spec.sampler, "eval_steps": spec.steps,
                 "eval_feature": net.cache_id, "eval_reference": f"{cfg.data.dataset}/{cfg.eval_ref_split} ({ref.meta.get('n')})"}
 
