@@ -48,7 +48,7 @@ irepa="target_norm=spatial target_norm_gamma=0.6 model.projector=conv"  # iREPA'
           done; fi ;;
       13) echo "$ROOT/$COND/repa-$t-lambda4-irepa $seed 2000 --set $common $repa proj_coeff=4.0 $irepa" ;;  # session 8 (PLAN.md)
       14) echo "$ROOT/$COND/repa-sup-lambda2-irepa $seed 2000 --set $common encoders=fashion-supervised $base $CHOSEN proj_coeff=2.0 $irepa" ;;  # session 9 (PLAN.md)
-      15) echo "$ROOT/$COND/repa-both-lambda2-irepa $seed 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=2.0 $irepa" ;;  # session 9 (PLAN.md)
+      15) echo "$ROOT/$COND/repa-both-lambda2-irepa $seed 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=2.0 $irepa model.z_dims=[128,128]" ;;  # session 9 (PLAN.md)
       *) echo "the plan has stages 1-15" >&2; exit 2 ;;
     esac
   done
