@@ -155,3 +155,16 @@ def test_a_run_switched_on_by_one_field_trains_and_resumes_with_the_same_command
     code, err, _ = call(main_train, [*args, "--steps", "2"], capsys)  # resume: the same defaults, the same settings
     assert code == 0, err
     assert torch.load(tmp_path / "r" / "checkpoints" / "latest.pt", weights_only=True)["step"] == 2
+
+
+def test_a_comma_separated_list_field_is_a_list_of_its_items(capsys):
+    """``--set encoders=a,b`` aligns to both encoders (as the official code's ``--enc-type a,b``), not to one
+    encoder named "a,b"; numbers are read as numbers; a wrong item is still refused by name."""
+    from train.run.config import override, preset
+
+    cfg = override(preset("tiny"), ["encoders=fashion-ssl,fashion-supervised", "align_layers=2, 4", "model.z_dims=128,128"], strict=True)
+    assert list(cfg.encoders) == ["fashion-ssl", "fashion-supervised"]
+    assert list(cfg.align_layers) == [2, 4] and list(cfg.model.z_dims) == [128, 128]
+    assert list(override(preset("tiny"), ["encoders=fashion-ssl"], strict=True).encoders) == ["fashion-ssl"]
+    with pytest.raises(ValueError, match="align_layers"):
+        override(preset("tiny"), ["align_layers=2,x"], strict=True)

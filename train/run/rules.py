@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -319,15 +320,28 @@ def hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _json_or_text(text: str) -> Any:
+    """``text`` read as JSON (a number, ``true``, ...), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def field_problem(cls, key: str, value: Any, prefix: str = "") -> tuple[Any, str | None]:
     """``(value, problem)`` of ``key = value`` for the dataclass ``cls`` (``key`` a field of it,
     ``prefix`` its section, e.g. ``"model."``): the type hint first, then the field's rule.  A
-    single value for a list field becomes a one-element list (``--set encoders=NAME``)."""
+    single value for a list field becomes a one-element list (``--set encoders=NAME``), and a bare
+    comma-separated one a list of its items, each read as JSON where it parses (``--set
+    encoders=fashion-ssl,fashion-supervised``, ``align_layers=2,4``; the official REPA code's
+    ``--enc-type a,b``); an item that holds a comma itself needs the JSON form."""
     hint = hints(cls)[key]
     name = prefix + key
     rule = FIELD_RULES.get(name)
     if typing.get_origin(hint) is tuple and Ellipsis in typing.get_args(hint) and not isinstance(value, (list, tuple)):
-        if _typed(typing.get_args(hint)[0], value):
+        if isinstance(value, str) and "," in value:
+            value = [_json_or_text(item.strip()) for item in value.split(",")]
+        elif _typed(typing.get_args(hint)[0], value):
             value = [value]
     if not _typed(hint, value):
         fix = rule.fix if rule else f"e.g. {_example(cls, key)}"
@@ -343,8 +357,6 @@ def field_problem(cls, key: str, value: Any, prefix: str = "") -> tuple[Any, str
 
 
 def _example(cls, key: str) -> str:
-    import json
-
     f = {f.name: f for f in dataclasses.fields(cls)}[key]
     default = f.default if f.default is not dataclasses.MISSING else None
     return json.dumps(default if not isinstance(default, tuple) else list(default))
