@@ -53,6 +53,24 @@ def test_target_source_reads_the_partners_tokens():
     assert out[:, 0, 0].tolist() == [2.0, 5.0]
 
 
+def test_with_two_teachers_both_targets_come_from_the_same_partner():
+    """The shuffled control with several encoders: one partner draw for all of them (image i gets image
+    partner[i]'s tokens from every teacher), not a partner per teacher."""
+    tokens = torch.arange(6, dtype=torch.float16).view(6, 1, 1).expand(6, 4, 2).contiguous()
+
+    class Enc(torch.nn.Module):
+        name, dim, provenance = "fake", 2, {}
+
+        def forward(self, x):
+            return torch.zeros(len(x), 4, 2)
+
+    src = TargetSource([Enc(), Enc()], torch.zeros(6, 3, 4, 4, dtype=torch.uint8), cache=False, device="cpu")
+    src.sources = [(tokens, None), (10 + tokens, None)]
+    src.partners = torch.tensor([2, 0, 1, 5, 3, 4])
+    first, second = src(torch.tensor([0, 3]), torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+    assert first[:, 0, 0].tolist() == [2.0, 5.0] and second[:, 0, 0].tolist() == [12.0, 15.0]
+
+
 def test_bad_values_are_one_line_errors():
     cfg = dataclasses.replace(preset("tiny"), target_shuffle="all")
     assert any("target_shuffle 'all' is unknown" in e for e in cfg.check())
