@@ -87,7 +87,7 @@ def score_features(feats: dict[str, np.ndarray], labels: Tensor | None, net: Fea
     """:func:`evaluate_samples` on features already extracted by ``net`` (:func:`extract`)."""
     n = len(feats["features"])
     res: dict[str, Any] = fd_kid(feats["features"], ref, kid_memo)
-    m = min(len(ref.features), len(feats["features"]), PR_MAX)
+    m = min(len(ref.features), n, PR_MAX)
     res.update(precision_recall(ref.features[:m], feats["features"][:m], k=k))
     if "spatial" in feats and "spatial" in ref.stats:
         res["sfid"] = frechet_distance(*feature_statistics(feats["spatial"]), *ref.stats["spatial"])
