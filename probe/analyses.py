@@ -39,7 +39,7 @@ from probe.config import ALIGNMENT, METRICS, ProbeConfig  # noqa: F401 (re-expor
 from probe.linear import probe_accuracy
 from probe.metrics import cka, cknna, mutual_knn, prepare
 from probe.tokens import TokenPlan, encoder_tokens, reference_rows, token_plan, token_rows
-from probe.run_defaults import resolve as resolve_defaults
+from probe.run_defaults import projector_of, resolve as resolve_defaults
 from train.data.datasets import build_dataset
 from train.targets.encoders import ENCODERS, Encoder, load_encoder, repa_cache_dir, resample_tokens
 from train.run.checkpoints import atomic_write
@@ -327,6 +327,7 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
         enc = load_encoder(encoder, (cfg.encoder_weights or ("",))[0] or None, grid=math.isqrt(model.cfg.num_tokens),
                            device=cfg.device, random_init=cfg.random_init_encoder)
     run_cfg = TrainConfig.from_dict(getattr(model, "train_config", None) or {"target_norm": "none"})
+    head = projector_of(model, encoder)  # the projector trained against this encoder (one per teacher)
 
     def trained_on(x: Tensor) -> Tensor:  # the targets the run trained on: (B, 3, H, W) -> (B, T, z_dim)
         return training_targets([enc(x).float()], run_cfg)[0]
@@ -343,14 +344,14 @@ def projection_alignment(checkpoint: Checkpoint, dataset: str | tuple[Any, Any] 
             noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
             for (w, label, t) in sums:
                 y = conditioning(models[w], eval_set, idx, labs, label, cfg.device)
-                z = predict(models[w], interpolate(x, noise, t), t, y, head=False, project=True).zs[0]
+                z = predict(models[w], interpolate(x, noise, t), t, y, head=False, project=True).zs[head]
                 sums[(w, label, t)] += cos(z.float(), target, dim=-1).mean(1).sum().item()       # (B, T) -> ()
             if means is not None:
                 overall, per_class = (m.to(cfg.device) for m in means)
                 blind["null"] += cos(target, overall.expand_as(target), dim=-1).mean(1).sum().item()
                 blind["real"] += cos(target, per_class[labs.to(cfg.device)], dim=-1).mean(1).sum().item()
     common = {"run": _run_name(checkpoint), **{k: model_provenance(model)[k] for k in ("checkpoint", "step", "flavour", "model")},
-              "metric": "projection_cosine", "target": enc.name, "dataset": eval_set.name, "n_images": len(eval_set),
+              "metric": "projection_cosine", "target": enc.name, "projector": head, "dataset": eval_set.name, "n_images": len(eval_set),
               "seed": cfg.seed, "codec": codec.name, "layer": model.cfg.encoder_depth, "code_version": git_revision(),
               "target_norm": run_cfg.target_norm,
               "target_norm_gamma": run_cfg.target_norm_gamma if run_cfg.target_norm != "none" else float("nan")}

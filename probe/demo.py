@@ -185,10 +185,23 @@ def task_projection(checkpoint: str, seed: int, n_images: int, part: str, datase
                                                                   seed=seed, progress=False).assign(seed_run=seed), [checkpoint])
 
 
+def task_teachers(checkpoint: str, seed: int, options: dict, part: str, dataset: str, encoders: tuple[str, ...],
+                  layer: int) -> str:
+    """With several teachers: CKNNA at the aligned block ``layer`` (t = 0; the probes' images, pooling and
+    label mode) of one run's last checkpoint against every one of them, kept in ``part``.  The sweep
+    (``task_probe``) measures against the first teacher only; against it the two tables agree."""
+    from probe.analyses import training_progress
+
+    opts = {**options, "metrics": ("cknna",), "n_train": 0, "layers": (layer,), "ts": (0.0,)}
+    return _cached_table(Path(part), lambda: training_progress([checkpoint], dataset, encoders=encoders, seed=seed,
+                                                               progress=False, **opts).assign(seed_run=seed), [checkpoint])
+
+
 def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: list[tuple[int, str, str]],
-                align_depth: int, out: str, encoder: str) -> str:
-    """Stack the parts into ``<out>/tables``: probe and projection tables, every run's training log,
-    the seed-aggregated ``results.md``; and the teacher's sidecar as ``<out>/teacher.json``."""
+                align_depth: int, out: str, encoder: str, teacher_parts: list[str] | None = None) -> str:
+    """Stack the parts into ``<out>/tables``: probe and projection tables, with several teachers the
+    aligned block's CKNNA against each (``teacher_alignment``), every run's training log, the
+    seed-aggregated ``results.md``; and the (first) teacher's sidecar as ``<out>/teacher.json``."""
     from probe.analyses import save_table
 
     out, teacher = Path(out), task_teacher(encoder)  # cached by now: reads the sidecar
@@ -197,6 +210,8 @@ def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: l
     probe, proj = combine(probe_parts), combine(projection_parts)
     save_table(probe, tables, "probe")
     save_table(proj, tables, "projection_alignment")
+    if teacher_parts:
+        save_table(combine(teacher_parts), tables, "teacher_alignment")
     metrics = read_metrics({(seed, run): Path(d) for seed, run, d in run_dirs})
     metrics.to_csv(tables / "training_metrics.csv", index=False)
     live_rows(metrics).to_csv(tables / "live_alignment.csv", index=False)  # logged by the runs (align_every)
@@ -302,6 +317,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if cfg0.cache_targets:  # the REPA and control runs read the teacher's tokens from one shared cache
         tasks.append(Task("targets", task_targets, (cfg0.to_dict(),), ("teacher",)))
     run_dirs, probes, training = {}, [], []
+    align = cfg0.model.encoder_depth
     for seed, cfg in cfgs.items():
         arms = [("repa", cfg), ("vanilla", as_vanilla(cfg))]
         if getattr(args, "control", False):  # REPA on a random other image's teacher tokens (train.targets.source.image_partners)
@@ -320,6 +336,11 @@ def plan(args: argparse.Namespace) -> Plan:
             part = args.out / "parts" / f"probe_seed{seed}_{run}_{_key(stamp)}"
             probes.append(Task(f"probe {run} seed {seed}", task_probe, (ckpts, seed, probe_opts, str(part), dataset, encoder),
                                (f"train {run} seed {seed}", "teacher")))
+            if len(cfg0.encoders) > 1:  # the aligned block against every teacher, on the last checkpoint
+                part = args.out / "parts" / f"teachers_seed{seed}_{run}_{_key({**stamp, 'checkpoints': ckpts[-1:]})}"
+                probes.append(Task(f"teachers {run} seed {seed}", task_teachers,
+                                   (ckpts[-1], seed, probe_opts, str(part), dataset, tuple(cfg0.encoders), align),
+                                   (f"train {run} seed {seed}", "teacher")))
             if run == "repa":
                 part = args.out / "parts" / f"projection_seed{seed}_{_key({**stamp, 'n': args.n_images})}"
                 probes.append(Task(f"projection seed {seed}", task_projection,
@@ -328,19 +349,18 @@ def plan(args: argparse.Namespace) -> Plan:
     # the longest runs first, so that two workers finish together: REPA, then vanilla, then the control
     # (half the evaluations); seeds in order within each (vanilla starts while the target cache is built)
     tasks += sorted(training, key=lambda t: [f" {arm} " in t.name for arm in ("repa", "vanilla", "control")].index(True))
-    align = cfg0.model.encoder_depth
-    parts = {kind: [t.args[3] + ".parquet" for t in probes if t.name.startswith(kind)] for kind in ("probe", "projection")}
+    parts = {kind: [t.args[3] + ".parquet" for t in probes if t.name.startswith(kind)] for kind in ("probe", "projection", "teachers")}
     tables = Task("tables", task_tables, (parts["probe"], parts["projection"],
                                           [(seed, run, str(d)) for (seed, run), d in run_dirs.items()], align, str(args.out),
-                                          encoder),
+                                          encoder, parts["teachers"]),
                   ("teacher", *(t.name for t in probes)))
     shown = sorted({*range(cfg0.sample_every, cfg0.steps, cfg0.sample_every or cfg0.steps), cfg0.steps})  # steps with grids, not 0
     samples = {run: [str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{s:07d}.png") for s in shown] for run in RUNS}
     figures = [Task(f"figures {what}", task_figures, (str(args.out / "tables"), str(args.out / "figures"), what, align,
                                                       samples), ("tables",))
                for what in ("training", *metrics)]
-    # the short projection tasks last: they fill the gaps while the last probes finish
-    probes.sort(key=lambda t: t.name.startswith("projection "))
+    # the short projection and teacher tasks last: they fill the gaps while the last probes finish
+    probes.sort(key=lambda t: t.name.startswith(("projection ", "teachers ")))
     s0 = args.seeds[0]
     final = {run: str(run_dirs[(s0, run)] / "checkpoints" / f"step_{cfg0.steps:07d}.pt") for run in RUNS}
     maps = Task("maps", task_maps, (final["repa"], final["vanilla"], dataset, encoder, align,

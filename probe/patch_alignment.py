@@ -6,9 +6,10 @@ spatially normalised when the run's ``TrainConfig.target_norm = "spatial"``) and
 from the model's tokens at noise level t:
 
 * ``method="projector"`` (REPA checkpoints): the run's own projector output at the aligned block,
-  ``h_phi(h_t)_p`` (``train.models.loading.predict(..., project=True).zs[0]``).  The mean of a map over its
-  patches and images is exactly ``probe.analyses.projection_alignment``'s ``projection_cosine``
-  (REPA eq. 8 with cosine similarity) for the same images, seed, weights and label mode;
+  ``h_phi(h_t)_p`` (``train.models.loading.predict(..., project=True).zs[i]``, ``i`` the projector trained
+  against the teacher, ``probe.run_defaults.projector_of``).  The mean of a map over its patches and images
+  is exactly ``probe.analyses.projection_alignment``'s ``projection_cosine`` (REPA eq. 8 with cosine
+  similarity) for the same images, seed, weights and label mode;
 * ``method="ridge"`` (any checkpoint, vanilla too): a linear map from the layer's tokens to the
   teacher's, fitted by closed-form ridge regression (:func:`ridge_fit`) on the tokens of
   ``fit_images`` (every patch of every fit image is one sample) and evaluated on the shown images,
@@ -38,7 +39,7 @@ from torch import Tensor
 from probe.analyses import Checkpoint, ProbeConfig, _load_model, _run_name
 from probe.extract import (LABELS, ImageSet, _check_choice, _model_t, check_ts, conditioning, image_noise, image_set,
                            model_provenance, resolve_layers)
-from probe.run_defaults import resolve as resolve_defaults
+from probe.run_defaults import projector_of, resolve as resolve_defaults
 from train.run.checkpoints import atomic_write
 from train.run.config import TrainConfig
 from train.data.datasets import build_dataset
@@ -144,10 +145,10 @@ def _images(data: Any, split: str, n: int | None, seed: int, size: int, cfg: Pro
     return image_set(data, n, seed)
 
 
-def _tokens(model: DiffusionTransformer, images: ImageSet, layers: list[int], ts: Sequence[float], project: bool,
+def _tokens(model: DiffusionTransformer, images: ImageSet, layers: list[int], ts: Sequence[float], project: int | None,
             trained_on, codec, cfg: ProbeConfig) -> tuple[Tensor, dict, dict]:
-    """Teacher targets (N, T, z), hidden tokens {(layer, t): (N, T, D)} and projector outputs
-    {t: (N, T, z)} of ``images``, the noise of image i drawn as in every other analysis."""
+    """Teacher targets (N, T, z), hidden tokens {(layer, t): (N, T, D)} and the outputs of projector
+    ``project`` (None: none) {t: (N, T, z)} of ``images``, the noise of image i drawn as in every other analysis."""
     shape = (model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
     targets, hidden, projected = [], {(l, t): [] for l in layers for t in ts}, {t: [] for t in ts}
     with torch.no_grad():
@@ -157,11 +158,11 @@ def _tokens(model: DiffusionTransformer, images: ImageSet, layers: list[int], ts
             noise = image_noise(idx, shape, cfg.seed).to(cfg.device)
             y = conditioning(model, images, idx, labs, cfg.label, cfg.device)
             for t in ts:
-                out = predict(model, interpolate(x, noise, t), t, y, return_hidden=layers, head=False, project=project)
+                out = predict(model, interpolate(x, noise, t), t, y, return_hidden=layers, head=False, project=project is not None)
                 for layer in layers:
                     hidden[(layer, t)].append(out.hidden[layer].float().cpu())
-                if project:
-                    projected[t].append(out.zs[0].float().cpu())
+                if project is not None:
+                    projected[t].append(out.zs[project].float().cpu())
     cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
     return torch.cat(targets), {k: cat(v) for k, v in hidden.items()}, {k: cat(v) for k, v in projected.items()}
 
@@ -225,14 +226,15 @@ def patch_alignment(checkpoint: Checkpoint, images: Any = None, methods: Sequenc
         return training_targets([enc(x).float()], run_cfg)[0]
 
     ridge_layers = chosen if "ridge" in methods else []
-    target, hidden, projected = _tokens(model, shown, ridge_layers, cfg.ts, "projector" in methods, trained_on, codec, cfg)
+    head = projector_of(model, encoder) if "projector" in methods else None  # the projector trained against this teacher
+    target, hidden, projected = _tokens(model, shown, ridge_layers, cfg.ts, head, trained_on, codec, cfg)
     panels, maps = [], []
     if "projector" in methods:
         for t in cfg.ts:
             maps.append(patch_cosine(projected[t], target))
             panels.append({"method": "projector", "layer": model.cfg.encoder_depth, "t": t, "ridge_alpha": float("nan")})
     if fit_set is not None:
-        fit_target, fit_hidden, _ = _tokens(model, fit_set, ridge_layers, cfg.ts, False, trained_on, codec, cfg)
+        fit_target, fit_hidden, _ = _tokens(model, fit_set, ridge_layers, cfg.ts, None, trained_on, codec, cfg)
         y_fit = fit_target.flatten(0, 1)
         for layer in ridge_layers:
             for t in cfg.ts:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from train.data.latents import codec_for_channels
+from train.errors import UserError
 
 FALLBACK = {"dataset": "shapes", "encoders": ("builtin-teacher",)}
 _IMAGE_DATASETS_NEED_ROOT = ("folder",)
@@ -39,7 +40,8 @@ def trained_on(model: Any) -> dict[str, Any]:
 def resolve(cfg: Any, model: Any, dataset: Any = None, encoders: Any = None) -> tuple[Any, Any, tuple]:
     """``(cfg, dataset, encoders)`` with what the caller left unset (``None``) taken from
     :func:`trained_on`: ``dataset`` (with its ``data_root`` when the checkpoint recorded one),
-    ``cfg.codec`` and ``encoders``.  ``cfg`` is a :class:`probe.analyses.ProbeConfig` (replaced, not
+    ``cfg.codec`` and ``encoders`` (the run's first teacher: a run aligned to several is probed against
+    the first unless told otherwise, as its vanilla twin records only that one).  ``cfg`` is a :class:`probe.analyses.ProbeConfig` (replaced, not
     changed); ``dataset`` may also be a ``(train, eval)`` pair of image collections."""
     import dataclasses
 
@@ -49,4 +51,20 @@ def resolve(cfg: Any, model: Any, dataset: Any = None, encoders: Any = None) -> 
         dataset, root = found["dataset"], cfg.data_root or found["data_root"]
     cfg = dataclasses.replace(cfg, dataset=dataset if isinstance(dataset, str) else "custom", data_root=root,
                               codec=cfg.codec or found["codec"])
-    return cfg, dataset, tuple(encoders) if encoders else found["encoders"]
+    return cfg, dataset, tuple(encoders) if encoders else found["encoders"][:1]
+
+
+def projector_of(model: Any, encoder: str) -> int:
+    """Which of ``model``'s projectors was trained against ``encoder``: its position in the run's recorded
+    encoders (one projector per encoder, in their order, as REPA's comma-separated ``--enc-type``); 0 for a
+    model with one projector.  With several projectors and ``encoder`` not among the run's teachers no
+    projector predicts its tokens: refused, naming the ones that do."""
+    names = list((getattr(model, "train_config", None) or {}).get("encoders") or [])
+    n = len(model.projectors)
+    if encoder in names[:n]:
+        return names.index(encoder)
+    if n <= 1:
+        return 0
+    raise UserError(f"this checkpoint's {n} projectors were trained against {', '.join(names) or 'unrecorded encoders'}, "
+                    f"not {encoder}: pass one of those as the encoder")
+

@@ -8,7 +8,8 @@
 2. **speed**: the step at which REPA's FD reaches vanilla's final FD (linear between evaluations),
    over vanilla's steps (target <= 2/3, aim 1/2);
 3. **alignment**: null-label CKNNA at the aligned block (mean-pooled, t = 0, last checkpoint), REPA
-   over vanilla (target >= 1.5, aim 2);
+   over vanilla (target >= 1.5, aim 2); with several teachers (``teacher_alignment.csv``) against each
+   of them, met only if met against every one (PLAN.md, the last addendum of session 9);
 4. **recognisable**: class accuracy of REPA's conditional samples at the end (target >= 0.75); for an
    unconditional default, the evaluator's mean confidence of both arms (the class histogram is in
    each run's ``metrics.jsonl``);
@@ -38,9 +39,25 @@ def noise(a: pd.Series, b: pd.Series, metric: str) -> pd.Series:
     return np.maximum(gap(a), gap(b))
 
 
-def seed_checks(ev: pd.DataFrame, probe: pd.DataFrame, seed: int, align: int) -> dict:
+def teacher_checks(teachers: pd.DataFrame, seed: int, align: int) -> dict:
+    """The alignment check against every teacher of ``teachers`` (the demo's ``teacher_alignment`` table:
+    null-label, mean-pooled CKNNA at t = 0 of each run's last checkpoint): REPA / vanilla per teacher, and
+    whether the ratio is at least 1.5 against all of them."""
+    p = teachers[(teachers.seed_run == seed) & (teachers.metric == "cknna") & (teachers.t == 0)
+                 & (teachers.pooling == "mean") & (teachers.label == "null") & (teachers.layer == align)]
+    row, ratios = {}, []
+    for target, g in p.groupby("target", sort=False):
+        at = {r: g[g.run == r]["value"].mean() for r in ("repa", "vanilla")}
+        ratios.append(at["repa"] / at["vanilla"])
+        row[f"CKNNA block {align} vs {target} REPA / vanilla"] = f"{at['repa']:.4f} / {at['vanilla']:.4f} = {ratios[-1]:.2f}"
+    if ratios:
+        row[f"CKNNA >= 1.5x against every teacher ({len(ratios)})"] = bool(min(ratios) >= 1.5)
+    return row
+
+
+def seed_checks(ev: pd.DataFrame, probe: pd.DataFrame, seed: int, align: int, teachers: pd.DataFrame | None = None) -> dict:
     """The checks of one seed: ``ev`` its evaluation rows (run, step, fd, kid, halves, class_acc),
-    ``probe`` its probe rows."""
+    ``probe`` its probe rows, ``teachers`` (with several teachers) the aligned block against each."""
     runs = {r: g.sort_values("step").set_index("step") for r, g in ev.groupby("run")}
     rep, van = runs["repa"], runs["vanilla"]
     both = rep.index.intersection(van.index)
@@ -60,6 +77,8 @@ def seed_checks(ev: pd.DataFrame, probe: pd.DataFrame, seed: int, align: int) ->
     last = p.step.max()
     at = {r: p[(p.run == r) & (p.step == last) & (p.layer == align)]["value"].mean() for r in ("repa", "vanilla")}
     row[f"CKNNA block {align} REPA / vanilla (>= 1.5)"] = f"{at['repa']:.4f} / {at['vanilla']:.4f} = {at['repa'] / at['vanilla']:.2f}"
+    if teachers is not None:
+        row.update(teacher_checks(teachers, seed, align))
     row["REPA class acc (>= 0.75)"] = round(rep["class_acc"].iloc[-1], 3)
     row["vanilla class acc"] = round(van["class_acc"].iloc[-1], 3)
     if "class_confidence" in rep:  # an unconditional default's recognisability (the class histogram: metrics.jsonl)
@@ -90,7 +109,11 @@ def main() -> None:
     ev = m[m["fd"].notna()]
     probe = pd.read_csv(args.tables / "probe.csv", keep_default_na=False, na_values=[""])
     probe = probe[~probe["is_reference"].astype(bool)]
-    rows = [seed_checks(g, probe, seed, args.align) for seed, g in ev.groupby("seed")]
+    path = args.tables / "teacher_alignment.csv"  # with several teachers
+    teachers = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
+    if teachers is not None:
+        teachers = teachers[~teachers["is_reference"].astype(bool)]
+    rows = [seed_checks(g, probe, seed, args.align, teachers) for seed, g in ev.groupby("seed")]
     print(pd.DataFrame(rows).set_index("seed").T.to_string())
     print("\nfinal evaluation, mean and sd over seeds:\n")
     print(spread(ev).to_string())

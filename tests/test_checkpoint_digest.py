@@ -21,15 +21,20 @@ COMMON = ["--no-progress", "--threads", "1", "--set", "sample_every=0", "eval_ev
 # The tiny preset as it was when the digests were stored (revision 5c8321f: conditional, lambda 0.5 on
 # REPA's own targets, MLP projector), pinned so that the digest follows the code paths, not the default:
 # the preset has changed three times since by the plan (unconditional; lambda 1.0 with iREPA's targets;
-# lambda 2.0).
-TINY_AS_STORED = ["model.class_dropout_prob=0.1", "proj_coeff=0.5", "target_norm=none", "model.projector=mlp"]
+# lambda 2.0; both teachers).  Until stage 15 the default had one teacher, the SSL one (SSL_ONLY).
+SSL_ONLY = ["encoders=fashion-ssl", "model.z_dims=128"]
+TINY_AS_STORED = ["model.class_dropout_prob=0.1", "proj_coeff=0.5", "target_norm=none", "model.projector=mlp", *SSL_ONLY]
 RUNS = {
     "tiny-repa": ["--preset", "tiny", "--steps", "3", *COMMON, *TINY_AS_STORED],
-    "tiny-vanilla": ["--preset", "tiny", "--steps", "3", "--vanilla", *COMMON, "model.class_dropout_prob=0.1"],
+    "tiny-vanilla": ["--preset", "tiny", "--steps", "3", "--vanilla", *COMMON, "model.class_dropout_prob=0.1", *SSL_ONLY],
     # stage 9's default (unconditional, lambda 1.0 on iREPA's targets through the conv projector), pinned:
     # stored 2026-12-06 at 254225a as "tiny-default", on a revision whose other digests matched 5c8321f's
-    "tiny-lambda1-irepa": ["--preset", "tiny", "--steps", "3", *COMMON, "proj_coeff=1.0"],
-    # the default as it is now (stage 11: lambda 2.0 on iREPA's targets), stored 2026-12-06 at 07c74aa
+    "tiny-lambda1-irepa": ["--preset", "tiny", "--steps", "3", *COMMON, "proj_coeff=1.0", *SSL_ONLY],
+    # stage 11's default (lambda 2.0 on iREPA's targets, the SSL teacher), pinned: stored 2026-12-06 at
+    # 07c74aa as "tiny-default"
+    "tiny-lambda2-irepa": ["--preset", "tiny", "--steps", "3", *COMMON, *SSL_ONLY],
+    # the default as it is now (stage 15: both teachers), stored in session 10 on a revision whose other
+    # digests matched 07c74aa's
     "tiny-default": ["--preset", "tiny", "--steps", "3", *COMMON],
     "scenes-objectives": ["--preset", "tiny-scenes", "--steps", "2", *COMMON, "random_init_encoders=true", "batch_size=8",
                           "data.hflip=true", "attn_coeff=0.5", "dispersive_coeff=0.25", "model.depth=4"],

@@ -137,8 +137,14 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     assert cfg["seed"] == 3 and cfg["threads"] == 1 and cfg["steps"] == 200
     assert by_name["train vanilla seed 3"].args[0]["proj_coeff"] == 0
     # the tables wait for every probe; the figures for the tables
-    probes = {n for n in by_name if n.startswith(("probe ", "projection "))}
-    assert len(probes) == 6 and set(by_name["tables"].deps) == {"teacher", *probes}
+    probes = {n for n in by_name if n.startswith(("probe ", "projection ", "teachers "))}
+    assert len(probes) == 10 and set(by_name["tables"].deps) == {"teacher", *probes}
+    # two teachers (the preset's): the aligned block of every run's last checkpoint against both
+    ckpt, seed, _, part, dataset, encoders, layer = by_name["teachers vanilla seed 4"].args
+    assert (ckpt, seed, encoders, layer) == (ckpts[-1], 4, ("fashion-ssl", "fashion-supervised"), 2)
+    assert by_name["tables"].args[6] == [by_name[f"teachers {r} seed {s}"].args[3] + ".parquet" for s in (3, 4) for r in ("repa", "vanilla")]
+    one = {t.name for t in plan(argparse.Namespace(**{**vars(args), "set": ["encoders=fashion-ssl", "model.z_dims=128"]})).tasks}
+    assert not any(n.startswith("teachers ") for n in one)  # one teacher: the sweep holds it all
     assert {n for n in by_name if n.startswith("figures ")} == {f"figures {w}" for w in ("training", "cknna", "cka", "mutual_knn", "linear_probe")}
     assert all(by_name[n].deps == ("tables",) for n in by_name if n.startswith("figures "))
     assert by_name["tables"].args[0] == [by_name[f"probe {r} seed {s}"].args[3] + ".parquet" for s in (3, 4) for r in ("repa", "vanilla")]
@@ -215,6 +221,20 @@ def test_maps_task_draws_token_pca_and_patch_alignment_of_both_runs(tmp_path, mo
     assert set(pa["layer"]) == {1} and set(pa["t"]) == {0.0, 0.5} and pa["value"].between(-1, 1).all()
     pca = pd.read_csv(tmp_path / "tables" / "token_pca.csv")
     assert set(pca.loc[pca.source == "model", "layer"]) == {1, 3} and set(pca["run"]) == {"REPA", "vanilla"}
+    # with two teachers: the aligned block against both, and against the first exactly the sweep's value
+    from probe.analyses import load_table
+    from probe.demo import task_probe, task_teachers
+
+    opts = {"n_images": 16, "n_train": 0, "metrics": ("cknna",), "k": 3, "random_init_encoder": True, "store": str(tmp_path / "store")}
+    for run in ("repa", "vanilla"):
+        sweep = load_table(task_probe([ckpt(run)], 0, opts, str(tmp_path / "parts" / f"probe_{run}"), cfg.data.dataset, cfg.encoders[0]))
+        both = load_table(task_teachers(ckpt(run), 0, opts, str(tmp_path / "parts" / f"teachers_{run}"), cfg.data.dataset,
+                                        cfg.encoders, 1))
+        both = both[~both["is_reference"].astype(bool)]
+        assert sorted(both["target"]) == ["fashion-ssl", "fashion-supervised"] and set(both["layer"]) == {1}
+        assert set(both["t"]) == {0.0} and set(both["label"]) == {"null"} and set(both["pooling"]) == {"mean"}
+        at = sweep[(sweep.layer == 1) & (sweep.t == 0) & ~sweep["is_reference"].astype(bool)]["value"].item()
+        assert both.loc[both.target == "fashion-ssl", "value"].item() == pytest.approx(at, abs=1e-9)
 
 
 def test_plan_draws_the_maps_from_the_first_seeds_final_checkpoints(tmp_path):

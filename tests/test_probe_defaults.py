@@ -25,9 +25,10 @@ def test_trained_on_reads_the_run(pair):
     from probe.run_defaults import trained_on
     from train.models.loading import load
 
-    for run in ("repa", "vanilla"):  # the vanilla twin records its REPA twin's encoder
+    teachers = {"repa": ("fashion-ssl", "fashion-supervised"), "vanilla": ("fashion-ssl",)}
+    for run in ("repa", "vanilla"):  # the vanilla twin records its REPA twin's first encoder
         found = trained_on(load(pair[run]))
-        assert found == {"dataset": "fashion-mnist", "data_root": None, "codec": "grey", "encoders": ("fashion-ssl",),
+        assert found == {"dataset": "fashion-mnist", "data_root": None, "codec": "grey", "encoders": teachers[run],
                          "source": "checkpoint"}
 
 
@@ -53,3 +54,33 @@ def test_explicit_choices_win_and_unrecorded_checkpoints_fall_back(tmp_path):
                      random_init_encoder=True, progress=False)
     assert set(df["dataset"]) == {"scenes/val"} and set(df.loc[~df["is_reference"].astype(bool), "target"]) == {"builtin-ssl"}
     assert set(df["codec"]) == {"identity"}
+
+
+def test_a_two_teacher_run_is_probed_against_its_first_teacher_by_default(pair):
+    from probe.analyses import layer_sweep
+
+    df = layer_sweep(pair["repa"], n_images=16, n_train=0, ts=(0.0,), metrics=("cknna",), k=3, layers=(1,),
+                     random_init_encoder=True, progress=False)
+    assert set(df.loc[~df["is_reference"].astype(bool), "target"]) == {"fashion-ssl"}
+
+
+def test_each_teacher_is_read_through_its_own_projector(pair):
+    """A run aligned to two teachers has one projector each (in the order of its encoders): the projection
+    cosine and the projector maps against a teacher use that teacher's projector, and agree (the maps'
+    mean is the projection cosine); a teacher the run was not aligned to is refused."""
+    from probe.analyses import projection_alignment
+    from probe.patch_alignment import patch_alignment
+    from train.errors import UserError
+
+    kw = dict(n_images=8, ts=(0.0,), random_init_encoder=True, progress=False)
+    cos = {}
+    for head, enc in enumerate(("fashion-ssl", "fashion-supervised")):
+        df = projection_alignment(pair["repa"], encoder=enc, labels=("null",), weights=("ema",), baseline_images=0, **kw)
+        assert set(df["projector"]) == {head} and set(df["target"]) == {enc}
+        cos[enc] = df["value"].item()
+        maps = patch_alignment(pair["repa"], methods=("projector",), encoder=enc, seed=0, **kw)
+        assert float(maps.maps[0].astype("float64").mean()) == pytest.approx(cos[enc], abs=1e-6)
+    assert cos["fashion-ssl"] != cos["fashion-supervised"]
+    with pytest.raises(UserError, match="projectors were trained against fashion-ssl, fashion-supervised, not builtin-ssl"):
+        projection_alignment(pair["repa"], encoder="builtin-ssl", labels=("null",), weights=("ema",), baseline_images=0, **kw)
+

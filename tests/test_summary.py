@@ -252,6 +252,23 @@ def test_must_show_checks_against_the_half_to_half_noise():
     assert set(spread(ev).index) == {"repa", "vanilla", "control"}
 
 
+def test_must_show_with_two_teachers_is_met_only_against_both():
+    from studies.must_show import seed_checks
+
+    ev, _ = _must_show_tables(gap=1.0)
+    rows = [{"seed_run": 0, "metric": "cknna", "t": 0.0, "pooling": "mean", "label": "null", "layer": 2, "run": run,
+             "target": target, "value": v}
+            for target, vals in {"ssl": (0.5, 0.4), "sup": (0.3, 0.15)}.items() for run, v in zip(("repa", "vanilla"), vals)]
+    teachers = pd.DataFrame(rows + [{**rows[0], "layer": 1, "value": 9.0}, {**rows[0], "seed_run": 1, "value": 9.0}])
+    row = seed_checks(ev, _must_show_tables(gap=1.0)[1], 0, align=2, teachers=teachers)
+    assert row["CKNNA block 2 vs ssl REPA / vanilla"] == "0.5000 / 0.4000 = 1.25"
+    assert row["CKNNA block 2 vs sup REPA / vanilla"] == "0.3000 / 0.1500 = 2.00"
+    assert row["CKNNA >= 1.5x against every teacher (2)"] is False  # 2.00 against one, 1.25 against the other
+    teachers.loc[(teachers.target == "ssl") & (teachers.run == "vanilla"), "value"] = 0.25
+    assert seed_checks(ev, _must_show_tables(gap=1.0)[1], 0, align=2, teachers=teachers)[
+        "CKNNA >= 1.5x against every teacher (2)"] is True
+
+
 def test_fill_evals_finds_the_evaluation_steps_a_log_lacks_and_inserts_them_in_order(tmp_path):
     import json
     from types import SimpleNamespace

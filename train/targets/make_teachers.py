@@ -36,10 +36,11 @@ import torch
 from train.errors import UserError
 from train.targets.shipped import SHIPPED, WEIGHTS_DIR, sha256, write_sum
 
-# One demo student, the unit of the teachers' compute: the default preset's REPA SiT-T/2 (556,292
-# parameters with its conv projector since plan stage 9; 523,780 with the MLP projector before) for 600
-# steps of batch 32 (REPA-NOTES section 11; make demo).
-DEMO_STUDENT = {"parameters": 556_292, "steps": 600, "batch_size": 32}
+# One demo student, the unit of the teachers' compute: the default preset's REPA SiT-T/2 (630,148
+# parameters with two conv projectors, one per teacher, since plan stage 15; 556,292 with one conv
+# projector from stage 9; 523,780 with the MLP projector before) for 600 steps of batch 32
+# (REPA-NOTES section 11; make demo).
+DEMO_STUDENT = {"parameters": 630_148, "steps": 600, "batch_size": 32}
 KNN_K = 20
 N_MEMORY = 10_000  # training images of the k-NN memory, the linear probe and the class means
 
