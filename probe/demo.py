@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = [p for t in job.tasks if t.name.startswith("figures ") or t.name == "maps" for p in results[t.name]]
         (args.figures / "tables").mkdir(parents=True, exist_ok=True)
         for name in ("probe.csv", "probe.json", "projection_alignment.csv", "projection_alignment.json", "training_metrics.csv", "results.md",
-                     "token_pca.csv", "patch_alignment.csv", "live_alignment.csv"):
+                     "token_pca.csv", "patch_alignment.csv", "live_alignment.csv", "teacher_alignment.csv", "teacher_alignment.json"):
             if (tables / name).is_file() and (tables / name).resolve() != (args.figures / "tables" / name).resolve():
                 shutil.copy(tables / name, args.figures / "tables" / name)
         for p in map(Path, paths):

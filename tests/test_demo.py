@@ -264,3 +264,23 @@ def test_the_samples_figure_puts_each_step_both_runs_have_in_a_row(tmp_path):
     h1 = Image.open(next(p for p in one_row if str(p).endswith(".png"))).size[1]
     assert 1.6 < h2 / h1 < 2.2  # two rows (500 and 1,000: the steps both runs have), not three
     assert plots.sample_grids({"repa": [str(tmp_path / "none.png")]}, tmp_path / "x") == []
+
+
+def test_main_copies_every_table_to_the_figures_folder(tmp_path, monkeypatch):
+    """The tables the graph writes, the two-teacher alignment table included, land in ``--figures``/tables."""
+    import probe.demo as demo
+
+    out, figures = tmp_path / "out", tmp_path / "figures"
+    names = ["probe.csv", "probe.json", "projection_alignment.csv", "projection_alignment.json", "training_metrics.csv",
+             "results.md", "token_pca.csv", "patch_alignment.csv", "live_alignment.csv", "teacher_alignment.csv",
+             "teacher_alignment.json"]
+
+    def graph(tasks, jobs, say):  # what the tasks would have written
+        (out / "tables").mkdir(parents=True)
+        for name in names:
+            (out / "tables" / name).write_text(name)
+        return {t.name: [] for t in tasks}
+
+    monkeypatch.setattr(demo, "run_graph", graph)
+    assert demo.main(["--out", str(out), "--figures", str(figures), "--steps", "2"]) == 0
+    assert sorted(p.name for p in (figures / "tables").iterdir()) == sorted(names)
