@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Choosing the Fashion-MNIST default (issue 21; plan: studies/results/fashion/PLAN.md):
-#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4), 11 (lambda 2.0 with iREPA's targets), 12 (11 on seeds 3, 4), 13 (lambda 4.0), 14 (the supervised teacher on the default), 15 (both teachers), 16 (15 on seeds 3, 4), 17 (both teachers at lambda 4.0)
+#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4), 11 (lambda 2.0 with iREPA's targets), 12 (11 on seeds 3, 4), 13 (lambda 4.0), 14 (the supervised teacher on the default), 15 (both teachers), 16 (15 on seeds 3, 4), 17 (both teachers at lambda 4.0), 18 (both teachers at block 1)
 #   TEACHER=fashion-ssl COND=cond CHOSEN="proj_coeff=1.0" bash studies/fashion_select.sh 4   # later stages: what was chosen
 # then python -m studies.fashion_choose runs/study/fashion applies the plan's rule.
 # Each stage's runs, two at a time on one thread each (JOBS=2), resumable (the same command continues;
@@ -54,7 +54,8 @@ irepa="target_norm=spatial target_norm_gamma=0.6 model.projector=conv"  # iREPA'
             echo "$ROOT/$COND/repa-both-lambda2-irepa $held 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=2.0 $irepa model.z_dims=[128,128]"
           done; fi ;;
       17) echo "$ROOT/$COND/repa-both-lambda4-irepa $seed 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=4.0 $irepa model.z_dims=[128,128]" ;;  # session 10 (PLAN.md)
-      *) echo "the plan has stages 1-17" >&2; exit 2 ;;
+      18) echo "$ROOT/$COND/repa-both-lambda2-irepa-block1 $seed 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=2.0 $irepa model.z_dims=[128,128] model.encoder_depth=1" ;;  # session 10 (PLAN.md)
+      *) echo "the plan has stages 1-18" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do
