@@ -198,24 +198,30 @@ def task_teachers(checkpoint: str, seed: int, options: dict, part: str, dataset:
 
 
 def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: list[tuple[int, str, str]],
-                align_depth: int, out: str, encoder: str, teacher_parts: list[str] | None = None) -> str:
+                align_depth: int, out: str, encoder: str, teacher_parts: list[str] | None = None,
+                others: tuple[str, ...] = ()) -> str:
     """Stack the parts into ``<out>/tables``: probe and projection tables, with several teachers the
     aligned block's CKNNA against each (``teacher_alignment``), every run's training log, the
-    seed-aggregated ``results.md``; and the (first) teacher's sidecar as ``<out>/teacher.json``."""
+    seed-aggregated ``results.md``; and the (first) teacher's sidecar as ``<out>/teacher.json``, with
+    several teachers every teacher's (``encoder``, then ``others``) as ``<out>/teachers.json``."""
     from probe.analyses import save_table
 
     out, teacher = Path(out), task_teacher(encoder)  # cached by now: reads the sidecar
+    more = [task_teacher(name) for name in others]  # shipped teachers: their cards
     tables = out / "tables"
     (out / "teacher.json").write_text(json.dumps(teacher, indent=2))
+    if more:
+        (out / "teachers.json").write_text(json.dumps([teacher, *more], indent=2))
     probe, proj = combine(probe_parts), combine(projection_parts)
     save_table(probe, tables, "probe")
     save_table(proj, tables, "projection_alignment")
-    if teacher_parts:
-        save_table(combine(teacher_parts), tables, "teacher_alignment")
+    against = combine(teacher_parts) if teacher_parts else None
+    if against is not None:
+        save_table(against, tables, "teacher_alignment")
     metrics = read_metrics({(seed, run): Path(d) for seed, run, d in run_dirs})
     metrics.to_csv(tables / "training_metrics.csv", index=False)
     live_rows(metrics).to_csv(tables / "live_alignment.csv", index=False)  # logged by the runs (align_every)
-    (tables / "results.md").write_text(results_markdown(probe, metrics, teacher, align_depth, proj) + "\n")
+    (tables / "results.md").write_text(results_markdown(probe, metrics, teacher, align_depth, proj, against, more) + "\n")
     return str(tables)
 
 
@@ -352,7 +358,7 @@ def plan(args: argparse.Namespace) -> Plan:
     parts = {kind: [t.args[3] + ".parquet" for t in probes if t.name.startswith(kind)] for kind in ("probe", "projection", "teachers")}
     tables = Task("tables", task_tables, (parts["probe"], parts["projection"],
                                           [(seed, run, str(d)) for (seed, run), d in run_dirs.items()], align, str(args.out),
-                                          encoder, parts["teachers"]),
+                                          encoder, parts["teachers"], tuple(cfg0.encoders[1:])),
                   ("teacher", *(t.name for t in probes)))
     shown = sorted({*range(cfg0.sample_every, cfg0.steps, cfg0.sample_every or cfg0.steps), cfg0.steps})  # steps with grids, not 0
     samples = {run: [str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{s:07d}.png") for s in shown] for run in RUNS}

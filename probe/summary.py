@@ -122,11 +122,22 @@ def _bounded(v: float, bound: str, fmt: str) -> str:
     return ("" if bound == "=" else bound.replace("<=", "≤ ") + ("" if bound == "<=" else " ")) + format(v, fmt)
 
 
+def _card_line(card: dict) -> str:
+    """One line from a shipped teacher's card: its test-set measures and compute."""
+    m = card["measures"]
+    return (f"Shipped teacher {card.get('name', '')} ({card.get('config', {}).get('kind', '')}): test-set "
+            f"linear probe {m['linear_probe_accuracy']:.4f}, k-NN {m['knn_accuracy']:.4f}, LDS {m['lds']:.3f}, class R^2 "
+            f"{m['class_r2']:.3f}; compute {card['compute']['ratio_to_demo_student']:g}x one demo student (its card).")
+
+
 def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, align_depth: int,
-                     projection: pd.DataFrame | None = None) -> str:
+                     projection: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
+                     more_teachers: list[dict] | None = None) -> str:
     """The results tables (markdown): every number is a mean ± sd over the seeds in the tables.
     ``projection``: :func:`probe.analyses.projection_alignment` rows of the final REPA checkpoints
-    (with ``seed_run``), if measured."""
+    (with ``seed_run``), if measured; ``teachers``: with several teachers, the aligned block's CKNNA of
+    every run's last checkpoint against each (``probe.demo.task_teachers``), and ``more_teachers`` the
+    cards of the teachers after the first."""
     seeds = sorted(probe["seed_run"].dropna().unique().astype(int))
     out = [f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over seeds; sd with ddof=1). Aligned layer: {align_depth}.", ""]
 
@@ -212,12 +223,21 @@ def results_markdown(probe: pd.DataFrame, metrics: pd.DataFrame, teacher: dict, 
             cells = [mean_sd(blind[blind["label"] == label]["value"]) for label in ("real", "null")]
             out.append(f"| image-blind baseline | - | {cells[0]} (class-mean token) | {cells[1]} (mean token) |")
 
-    if "measures" in teacher:  # a shipped teacher's card
-        m = teacher["measures"]
-        out += ["", f"Shipped teacher {teacher.get('name', '')} ({teacher.get('config', {}).get('kind', '')}): test-set "
-                f"linear probe {m['linear_probe_accuracy']:.4f}, k-NN {m['knn_accuracy']:.4f}, LDS {m['lds']:.3f}, class R^2 "
-                f"{m['class_r2']:.3f}; compute {teacher['compute']['ratio_to_demo_student']:g}x one demo student (its card)."]
-    elif "linear_probe_accuracy" in teacher:
+    if teachers is not None and len(teachers):
+        t = teachers[~teachers["is_reference"].astype(bool)] if "is_reference" in teachers else teachers
+        runs = list(dict.fromkeys(t["run"]))
+        out += ["", f"### The aligned layer {align_depth} against every teacher (final checkpoint, t = 0, null label, mean pooling)", "",
+                "| teacher | " + " | ".join(f"CKNNA {r}" for r in runs) + " | REPA / vanilla (per seed) |",
+                "|---|" + "---|" * len(runs) + "---|"]
+        for target, g in t.groupby("target", sort=False):
+            by = {r: g[g["run"] == r].sort_values("seed_run") for r in runs}
+            ratio = ", ".join(f"{a / b:.2f}" for a, b in zip(by["repa"]["value"], by["vanilla"]["value"])) if {"repa", "vanilla"} <= set(by) else "-"
+            out.append(f"| {target} | " + " | ".join(mean_sd(by[r]["value"]) for r in runs) + f" | {ratio} |")
+
+    for card in [teacher, *(more_teachers or [])]:
+        if "measures" in card:
+            out += ["", _card_line(card)]
+    if "measures" not in teacher and "linear_probe_accuracy" in teacher:
         kind = teacher.get("config", {}).get("kind", "supervised")
         head = f", classifier accuracy {teacher['val_accuracy']:.4f}" if "val_accuracy" in teacher else ""
         out += ["", f"Built-in teacher {teacher.get('name', '')} ({kind}): held-out linear-probe accuracy "

@@ -143,6 +143,7 @@ def test_plan_probes_every_checkpoint_of_every_run(tmp_path, monkeypatch):
     ckpt, seed, _, part, dataset, encoders, layer = by_name["teachers vanilla seed 4"].args
     assert (ckpt, seed, encoders, layer) == (ckpts[-1], 4, ("fashion-ssl", "fashion-supervised"), 2)
     assert by_name["tables"].args[6] == [by_name[f"teachers {r} seed {s}"].args[3] + ".parquet" for s in (3, 4) for r in ("repa", "vanilla")]
+    assert by_name["tables"].args[7] == ("fashion-supervised",)  # the cards of the teachers after the first
     one = {t.name for t in plan(argparse.Namespace(**{**vars(args), "set": ["encoders=fashion-ssl", "model.z_dims=128"]})).tasks}
     assert not any(n.startswith("teachers ") for n in one)  # one teacher: the sweep holds it all
     assert {n for n in by_name if n.startswith("figures ")} == {f"figures {w}" for w in ("training", "cknna", "cka", "mutual_knn", "linear_probe")}

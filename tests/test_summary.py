@@ -94,6 +94,24 @@ def test_mean_sd_and_markdown():
     assert "| 400 | 2.5 ± 0.0 | 1.2 ± 0.0 | 0.100 ± 0.000 | 0.200 ± 0.000 | 0.500 ± 0.000 | 0.700 ± 0.000 |" in md
 
 
+def test_markdown_lists_the_aligned_layer_against_every_teacher_and_their_cards():
+    def card(name, kind):
+        return {"name": name, "config": {"kind": kind}, "compute": {"ratio_to_demo_student": 20.5},
+                "measures": {"linear_probe_accuracy": 0.8, "knn_accuracy": 0.7, "lds": 0.05, "class_r2": 0.5}}
+
+    rows = [{"run": run, "seed_run": seed, "target": target, "value": v, "is_reference": False}
+            for target, vals in {"ssl": {"repa": (0.5, 0.6), "vanilla": (0.4, 0.4)}, "sup": {"repa": (0.3, 0.3), "vanilla": (0.15, 0.2)}}.items()
+            for run, per_seed in vals.items() for seed, v in enumerate(per_seed)]
+    rows.append({**rows[0], "is_reference": True, "value": 9.0})
+    md = results_markdown(_probe_table(), _metrics_table(), card("ssl", "ssl"), 2, teachers=pd.DataFrame(rows),
+                          more_teachers=[card("sup", "supervised")])
+    assert "### The aligned layer 2 against every teacher" in md
+    assert "| ssl | 0.550 ± 0.071 | 0.400 ± 0.000 | 1.25, 1.50 |" in md  # per seed: 0.5 / 0.4, 0.6 / 0.4
+    assert "| sup | 0.300 ± 0.000 | 0.175 ± 0.035 | 2.00, 1.50 |" in md
+    assert "Shipped teacher ssl (ssl)" in md and "Shipped teacher sup (supervised)" in md
+    assert "against every teacher" not in results_markdown(_probe_table(), _metrics_table(), card("ssl", "ssl"), 2)
+
+
 def test_markdown_ignores_token_level_rows():
     """Token-level and spatial rows (and the encoder's spatial reference rows) leave the summary as it was."""
     p = _probe_table()
