@@ -18,6 +18,15 @@ t=${TEACHER#fashion-}
 case $COND in cond) base="model.class_dropout_prob=0.1" ;; uncond) base="model.class_dropout_prob=1.0" ;; *) echo "COND is cond or uncond" >&2; exit 2 ;; esac
 repa="encoders=$TEACHER $base $CHOSEN"
 irepa="target_norm=spatial target_norm_gamma=0.6 model.projector=conv"  # iREPA's targets (stages 5, 9-12)
+# both shipped teachers at once (stages 15-18): one projector each, the default's conditioning and iREPA's targets
+both="--encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN $irepa model.z_dims=[128,128]"
+held_out() {  # the held-out check of a stage's pick (PLAN.md), nothing chosen on it: vanilla and the pick on seeds 3, 4
+  local variant=$1; shift
+  for held in 3 4; do
+    echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
+    echo "$ROOT/$COND/$variant $held 2000 $*"
+  done
+}
 {
   for seed in 0 1 2; do
     case $stage in
@@ -35,26 +44,18 @@ irepa="target_norm=spatial target_norm_gamma=0.6 model.projector=conv"  # iREPA'
       8) echo "$ROOT/$COND-4k/vanilla $seed 4000 --vanilla --set $common $base"
          echo "$ROOT/$COND-4k/repa-$t $seed 4000 --set $common $repa" ;;
       9) echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 $irepa" ;;
-      10) if [ "$seed" = 0 ]; then for held in 3 4; do  # the held-out check of stage 9's pick (PLAN.md): nothing is chosen on it
-            echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
-            echo "$ROOT/$COND/repa-$t-lambda1-irepa $held 2000 --set $common $repa proj_coeff=1.0 $irepa"
-          done; fi ;;  # an if, not [ ] &&: a false test on seeds 1 and 2 must not fail the pipeline (set -e, pipefail)
+      10) if [ "$seed" = 0 ]; then held_out "repa-$t-lambda1-irepa" --set $common $repa proj_coeff=1.0 $irepa; fi ;;  # stage 9's pick
+          # (an if, not [ ] &&: a false test on seeds 1 and 2 must not fail the pipeline: set -e, pipefail)
       11) echo "$ROOT/$COND/vanilla $seed 2000 --vanilla --set $common $base"  # stage 11 ran on a new machine: its vanilla and stage 9 again beside it
           echo "$ROOT/$COND/repa-$t-lambda1-irepa $seed 2000 --set $common $repa proj_coeff=1.0 $irepa"
           echo "$ROOT/$COND/repa-$t-lambda2-irepa $seed 2000 --set $common $repa proj_coeff=2.0 $irepa" ;;
-      12) if [ "$seed" = 0 ]; then for held in 3 4; do  # the held-out check of stage 11, if it won (PLAN.md): nothing is chosen on it
-            echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
-            echo "$ROOT/$COND/repa-$t-lambda2-irepa $held 2000 --set $common $repa proj_coeff=2.0 $irepa"
-          done; fi ;;
+      12) if [ "$seed" = 0 ]; then held_out "repa-$t-lambda2-irepa" --set $common $repa proj_coeff=2.0 $irepa; fi ;;  # stage 11's pick
       13) echo "$ROOT/$COND/repa-$t-lambda4-irepa $seed 2000 --set $common $repa proj_coeff=4.0 $irepa" ;;  # session 8 (PLAN.md)
       14) echo "$ROOT/$COND/repa-sup-lambda2-irepa $seed 2000 --set $common encoders=fashion-supervised $base $CHOSEN proj_coeff=2.0 $irepa" ;;  # session 9 (PLAN.md)
-      15) echo "$ROOT/$COND/repa-both-lambda2-irepa $seed 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=2.0 $irepa model.z_dims=[128,128]" ;;  # session 9 (PLAN.md)
-      16) if [ "$seed" = 0 ]; then for held in 3 4; do  # the held-out check of stage 15, as it won (PLAN.md): nothing is chosen on it
-            echo "$ROOT/$COND/vanilla $held 2000 --vanilla --set $common $base"
-            echo "$ROOT/$COND/repa-both-lambda2-irepa $held 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=2.0 $irepa model.z_dims=[128,128]"
-          done; fi ;;
-      17) echo "$ROOT/$COND/repa-both-lambda4-irepa $seed 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=4.0 $irepa model.z_dims=[128,128]" ;;  # session 10 (PLAN.md)
-      18) echo "$ROOT/$COND/repa-both-lambda2-irepa-block1 $seed 2000 --encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN proj_coeff=2.0 $irepa model.z_dims=[128,128] model.encoder_depth=1" ;;  # session 10 (PLAN.md)
+      15) echo "$ROOT/$COND/repa-both-lambda2-irepa $seed 2000 $both proj_coeff=2.0" ;;  # session 9 (PLAN.md)
+      16) if [ "$seed" = 0 ]; then held_out repa-both-lambda2-irepa $both proj_coeff=2.0; fi ;;  # stage 15's pick
+      17) echo "$ROOT/$COND/repa-both-lambda4-irepa $seed 2000 $both proj_coeff=4.0" ;;  # session 10 (PLAN.md)
+      18) echo "$ROOT/$COND/repa-both-lambda2-irepa-block1 $seed 2000 $both proj_coeff=2.0 model.encoder_depth=1" ;;  # session 10 (PLAN.md)
       *) echo "the plan has stages 1-18" >&2; exit 2 ;;
     esac
   done

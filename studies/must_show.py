@@ -39,6 +39,13 @@ def noise(a: pd.Series, b: pd.Series, metric: str) -> pd.Series:
     return np.maximum(gap(a), gap(b))
 
 
+def repa_over_vanilla(rows: pd.DataFrame) -> tuple[float, str]:
+    """REPA's mean value over vanilla's in ``rows`` (one slice of a probe table): the ratio and its cell."""
+    at = {r: rows[rows.run == r]["value"].mean() for r in ("repa", "vanilla")}
+    ratio = at["repa"] / at["vanilla"]
+    return ratio, f"{at['repa']:.4f} / {at['vanilla']:.4f} = {ratio:.2f}"
+
+
 def teacher_checks(teachers: pd.DataFrame, seed: int, align: int) -> dict:
     """The alignment check against every teacher of ``teachers`` (the demo's ``teacher_alignment`` table:
     null-label, mean-pooled CKNNA at t = 0 of each run's last checkpoint): REPA / vanilla per teacher, and
@@ -47,9 +54,8 @@ def teacher_checks(teachers: pd.DataFrame, seed: int, align: int) -> dict:
                  & (teachers.pooling == "mean") & (teachers.label == "null") & (teachers.layer == align)]
     row, ratios = {}, []
     for target, g in p.groupby("target", sort=False):
-        at = {r: g[g.run == r]["value"].mean() for r in ("repa", "vanilla")}
-        ratios.append(at["repa"] / at["vanilla"])
-        row[f"CKNNA block {align} vs {target} REPA / vanilla"] = f"{at['repa']:.4f} / {at['vanilla']:.4f} = {ratios[-1]:.2f}"
+        ratio, row[f"CKNNA block {align} vs {target} REPA / vanilla"] = repa_over_vanilla(g)
+        ratios.append(ratio)
     if ratios:
         row[f"CKNNA >= 1.5x against every teacher ({len(ratios)})"] = bool(min(ratios) >= 1.5)
     return row
@@ -75,8 +81,7 @@ def seed_checks(ev: pd.DataFrame, probe: pd.DataFrame, seed: int, align: int, te
     p = probe[(probe.seed_run == seed) & (probe.metric == "cknna") & (probe.t == 0) & (probe.pooling == "mean")
               & (probe.label == "null")]
     last = p.step.max()
-    at = {r: p[(p.run == r) & (p.step == last) & (p.layer == align)]["value"].mean() for r in ("repa", "vanilla")}
-    row[f"CKNNA block {align} REPA / vanilla (>= 1.5)"] = f"{at['repa']:.4f} / {at['vanilla']:.4f} = {at['repa'] / at['vanilla']:.2f}"
+    _, row[f"CKNNA block {align} REPA / vanilla (>= 1.5)"] = repa_over_vanilla(p[(p.step == last) & (p.layer == align)])
     if teachers is not None:
         row.update(teacher_checks(teachers, seed, align))
     row["REPA class acc (>= 0.75)"] = round(rep["class_acc"].iloc[-1], 3)
