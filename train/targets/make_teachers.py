@@ -127,7 +127,7 @@ def build(name: str, out: Path, progress: bool = True) -> Path:
         params = sum(p.numel() for p in TeacherViT(cfg).parameters())
         measures = {**({"head_test_accuracy": sidecar["val_accuracy"]} if "val_accuracy" in sidecar else {}),
                     **teacher_measures(name, path)}
-    passes = cfg.steps * cfg.batch_size
+    passes = cfg.steps * cfg.batch_size * getattr(cfg, "views", 1)  # the contrastive teacher sees two views
     student = DEMO_STUDENT["parameters"] * DEMO_STUDENT["steps"] * DEMO_STUDENT["batch_size"]
     digest = sha256(path)
     card = {

@@ -14,6 +14,11 @@ to do:
 * ``ssl``: masked-token prediction (SimMIM-style): half of the patches are blanked in the input and
   their tokens replaced by a learned mask token; a linear head predicts each masked patch's pixels
   (normalised per patch, as MAE's ``norm_pix_loss``).  Self-supervised, no label of any kind.
+* ``contrastive``: SimCLR's NT-Xent (Chen et al. 2020, eq. 1) on two augmented views of each image
+  (a random resized crop, a flip, a brightness/contrast jitter): a 2-layer MLP head maps each view's
+  mean patch token to an embedding whose cosine to the other view of the same image must beat the
+  2N - 2 other views of the batch.  Self-supervised, no label; its features are what survives the
+  augmentations (the shape, not its pixels), which a denoiser does not learn alone.
 * ``supervised``: the class label, read by a linear head from the mean of the patch tokens, with
   random translations and flips (the project's first teacher; the tokens then carry mostly the
   class, which a class-conditional model already receives: RESULTS.md).  Kept as the control.
@@ -50,7 +55,7 @@ from train.targets.fit import augment, fit, fit_classifier  # noqa: F401 (re-exp
 
 TEACHER_MEAN = TEACHER_STD = (0.5, 0.5, 0.5)
 TEACHER_FORMAT = "repa-builtin-teacher/1"
-KINDS = ("dense", "ssl", "supervised")
+KINDS = ("dense", "ssl", "contrastive", "supervised")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class TeacherConfig:
     # 1 = per token); norm_pix: targets normalised per patch (MAE's norm_pix_loss) or raw pixels
     mask_block: int = 1
     norm_pix: bool = True
+    # contrastive: NT-Xent temperature and the smallest area share of the random resized crop
+    temperature: float = 0.2
+    crop_scale: float = 0.4
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -95,9 +103,15 @@ class TeacherConfig:
         if self.kind == "dense" and self.dataset != "scenes":
             raise UserError("the dense teacher trains on the per-pixel ground truth of the scenes dataset: set dataset='scenes'")
 
+    @property
+    def views(self) -> int:
+        """Passes of each drawn image through the network per step (the contrastive kind's two views)."""
+        return 2 if self.kind == "contrastive" else 1
+
     def key(self) -> str:
         fields = asdict(self)
-        for name, default in (("mask_block", 1), ("norm_pix", True)):  # keys from before these fields
+        for name, default in (("mask_block", 1), ("norm_pix", True), ("temperature", 0.2),
+                              ("crop_scale", 0.4)):  # keys from before these fields
             if fields[name] == default:
                 fields.pop(name)
         blob = json.dumps({"format": TEACHER_FORMAT, **fields}, sort_keys=True)
@@ -116,12 +130,15 @@ def _fashion_teacher(kind: str) -> TeacherConfig:
                   num_classes=10, n_train=60_000, steps=2400, batch_size=128, lr=1e-3, warmup=200)
     if kind == "ssl":  # SimMIM: 60 % of 4 x 4 blocks of 2 x 2 tokens masked, raw pixels predicted
         return TeacherConfig(**common, mask_ratio=0.6, mask_block=2, norm_pix=False)
+    if kind == "contrastive":  # SimCLR: two views per image, so half the steps for the same image-passes
+        return TeacherConfig(**{**common, "steps": 1200}, temperature=0.2, crop_scale=0.4)
     return TeacherConfig(**common, shift=2)
 
 
 TEACHERS: dict[str, TeacherConfig] = {
     "fashion-ssl": _fashion_teacher("ssl"),
     "fashion-supervised": _fashion_teacher("supervised"),
+    "fashion-contrastive": _fashion_teacher("contrastive"),
     "builtin-dense": _scenes_teacher("dense"),
     "builtin-ssl": _scenes_teacher("ssl"),
     "builtin-supervised": _scenes_teacher("supervised"),
@@ -179,6 +196,8 @@ class TeacherViT(nn.Module):
             self.head = nn.Linear(w, cfg.num_classes)
         elif cfg.kind == "dense":
             self.head = nn.Linear(w, pp * sum(_dense_channels(cfg)))
+        elif cfg.kind == "contrastive":  # SimCLR's projection head g(.) on the mean token
+            self.head = nn.Sequential(nn.Linear(w, 2 * w), nn.GELU(), nn.Linear(2 * w, w))
         else:
             self.head = nn.Linear(w, pp * 3)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, w))
@@ -210,9 +229,10 @@ class TeacherViT(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (supervised); the per-token head's output otherwise."""
+        """Class logits (supervised), the embedding of the mean token (contrastive); the per-token head's
+        output otherwise."""
         feats = self.forward_features(x)
-        return self.head(feats.mean(1) if self.cfg.kind == "supervised" else feats)
+        return self.head(feats.mean(1) if self.cfg.kind in ("supervised", "contrastive") else feats)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,6 +274,37 @@ def masked_loss(model: TeacherViT, x: torch.Tensor, mask: torch.Tensor) -> torch
     return (err * mask).sum() / mask.sum().clamp(min=1)
 
 
+def random_views(x: torch.Tensor, crop_scale: float, gen: torch.Generator) -> torch.Tensor:
+    """One augmented view of each image of ``x`` ``(B, C, H, W)`` in [-1, 1]: a random resized crop
+    (area share in [``crop_scale``, 1], aspect ratio in [3/4, 4/3], bilinear, edge padding), a
+    horizontal flip with probability 1/2, then contrast x (0.6..1.4) and brightness + (-0.4..0.4),
+    clamped to [-1, 1] (SimCLR's augmentations for one grey channel)."""
+    b = x.shape[0]
+    u = torch.rand(b, 7, generator=gen)                                           # (B, 7)
+    area = crop_scale + (1 - crop_scale) * u[:, 0]
+    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1])
+    sx, sy = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)  # crop side / image side
+    tx, ty = (1 - sx) * (2 * u[:, 2] - 1), (1 - sy) * (2 * u[:, 3] - 1)           # crop centre, inside the image
+    sx = torch.where(u[:, 4] < 0.5, -sx, sx)                                      # flip
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, sy, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)               # (B, H, W, 2)
+    v = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, C, H, W)
+    contrast, bright = 0.6 + 0.8 * u[:, 5], -0.4 + 0.8 * u[:, 6]
+    return (v * contrast.view(-1, 1, 1, 1) + bright.view(-1, 1, 1, 1)).clamp(-1, 1)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020, eq. 1), averaged over all 2N views: for view i with
+    positive j, ``-log exp(s_ij / tau) / sum_{k != i} exp(s_ik / tau)``, ``s`` the cosine similarity."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)                                    # (2N, D)
+    n = z1.shape[0]
+    sim = (z @ z.T) / temperature                                                 # (2N, 2N)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    return F.cross_entropy(sim, positive)
+
+
 def _teacher_loss(model: TeacherViT, data, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     cfg = model.cfg
 
@@ -266,6 +317,12 @@ def _teacher_loss(model: TeacherViT, data, gen: torch.Generator) -> Callable[[to
             x, tm, dm, bd = flip(idx, data.images[idx].float() / 127.5 - 1.0, data.type_map[idx],
                                  data.depth_map[idx], data.boundary[idx])
             return dense_loss(model, x, tm, dm, bd)
+    elif cfg.kind == "contrastive":
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            x = data.images[idx].float() / 127.5 - 1.0
+            x1, x2 = random_views(x, cfg.crop_scale, gen), random_views(x, cfg.crop_scale, gen)
+            z = model(torch.cat([x1, x2]))                                        # (2B, width)
+            return nt_xent(z[:len(idx)], z[len(idx):], cfg.temperature)
     else:  # ssl
         g, m = cfg.image_size // cfg.patch, cfg.mask_block
         blocks = (g // m) ** 2  # masks on the coarse grid of m x m token blocks, then repeated per token
