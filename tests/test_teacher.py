@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from train.targets.encoders import load_encoder
 from train.errors import UserError
 from train.data.synthetic import MAX_SHAPES, SCENE_CLASSES, ScenesDataset, render_scenes
-from train.targets.teacher import (TEACHERS, TeacherConfig, TeacherViT, dense_loss, masked_loss, patchify, teacher_path,
-                           train_builtin_teacher)
+from train.targets.teacher import (TEACHERS, TeacherConfig, TeacherViT, dense_loss, masked_loss, nt_xent, patchify,
+                                   random_views, teacher_path, train_builtin_teacher)
 
 TINY = dict(width=32, depth=1, heads=2, steps=3, batch_size=8, n_train=64, warmup=1)
 
@@ -90,11 +90,46 @@ def test_masked_loss_only_counts_masked_patches():
     assert masked_loss(model, x2, mask) != loss
 
 
+def test_nt_xent_equals_its_definition():
+    """SimCLR eq. 1 by brute force: for every view i (2N of them) with positive j, -log of
+    exp(cos(z_i, z_j) / tau) over the sum of exp(cos(z_i, z_k) / tau) for k != i; the mean over i."""
+    torch.manual_seed(0)
+    z1, z2, tau = torch.randn(5, 7), torch.randn(5, 7), 0.3
+    z = torch.cat([z1, z2])
+    n, total = 5, 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        cos = [float(F.cosine_similarity(z[i], z[k], dim=0)) for k in range(2 * n)]
+        den = sum(torch.tensor(cos[k] / tau).exp() for k in range(2 * n) if k != i)
+        total += float(-(torch.tensor(cos[j] / tau).exp() / den).log())
+    assert float(nt_xent(z1, z2, tau)) == pytest.approx(total / (2 * n), rel=1e-5)
+    assert float(nt_xent(z1, z1 * 3.0, 0.05)) < 0.01  # a view equal to its positive (up to scale) is found
+
+
+def test_random_views_are_crops_flips_and_jitter():
+    x = torch.rand(64, 3, 16, 16) * 2 - 1
+    a = random_views(x, 0.4, torch.Generator().manual_seed(1))
+    assert torch.equal(a, random_views(x, 0.4, torch.Generator().manual_seed(1)))  # one generator decides
+    assert a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, random_views(x, 0.4, torch.Generator().manual_seed(2)))
+    # geometry only moves pixels: a constant image stays constant (contrast and brightness shift the value)
+    flat = random_views(torch.full((8, 3, 16, 16), 0.2), 0.4, torch.Generator().manual_seed(0))
+    assert (flat.amax((1, 2, 3)) - flat.amin((1, 2, 3))).max() < 1e-5 and flat.std(0).mean() > 0
+    # crop_scale 1 with a square crop is the whole image: a horizontal gradient comes back itself or flipped,
+    # up to the jitter's affine change of value
+    ramp = torch.linspace(-0.5, 0.5, 16).expand(256, 3, 16, 16).contiguous()
+    v = random_views(ramp, 1.0, torch.Generator().manual_seed(3))
+    row = v[:, 0, 8]                                                              # (256, 16)
+    slope = row[:, -1] - row[:, 0]
+    assert ((slope > 0).float().mean() - 0.5).abs() < 0.15  # flipped about half of the time
+
+
 def test_cache_key_covers_every_field_and_threads(tmp_path):
     base = TeacherConfig(kind="ssl", dataset="scenes", num_classes=8, **TINY)
     keys = {base.key()} | {dataclasses.replace(base, **{f: v}).key() for f, v in
-                           (("threads", 2), ("seed", 1), ("mask_ratio", 0.25), ("width", 16))}
-    assert len(keys) == 5
+                           (("threads", 2), ("seed", 1), ("mask_ratio", 0.25), ("width", 16),
+                                                   ("temperature", 0.5), ("crop_scale", 0.6))}
+    assert len(keys) == 7
     path = train_builtin_teacher(base, tmp_path, progress=False)
     assert path == teacher_path(base, tmp_path)
     again = train_builtin_teacher(base, tmp_path / "b", progress=False)
@@ -103,7 +138,7 @@ def test_cache_key_covers_every_field_and_threads(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # deterministic given the config
 
 
-@pytest.mark.parametrize("kind", ["dense", "ssl", "supervised"])
+@pytest.mark.parametrize("kind", ["dense", "ssl", "contrastive", "supervised"])
 def test_each_kind_trains_and_loads_as_an_encoder(tmp_path, kind):
     cfg = TeacherConfig(kind=kind, dataset="scenes", num_classes=8, **TINY)
     path = train_builtin_teacher(cfg, tmp_path, progress=False)
@@ -121,7 +156,7 @@ def test_bad_teacher_configs_are_one_line_errors():
         TeacherConfig(kind="dino")
     with pytest.raises(UserError, match="dense teacher trains on the per-pixel ground truth"):
         TeacherConfig(kind="dense", dataset="shapes")
-    assert set(TEACHERS) == {"fashion-ssl", "fashion-supervised", "builtin-dense", "builtin-ssl", "builtin-supervised", "builtin-teacher"}
+    assert set(TEACHERS) == {"fashion-ssl", "fashion-supervised", "fashion-contrastive", "builtin-dense", "builtin-contrastive", "builtin-ssl", "builtin-supervised", "builtin-teacher"}
 
 
 def test_each_built_in_dataset_has_its_own_evaluator():

@@ -23,8 +23,9 @@ to do:
   random translations and flips (the project's first teacher; the tokens then carry mostly the
   class, which a class-conditional model already receives: RESULTS.md).  Kept as the control.
 
-Encoder names (:data:`TEACHERS`): ``builtin-dense``, ``builtin-ssl`` and ``builtin-supervised`` are
-trained on ``scenes``; ``builtin-teacher`` is the first teacher exactly (supervised, on ``shapes``).
+Encoder names (:data:`TEACHERS`): ``builtin-dense``, ``builtin-ssl``, ``builtin-contrastive`` and
+``builtin-supervised`` are trained on ``scenes``; ``fashion-ssl``, ``fashion-supervised`` and
+``fashion-contrastive`` are shipped (:mod:`train.targets.shipped`); ``builtin-teacher`` is the first teacher exactly (supervised, on ``shapes``).
 Each is cached as ``$REPA_CACHE/teacher/<key>.safetensors`` with a JSON sidecar (config, training
 time, held-out accuracies); the key hashes every field of :class:`TeacherConfig`, the thread count
 included (training runs on ``cfg.threads`` threads whatever the caller's count, so the weights
@@ -141,6 +142,7 @@ TEACHERS: dict[str, TeacherConfig] = {
     "fashion-contrastive": _fashion_teacher("contrastive"),
     "builtin-dense": _scenes_teacher("dense"),
     "builtin-ssl": _scenes_teacher("ssl"),
+    "builtin-contrastive": _scenes_teacher("contrastive"),
     "builtin-supervised": _scenes_teacher("supervised"),
     "builtin-teacher": TeacherConfig(),  # the first built-in teacher: supervised, on shapes
 }
