@@ -241,7 +241,7 @@ def test_the_demo_student_of_the_cards_is_the_tiny_preset():
     assert cfg.batch_size == DEMO_STUDENT["batch_size"] and cfg.steps <= DEMO_STUDENT["steps"]
 
 
-@pytest.mark.parametrize("name", ["fashion-ssl", "fashion-supervised", "fashion-evaluator"])
+@pytest.mark.parametrize("name", ["fashion-ssl", "fashion-supervised", "fashion-contrastive", "fashion-evaluator"])
 def test_shipped_networks_verify_load_and_meet_their_bars(name):
     """The committed weights: their digest, their card, and what issue 21 asks of them."""
     from train.targets.shipped import SHIPPED, sha256, verified_path
