@@ -188,13 +188,18 @@ def training_curves(metrics: pd.DataFrame, out: str | os.PathLike) -> list[Path]
               "class_acc": "class accuracy of samples (label asked for)", "class_confidence": "evaluator's mean confidence"}
     long = metrics.melt(id_vars=["run", "seed", "step"], value_vars=panels, var_name="panel").dropna(subset=["value"])
     long = long[~((long["panel"] == "proj_loss") & (long["run"] == "vanilla"))]
-    grid = sns.relplot(data=long, x="step", y="value", hue="run", col="panel", col_wrap=2, kind="line", marker=".",
-                       facet_kws={"sharey": False}, height=3.0, aspect=1.4, errorbar=("pi", 100))
+    # a dash pattern per run as well as a colour: where the runs' curves coincide (the denoising loss),
+    # the one drawn last does not hide the others
+    grid = sns.relplot(data=long, x="step", y="value", hue="run", style="run", col="panel", col_wrap=2, kind="line",
+                       marker=".", facet_kws={"sharey": False}, height=3.0, aspect=1.4, errorbar=("pi", 100))
     for ax, panel in zip(grid.axes.flat, panels):
         ax.set_title(labels[panel])
         ax.set_ylabel("")
         if panel == "fd":
             ax.set_yscale("log")
+        if panel in ("denoise_loss", "proj_loss"):  # logged every few steps: lines only, dots would cover them
+            for line in ax.get_lines():
+                line.set_marker("")
     grid.figure.suptitle(f"Training, REPA vs vanilla ({metrics['seed'].nunique()} seed(s); band: min-max over seeds)", y=1.02)
     return _save(grid.figure, out, "training_curves")
 

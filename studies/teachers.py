@@ -1,8 +1,9 @@
 """The built-in teachers' token statistics (RESULTS.md, "Teachers"):
 
-    python studies/teachers.py [--out studies/results/teachers.csv]
+    python -m studies.teachers [--out studies/results/teachers.csv]
 
-For every built-in teacher on its dataset's val split: the held-out linear-probe accuracy of the
+For every built-in teacher (``builtin-*``: trained here on first use and cached; the shipped
+``fashion-*`` teachers' measures are in their cards, ``train/weights/<name>.json``) on its dataset's val split: the held-out linear-probe accuracy of the
 mean-pooled tokens (its sidecar), LDS / CDS / RMSC of its tokens (``probe.metrics``, per image and
 averaged over images, default radii), and the share of the token variance the class label explains:
 R^2 = 1 - sum |y - mu_{c, p}|^2 / sum |y - mu_p|^2 over val images, positions p and channels, with the
@@ -40,6 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for name, cfg in TEACHERS.items():
+        if not name.startswith("builtin-"):
+            continue
         enc = load_encoder(name)
         sidecar = json.loads(teacher_path(cfg).with_suffix(".json").read_text())
         train, val = _dataset(cfg, "train"), _dataset(cfg, "val")

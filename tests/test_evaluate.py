@@ -329,6 +329,14 @@ def test_kid_memo_gives_the_same_bits_and_keeps_real_sets_apart():
     assert len(memo) == 2  # one entry per real set (same sizes, seed and kernel)
     kid(fakes[0][:200], real, subsets=7, subset_size=100, memo=memo)  # another fake size draws other real subsets
     assert len(memo) == 3
+    # a real set with the same shape, total and first row as another, differing elsewhere, is another entry
+    twin = real.copy()
+    twin[[5, 6], 0], twin[[5, 6], 1] = real[[5, 6], 1], real[[5, 6], 0]  # swap two columns in rows 5 and 6
+    twin[5, 2] += 0.25
+    twin[6, 2] -= 0.25
+    assert twin.sum() == pytest.approx(real.sum(), abs=1e-12) and np.array_equal(twin[0], real[0])
+    assert kid(fakes[0], twin, subsets=7, subset_size=100, memo=memo) == kid(fakes[0], twin, subsets=7, subset_size=100)
+    assert len(memo) == 4
 
 
 def test_training_evaluator_uses_fixed_noise(evaluator_file):
