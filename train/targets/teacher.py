@@ -1,7 +1,7 @@
 """The built-in teachers: small ViTs this project trains itself, standing in for DINOv2 offline.
 
 No pretrained encoder can be downloaded on the project's machines, so REPA's target encoder is
-trained here on the built-in data, on first use, and cached.  Three kinds share one architecture
+trained here on the built-in data, on first use, and cached.  Four kinds share one architecture
 (:class:`TeacherViT`: a convolutional stem -- ``log2(patch)`` stride-2 3x3 convs, patch 4 on 32 px
 -> 8 x 8 tokens --, learned position embeddings, pre-norm transformer blocks, a final LayerNorm on
 every token; the targets are those final-norm patch tokens) and differ in what they are trained
