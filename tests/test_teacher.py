@@ -115,8 +115,8 @@ def test_random_views_are_crops_flips_and_jitter():
     # geometry only moves pixels: a constant image stays constant (contrast and brightness shift the value)
     flat = random_views(torch.full((8, 3, 16, 16), 0.2), 0.4, torch.Generator().manual_seed(0))
     assert (flat.amax((1, 2, 3)) - flat.amin((1, 2, 3))).max() < 1e-5 and flat.std(0).mean() > 0
-    # crop_scale 1 with a square crop is the whole image: a horizontal gradient comes back itself or flipped,
-    # up to the jitter's affine change of value
+    # at crop_scale 1 a crop spans the whole width or height; a horizontal gradient keeps the sign of its slope
+    # through the crop and the jitter's increasing affine change of value, and reverses it when flipped
     ramp = torch.linspace(-0.5, 0.5, 16).expand(256, 3, 16, 16).contiguous()
     v = random_views(ramp, 1.0, torch.Generator().manual_seed(3))
     row = v[:, 0, 8]                                                              # (256, 16)
