@@ -21,17 +21,9 @@ import torch
 
 from probe.metrics import cds, lds, rmsc
 from train.targets.encoders import load_encoder
+from train.targets.make_teachers import class_r2
 from train.targets.teacher import TEACHERS, _dataset, teacher_path
 from studies.tables import show_and_save
-
-
-def class_r2(train_tokens: torch.Tensor, train_labels: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor) -> float:
-    """R^2 of the per-class mean token at each position (fitted on the train tokens) on ``tokens``."""
-    overall = train_tokens.mean(0)                                                  # (T, D)
-    per_class = torch.stack([train_tokens[train_labels == c].mean(0) for c in range(int(train_labels.max()) + 1)])
-    total = (tokens - overall).pow(2).sum()
-    within = (tokens - per_class[labels]).pow(2).sum()
-    return float(1 - within / total)
 
 
 def main() -> None:

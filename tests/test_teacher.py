@@ -154,6 +154,10 @@ def test_each_kind_trains_and_loads_as_an_encoder(tmp_path, kind):
 def test_bad_teacher_configs_are_one_line_errors():
     with pytest.raises(UserError, match="unknown teacher kind"):
         TeacherConfig(kind="dino")
+    with pytest.raises(UserError, match="temperature 0.0 must be positive"):
+        TeacherConfig(kind="contrastive", temperature=0.0)
+    with pytest.raises(UserError, match="crop_scale 1.5 is the smallest area share"):
+        TeacherConfig(kind="contrastive", crop_scale=1.5)
     with pytest.raises(UserError, match="dense teacher trains on the per-pixel ground truth"):
         TeacherConfig(kind="dense", dataset="shapes")
     assert set(TEACHERS) == {"fashion-ssl", "fashion-supervised", "fashion-contrastive", "builtin-dense", "builtin-contrastive", "builtin-ssl", "builtin-supervised", "builtin-teacher"}

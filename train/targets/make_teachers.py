@@ -118,6 +118,7 @@ def build(name: str, out: Path, progress: bool = True) -> Path:
         save_evaluator(model, cfg, path)
         params = sum(p.numel() for p in EvaluatorCNN(cfg).parameters())
         measures = {"test_accuracy": sidecar["val_accuracy"], "n_test": sidecar["n_val"]}
+        passes = cfg.steps * cfg.batch_size
     else:
         from train.targets.teacher import TEACHERS, TeacherViT, _train_teacher
 
@@ -127,7 +128,7 @@ def build(name: str, out: Path, progress: bool = True) -> Path:
         params = sum(p.numel() for p in TeacherViT(cfg).parameters())
         measures = {**({"head_test_accuracy": sidecar["val_accuracy"]} if "val_accuracy" in sidecar else {}),
                     **teacher_measures(name, path)}
-    passes = cfg.steps * cfg.batch_size * getattr(cfg, "views", 1)  # the contrastive teacher sees two views
+        passes = cfg.steps * cfg.batch_size * cfg.views  # the contrastive teacher passes two views of each image
     student = DEMO_STUDENT["parameters"] * DEMO_STUDENT["steps"] * DEMO_STUDENT["batch_size"]
     digest = sha256(path)
     card = {

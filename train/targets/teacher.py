@@ -101,6 +101,10 @@ class TeacherConfig:
         g = self.image_size // self.patch
         if self.mask_block < 1 or g % self.mask_block:
             raise UserError(f"mask_block {self.mask_block} does not divide the {g} x {g} token grid: use a divisor of {g}")
+        if not self.temperature > 0:
+            raise UserError(f"temperature {self.temperature} must be positive: use e.g. 0.2 (SimCLR's range is 0.1-0.5)")
+        if not 0 < self.crop_scale <= 1:
+            raise UserError(f"crop_scale {self.crop_scale} is the smallest area share of a crop: use a value in (0, 1], e.g. 0.4")
         if self.kind == "dense" and self.dataset != "scenes":
             raise UserError("the dense teacher trains on the per-pixel ground truth of the scenes dataset: set dataset='scenes'")
 
