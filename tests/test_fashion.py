@@ -132,7 +132,8 @@ def _tiny_ssl():
 def test_fit_resumes_bitwise_after_an_interruption(tmp_path):
     """A build killed after its step-4 state resumes there and ends with the uninterrupted weights."""
     from train.targets.fit import fit
-    from train.targets.teacher import TeacherViT, _dataset, _teacher_loss
+    from train.targets.pretext import pretext_loss
+    from train.targets.teacher import TeacherViT, _dataset
 
     cfg = _tiny_ssl()
     data = _dataset(cfg, "train")
@@ -141,7 +142,7 @@ def test_fit_resumes_bitwise_after_an_interruption(tmp_path):
         gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(0)
         model = TeacherViT(cfg)
-        loss, calls = _teacher_loss(model, data, gen), [0]
+        loss, calls = pretext_loss(model, data, gen), [0]
 
         def batch_loss(idx):
             calls[0] += 1

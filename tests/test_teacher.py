@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from train.targets.encoders import load_encoder
 from train.errors import UserError
 from train.data.synthetic import MAX_SHAPES, SCENE_CLASSES, ScenesDataset, render_scenes
-from train.targets.teacher import (TEACHERS, TeacherConfig, TeacherViT, dense_loss, masked_loss, nt_xent, patchify,
-                                   random_views, teacher_path, train_builtin_teacher)
+from train.targets.pretext import dense_loss, masked_loss, nt_xent, patchify, random_views
+from train.targets.teacher import TEACHERS, TeacherConfig, TeacherViT, teacher_path, train_builtin_teacher
 
 TINY = dict(width=32, depth=1, heads=2, steps=3, batch_size=8, n_train=64, warmup=1)
 
