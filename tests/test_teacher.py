@@ -160,7 +160,7 @@ def test_bad_teacher_configs_are_one_line_errors():
         TeacherConfig(kind="contrastive", crop_scale=1.5)
     with pytest.raises(UserError, match="dense teacher trains on the per-pixel ground truth"):
         TeacherConfig(kind="dense", dataset="shapes")
-    assert set(TEACHERS) == {"fashion-ssl", "fashion-supervised", "fashion-contrastive", "builtin-dense", "builtin-contrastive", "builtin-ssl", "builtin-supervised", "builtin-teacher"}
+    assert set(TEACHERS) == {"fashion-ssl", "fashion-supervised", "fashion-contrastive", "fashion-contrastive-2x", "builtin-dense", "builtin-contrastive", "builtin-ssl", "builtin-supervised", "builtin-teacher"}
 
 
 def test_each_built_in_dataset_has_its_own_evaluator():

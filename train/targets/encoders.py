@@ -29,7 +29,7 @@ same architecture (tests, notebooks). Each encoder carries a ``provenance`` dict
 Built-in teachers (:data:`train.targets.teacher.TEACHERS`: ``builtin-dense``, ``builtin-ssl``,
 ``builtin-contrastive``, ``builtin-supervised``, ``builtin-teacher``): small ViTs with 8 x 8 tokens of width
 64 that this project trains on its built-in data on first use and caches (:mod:`train.targets.teacher`); the
-shipped ones (``fashion-ssl``, ``fashion-supervised``, ``fashion-contrastive``: width 128, committed and
+shipped ones (``fashion-ssl``, ``fashion-supervised``, ``fashion-contrastive``, ``fashion-contrastive-2x``: width 128, committed and
 sha256-checked, :mod:`train.targets.shipped`); their target is the final-norm patch tokens.
 """
 

@@ -3,8 +3,8 @@
     python -m train.targets.make_teachers [NAME ...] [--out train/weights]
 
 For each name of :data:`train.targets.shipped.SHIPPED` (all by default) whose weights are not yet in
-``--out``: train it on all 60,000 Fashion-MNIST training images on one thread (its config's
-``threads``; deterministic for that count), resumable (the training state is written every 500
+``--out``: train it on all 60,000 Fashion-MNIST training images on its config's ``threads`` (one;
+two for ``fashion-contrastive-2x``; deterministic for that count), resumable (the training state is written every 500
 steps to ``$REPA_CACHE/shipped-build/<name>.state.pt``: a killed build run again continues and ends
 with the same weights), then measure it on the 10,000 test images and write
 
@@ -118,7 +118,7 @@ def build(name: str, out: Path, progress: bool = True) -> Path:
         save_evaluator(model, cfg, path)
         params = sum(p.numel() for p in EvaluatorCNN(cfg).parameters())
         measures = {"test_accuracy": sidecar["val_accuracy"], "n_test": sidecar["n_val"]}
-        passes = cfg.steps * cfg.batch_size
+        passes, build_threads = cfg.steps * cfg.batch_size, 1
     else:
         from train.targets.teacher import TEACHERS, TeacherViT, _train_teacher
 
@@ -129,11 +129,13 @@ def build(name: str, out: Path, progress: bool = True) -> Path:
         measures = {**({"head_test_accuracy": sidecar["val_accuracy"]} if "val_accuracy" in sidecar else {}),
                     **teacher_measures(name, path)}
         passes = cfg.steps * cfg.batch_size * cfg.views  # the contrastive teacher passes two views of each image
+        build_threads = cfg.threads
     student = DEMO_STUDENT["parameters"] * DEMO_STUDENT["steps"] * DEMO_STUDENT["batch_size"]
     digest = sha256(path)
     card = {
         "name": name, "file": path.name, "sha256": digest, "format": "safetensors",
-        "recipe": {"command": f"python -m train.targets.make_teachers {name}", "config": asdict(cfg), "threads": 1},
+        "recipe": {"command": f"python -m train.targets.make_teachers {name}", "config": asdict(cfg),
+                   "threads": build_threads},
         "code_revision": revision, "torch": torch.__version__,
         "data": "Fashion-MNIST train (60,000 images), 16 px bilinear antialiased, grey in 3 channels; "
                 "measured on the 10,000 test images",

@@ -1,6 +1,7 @@
 """Weights shipped with the project, as DINOv2's are shipped by its authors: verified before use.
 
-The Fashion-MNIST teachers (``fashion-ssl``, ``fashion-supervised``, ``fashion-contrastive``) and evaluator
+The Fashion-MNIST teachers (``fashion-ssl``, ``fashion-supervised``, ``fashion-contrastive``,
+``fashion-contrastive-2x``) and evaluator
 (``fashion-evaluator``) are trained once by the recipe in :mod:`train.targets.make_teachers`
 (``make teachers``) and committed under ``train/weights/``: ``<name>.safetensors`` (the weights,
 their config in the metadata) and ``<name>.json`` (the card: recipe, code revision, data, training
@@ -18,7 +19,7 @@ from train.errors import UserError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 SUMS = "SHA256SUMS"
-SHIPPED = ("fashion-ssl", "fashion-supervised", "fashion-contrastive", "fashion-evaluator")
+SHIPPED = ("fashion-ssl", "fashion-supervised", "fashion-contrastive", "fashion-contrastive-2x", "fashion-evaluator")
 REBUILD = "make teachers (python -m train.targets.make_teachers) rebuilds it"
 
 
