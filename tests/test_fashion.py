@@ -12,6 +12,7 @@ import torch
 from conftest import FAKE_FASHION, write_fake_fashion
 from train.data import fashion_mnist
 from train.errors import UserError
+from train.targets.shipped import SHIPPED
 from train.data.fashion_mnist import FashionMNISTDataset, read_idx, write_idx
 
 
@@ -187,7 +188,7 @@ def test_make_teachers_recipe_writes_weights_card_and_digest(tmp_path, monkeypat
     from train.targets.shipped import sha256, verified_path
 
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(teacher.TEACHERS, "fashion-ssl", _tiny_ssl())
+    monkeypatch.setitem(teacher.TEACHERS, "fashion-ssl", dataclasses.replace(_tiny_ssl(), threads=2))
     monkeypatch.setitem(fn.EVALUATORS, "fashion-mnist", dataclasses.replace(fn.EVALUATORS["fashion-mnist"], steps=3,
                                                                            warmup=1, batch_size=8, widths=(8, 8, 8)))
     out = tmp_path / "weights"
@@ -199,7 +200,7 @@ def test_make_teachers_recipe_writes_weights_card_and_digest(tmp_path, monkeypat
     assert compute["image_passes"] == 6 * 8 and compute["image_passes_x_parameters"] == 48 * compute["parameters"]
     for key in ("knn_accuracy", "linear_probe_accuracy", "lds", "cds", "rmsc", "class_r2"):
         assert np.isfinite(card["measures"][key])
-    assert card["recipe"]["config"]["steps"] == 6 and card["code_revision"]
+    assert card["recipe"]["config"]["steps"] == 6 and card["code_revision"] and card["recipe"]["threads"] == 2
     enc = load_encoder("fashion-ssl", weights=out / "fashion-ssl.safetensors")
     assert enc(FashionMNISTDataset("val").images[:2]).shape == (2, 64, 32)
     ev = json.loads((out / "fashion-evaluator.json").read_text())
@@ -242,12 +243,11 @@ def test_the_demo_student_of_the_cards_is_the_tiny_preset():
     assert cfg.batch_size == DEMO_STUDENT["batch_size"] and cfg.steps <= DEMO_STUDENT["steps"]
 
 
-@pytest.mark.parametrize("name", ["fashion-ssl", "fashion-supervised", "fashion-contrastive", "fashion-evaluator"])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_networks_verify_load_and_meet_their_bars(name):
     """The committed weights: their digest, their card, and what issue 21 asks of them."""
-    from train.targets.shipped import SHIPPED, sha256, verified_path
+    from train.targets.shipped import sha256, verified_path
 
-    assert name in SHIPPED
     path = verified_path(name)
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == sha256(path) and card["code_revision"]
@@ -262,5 +262,6 @@ def test_shipped_networks_verify_load_and_meet_their_bars(name):
         from train.targets.encoders import load_encoder
 
         assert card["compute"]["ratio_to_demo_student"] >= 20 and card["recipe"]["config"]["n_train"] == 60_000
+        assert card["recipe"]["threads"] == card["recipe"]["config"]["threads"]  # the count it was built on, which the weights depend on
         enc = load_encoder(name)
         assert enc.provenance["weights"] == f"shipped:{name}:{path.name}" and enc(images).shape == (4, 64, 128)
