@@ -1,5 +1,6 @@
 """The built-in teachers' pretext tasks: what each kind of :class:`train.targets.teacher.TeacherViT`
-is trained to do, as one loss per batch (:func:`pretext_loss`).
+is trained to do, as one loss per batch (:func:`pretext_loss`).  ``model`` is a ``TeacherViT`` and ``cfg``
+its ``TeacherConfig`` (not imported here: ``teacher`` imports this module).
 
 * ``dense``: per-pixel cross-entropies of the scene renderer's maps (:func:`dense_loss`);
 * ``ssl``: SimMIM's masked-patch regression, MAE's normalised pixels (:func:`masked_loss`);
@@ -9,16 +10,14 @@ is trained to do, as one loss per batch (:func:`pretext_loss`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from train.targets.teacher import TeacherConfig, TeacherViT
+from torch import nn
 
 
-def dense_channels(cfg: "TeacherConfig") -> tuple[int, int, int]:
+def dense_channels(cfg: Any) -> tuple[int, int, int]:
     """Per-pixel logits of the dense head: types (+ background), depth order (+ background), boundary."""
     from train.data.synthetic import MAX_SHAPES
 
@@ -32,7 +31,7 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p, c)  # (B, T, p*p, C)
 
 
-def dense_loss(model: "TeacherViT", x: torch.Tensor, type_map: torch.Tensor, depth_map: torch.Tensor,
+def dense_loss(model: nn.Module, x: torch.Tensor, type_map: torch.Tensor, depth_map: torch.Tensor,
                boundary: torch.Tensor) -> torch.Tensor:
     """Per-pixel cross-entropies of the dense head: shape type + depth order + 0.5 x boundary."""
     cfg = model.cfg
@@ -45,7 +44,7 @@ def dense_loss(model: "TeacherViT", x: torch.Tensor, type_map: torch.Tensor, dep
     return ce(lt, maps[0]) + ce(ld, maps[1]) + 0.5 * ce(le, maps[2])
 
 
-def masked_loss(model: "TeacherViT", x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """SimMIM: the masked patches are zeroed in the input and their tokens replaced; the MSE of the
     predicted pixels of the masked patches against each patch's pixels, normalised to zero mean and
     unit variance when ``cfg.norm_pix`` (MAE's norm_pix_loss), raw otherwise."""
@@ -91,7 +90,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, positive)
 
 
-def pretext_loss(model: "TeacherViT", data, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+def pretext_loss(model: nn.Module, data, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     """The loss of one batch (indices into ``data``) for a self-supervised or dense teacher, its
     augmentations and masks drawn from ``gen`` (the supervised kind trains through ``fit_classifier``)."""
     cfg = model.cfg
