@@ -4,6 +4,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -39,6 +41,7 @@ def write_fake_fashion(folder, n_train: int = 512, n_test: int = 256, seed: int 
 # Every test (and every process a test starts) reads this stand-in, never the real Fashion-MNIST
 # (train.data.fashion_mnist looks in $REPA_DATA before Debian's folder).
 FAKE_FASHION = write_fake_fashion(tempfile.mkdtemp(prefix="fake-fashion-"))
+atexit.register(shutil.rmtree, FAKE_FASHION, ignore_errors=True)  # removed when the session ends
 os.environ["REPA_DATA"] = str(FAKE_FASHION)
 
 
