@@ -357,3 +357,51 @@ def test_fashion_choose_judges_a_longer_run_at_its_own_length(tmp_path):
                 for s, fd in zip(steps[:6], curves["vanilla"])))
     seeds, best = choose(read_evals(tmp_path), ["u-4k/late", "u-4k/repa"])
     assert sorted(seeds[seeds.variant == "u-4k/repa"].seed) == [0, 1] and best is None
+
+
+def _sizes_folder(folder, ratios: dict, cknna: list[tuple]):
+    """A study result folder: ``summary.csv`` with ``ratios`` {(variant, seed): steps ratio} and one
+    ``cknna_*.csv`` with rows (variant, seed, target, layer, value, label)."""
+    folder.mkdir()
+    pd.DataFrame([{"variant": v, "seed": s, "ratio": r} for (v, s), r in ratios.items()]).to_csv(folder / "summary.csv", index=False)
+    rows = [{"run": f"{v}-s{s}", "checkpoint": f"/x/runs/study/{folder.name}/{v}/seed{s}/checkpoints/step_0002000.pt",
+             "step": 2000, "layer": layer, "t": 0.0, "metric": "cknna", "target": target, "value": value,
+             "pooling": "mean", "label": label} for v, s, target, layer, value, label in cknna]
+    if rows:
+        pd.DataFrame(rows).to_csv(folder / "cknna_block2.csv", index=False)
+    return folder
+
+
+def test_sizes_needs_both_sizes_against_every_teacher_at_the_aligned_block(tmp_path, capsys):
+    from studies.sizes import main, sizes
+
+    ratios = {("uncond/vanilla", 0): 1.0, ("uncond/a", 0): 0.60, ("uncond/a", 1): 0.70, ("uncond/b", 0): 0.50,
+              ("uncond/c", 0): float("nan")}
+    ck = [("uncond/vanilla", 0, "ssl", 2, 0.20, "null"), ("uncond/vanilla", 0, "sup", 2, 0.10, "null"),
+          ("uncond/vanilla", 1, "ssl", 2, 0.20, "null"), ("uncond/vanilla", 0, "ssl", 1, 0.10, ""),
+          ("uncond/a", 0, "ssl", 2, 0.40, "null"), ("uncond/a", 0, "sup", 2, 0.16, "null"),   # 2.0x and 1.6x
+          ("uncond/a", 1, "ssl", 2, 0.40, "null"),
+          ("uncond/a", 0, "ssl", 2, 0.90, "real"),                                            # real label: ignored
+          ("uncond/b", 0, "ssl", 1, 0.16, ""), ("uncond/b", 0, "ssl", 2, 0.60, "")]           # aligned at block 1: 1.6x
+    folder = _sizes_folder(tmp_path / "study", ratios, ck)
+    t = sizes([folder], [0, 1]).set_index(["variant", "seed"])
+    assert "uncond/vanilla" not in t.index.get_level_values(0)
+    assert t.loc[("uncond/a", 0), "cknna_ratio_min"] == pytest.approx(1.6) and t.loc[("uncond/a", 0), "both_met"]
+    assert not t.loc[("uncond/a", 1), "speed_met"] and t.loc[("uncond/a", 1), "cknna_met"]       # 0.70 > 2/3
+    assert t.loc[("uncond/b", 0), "block"] == 1 and t.loc[("uncond/b", 0), "cknna_ratio_min"] == pytest.approx(1.6)
+    assert t.loc[("uncond/c", 0), "steps_ratio"] == 1.0 and not t.loc[("uncond/c", 0), "cknna_met"]  # never reached, unmeasured
+    assert main([str(folder), "--seeds", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "0.60 / 0.70" in out and "1.60 / 2.00" in out
+
+
+def test_sizes_lists_runs_linked_into_several_folders_once_where_measured(tmp_path):
+    from studies.sizes import by_variant, sizes
+
+    ratios = {("uncond/vanilla", 0): 1.0, ("uncond/a", 0): 0.60}
+    plain = _sizes_folder(tmp_path / "first", ratios, [])
+    measured = _sizes_folder(tmp_path / "second", ratios, [("uncond/vanilla", 0, "ssl", 2, 0.2, "null"),
+                                                           ("uncond/a", 0, "ssl", 2, 0.4, "null")])
+    other = _sizes_folder(tmp_path / "third", {("uncond/a", 0): 0.65}, [])   # other runs of that variant: kept
+    b = by_variant(sizes([plain, measured, other], [0]))
+    assert b.folder.tolist() == ["second", "third"] and b.cknna_ratio_min.tolist() == ["2.00", "-"]
