@@ -225,14 +225,15 @@ def task_tables(probe_parts: list[str], projection_parts: list[str], run_dirs: l
     return str(tables)
 
 
-def task_figures(tables: str, out: str, what: str, align_depth: int, samples: dict[str, list[str]]) -> list[str]:
+def task_figures(tables: str, out: str, what: str, align_depth: int, samples: dict[str, list[str]],
+                 conditional: bool = True) -> list[str]:
     """Figures from the saved tables into ``out``: one probe metric's (``what``), or ``"training"``:
-    the training curves and the sample grids."""
+    the training curves (no class-accuracy panel for unconditional runs) and the sample grids."""
     from probe import plots
 
     if what == "training":
         metrics = pd.read_csv(Path(tables) / "training_metrics.csv")
-        paths = plots.training_curves(metrics, out) + plots.sample_grids(samples, out)
+        paths = plots.training_curves(metrics, out, conditional) + plots.sample_grids(samples, out)
         live = Path(tables) / "live_alignment.csv"
         live = pd.read_csv(live) if live.is_file() else pd.DataFrame()
         if not live.empty:
@@ -293,13 +294,15 @@ def _key(obj: Any) -> str:
 
 @dataclass
 class Plan:
-    """A demo run: its task graph, the run directories by (seed, run), the aligned depth, and the
-    sample grids of the first seed's runs at every sampled step (the samples figure)."""
+    """A demo run: its task graph, the run directories by (seed, run), the aligned depth, the
+    sample grids of the first seed's runs at every sampled step (the samples figure), and whether the
+    runs are conditional (the training curves' class-accuracy panel)."""
 
     tasks: list[Task]
     run_dirs: dict[tuple[int, str], Path]
     align_depth: int
     samples: dict[str, list[str]]
+    conditional: bool = True
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -362,8 +365,9 @@ def plan(args: argparse.Namespace) -> Plan:
                   ("teacher", *(t.name for t in probes)))
     shown = sorted({*range(cfg0.sample_every, cfg0.steps, cfg0.sample_every or cfg0.steps), cfg0.steps})  # steps with grids, not 0
     samples = {run: [str(run_dirs[(args.seeds[0], run)] / "samples" / f"step_{s:07d}.png") for s in shown] for run in RUNS}
+    conditional = cfg0.model.class_dropout_prob < 1.0  # every label dropped: the model ignores the label asked for
     figures = [Task(f"figures {what}", task_figures, (str(args.out / "tables"), str(args.out / "figures"), what, align,
-                                                      samples), ("tables",))
+                                                      samples, conditional), ("tables",))
                for what in ("training", *metrics)]
     # the short projection and teacher tasks last: they fill the gaps while the last probes finish
     probes.sort(key=lambda t: t.name.startswith(("projection ", "teachers ")))
@@ -372,7 +376,7 @@ def plan(args: argparse.Namespace) -> Plan:
     maps = Task("maps", task_maps, (final["repa"], final["vanilla"], dataset, encoder, align,
                                     min(cfg0.model.depth, align + 2), s0, str(args.out / "figures"), str(args.out / "tables")),
                 (f"train repa seed {s0}", f"train vanilla seed {s0}", "teacher"))
-    return Plan(tasks + probes + [maps, tables] + figures, run_dirs, align, samples)
+    return Plan(tasks + probes + [maps, tables] + figures, run_dirs, align, samples, conditional)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,11 +401,12 @@ def combine(paths: list[str]) -> pd.DataFrame:
     return df
 
 
-def draw(tables: Path, out: Path, align_depth: int, samples: dict[str, list[str]]) -> list[str]:
+def draw(tables: Path, out: Path, align_depth: int, samples: dict[str, list[str]], conditional: bool = True) -> list[str]:
     """All figures from saved tables, in this process (``--figures-only``): every metric the probe table holds."""
     probe = pd.read_csv(tables / "probe.csv", usecols=["metric", "is_reference"])
     metrics = list(dict.fromkeys(probe.loc[~probe["is_reference"].astype(bool), "metric"]))
-    return [p for what in ("training", *metrics) for p in task_figures(str(tables), str(out), what, align_depth, samples)]
+    return [p for what in ("training", *metrics)
+            for p in task_figures(str(tables), str(out), what, align_depth, samples, conditional)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (tables / "probe.csv").is_file():
                 raise UserError(f"no probe tables in {tables}: run python -m probe.demo without --figures-only first")
             print("== figures", flush=True)
-            paths = draw(tables, figures, job.align_depth, job.samples)
+            paths = draw(tables, figures, job.align_depth, job.samples, job.conditional)
             maps = next(t for t in job.tasks if t.name == "maps")
             if all(Path(c).is_file() for c in maps.args[:2]):  # the maps need the final checkpoints
                 paths += maps.fn(*maps.args)

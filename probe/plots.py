@@ -178,12 +178,20 @@ def plot_all(df: pd.DataFrame, out: str | os.PathLike, layers: Sequence[int] = (
     return [p for metric in measured["metric"].unique() for p in metric_figures(df, out, metric, layers)]
 
 
-def training_curves(metrics: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
+def curve_panels(metrics: pd.DataFrame, conditional: bool = True) -> list[str]:
+    """The columns :func:`training_curves` draws: those logged of denoising loss, projection loss, FD, class
+    accuracy (only for ``conditional`` runs: an unconditional model ignores the label asked for, so its class
+    accuracy is chance whatever it draws) and the evaluator's mean confidence."""
+    wanted = ("denoise_loss", "proj_loss", "fd", *(("class_acc",) if conditional else ()), "class_confidence")
+    return [c for c in wanted if c in metrics and metrics[c].notna().any()]
+
+
+def training_curves(metrics: pd.DataFrame, out: str | os.PathLike, conditional: bool = True) -> list[Path]:
     """From training logs (metrics.jsonl rows with ``run`` and ``seed`` columns): denoising loss,
     projection loss and, where evaluated, Fréchet distance, class accuracy (of conditional samples: the
-    label asked for) and the evaluator's mean confidence (recognisability, with or without labels) against step."""
-    panels = [c for c in ("denoise_loss", "proj_loss", "fd", "class_acc", "class_confidence")
-              if c in metrics and metrics[c].notna().any()]
+    label asked for; left out for unconditional runs, ``conditional=False``) and the evaluator's mean
+    confidence (recognisability, with or without labels) against step."""
+    panels = curve_panels(metrics, conditional)
     labels = {"denoise_loss": "denoising loss", "proj_loss": "projection loss (-cos)", "fd": "Fréchet distance (evaluator)",
               "class_acc": "class accuracy of samples (label asked for)", "class_confidence": "evaluator's mean confidence"}
     long = metrics.melt(id_vars=["run", "seed", "step"], value_vars=panels, var_name="panel").dropna(subset=["value"])
