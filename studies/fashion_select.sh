@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Choosing the Fashion-MNIST default (issue 21; plan: studies/results/fashion/PLAN.md):
-#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4), 11 (lambda 2.0 with iREPA's targets), 12 (11 on seeds 3, 4), 13 (lambda 4.0), 14 (the supervised teacher on the default), 15 (both teachers), 16 (15 on seeds 3, 4), 17 (both teachers at lambda 4.0), 18 (both teachers at block 1), 19 (the contrastive teacher, with the supervised one and alone), 20 (lambda 1.0 and 3.0 for stage 19's pair), 21 (iREPA's gamma 0.8 and 1.0 for stage 19's pair), 22 (stage 19's pair with the contrastive teacher trained twice as long), 23 (stage 22 with REG's global token), 24 (23 with the token's loss at weight 1.0), 25 (22 on seeds 3, 4)
+#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4), 11 (lambda 2.0 with iREPA's targets), 12 (11 on seeds 3, 4), 13 (lambda 4.0), 14 (the supervised teacher on the default), 15 (both teachers), 16 (15 on seeds 3, 4), 17 (both teachers at lambda 4.0), 18 (both teachers at block 1), 19 (the contrastive teacher, with the supervised one and alone), 20 (lambda 1.0 and 3.0 for stage 19's pair), 21 (iREPA's gamma 0.8 and 1.0 for stage 19's pair), 22 (stage 19's pair with the contrastive teacher trained twice as long), 23 (stage 22 with REG's global token), 24 (23 with the token's loss at weight 1.0), 25 (22 on seeds 3, 4), 26 (the default and vanilla evaluated every 250 steps: a check of the grid)
 #   TEACHER=fashion-ssl COND=cond CHOSEN="proj_coeff=1.0" bash studies/fashion_select.sh 4   # later stages: what was chosen
 # then python -m studies.fashion_choose runs/study/fashion applies the plan's rule.
 # Each stage's runs, two at a time on one thread each (JOBS=2), resumable (the same command continues;
@@ -64,7 +64,9 @@ held_out() {  # the held-out check of a stage's pick (PLAN.md), nothing chosen o
       23) echo "$ROOT/$COND/repa-con2x-sup-lambda2-irepa-reg $seed 2000 ${both/fashion-ssl/fashion-contrastive-2x} proj_coeff=2.0 model.reg_dim=128 reg_coeff=0.03" ;;  # session 13 (PLAN.md)
       24) echo "$ROOT/$COND/repa-con2x-sup-lambda2-irepa-reg1 $seed 2000 ${both/fashion-ssl/fashion-contrastive-2x} proj_coeff=2.0 model.reg_dim=128 reg_coeff=1.0" ;;  # session 13 (PLAN.md)
       25) if [ "$seed" = 0 ]; then held_out repa-con2x-sup-lambda2-irepa ${both/fashion-ssl/fashion-contrastive-2x} proj_coeff=2.0; fi ;;  # stage 22's variant, nothing chosen on it
-      *) echo "the plan has stages 1-25" >&2; exit 2 ;;
+      26) echo "$ROOT/$COND/vanilla $seed 2000 --vanilla --set ${common/eval_every=500/eval_every=250} $base"  # a check of the 500-step grid (PLAN.md)
+          echo "$ROOT/$COND/repa-both-lambda2-irepa $seed 2000 ${both/eval_every=500/eval_every=250} proj_coeff=2.0" ;;
+      *) echo "the plan has stages 1-26" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do
