@@ -16,6 +16,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("REPA_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("REPA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the kernel's temporary folders go with this test's
     # the kernel imports this checkout's train/probe (not another install of them, e.g. a worktree's main checkout)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(path.parent.parent), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
