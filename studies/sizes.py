@@ -12,8 +12,9 @@
    tables measure the aligned block, and block 2 beside block 1 for the block-1 variant); met at >= 1.5
    against **every** teacher measured (PLAN.md, session 9); blank where no table measured the variant.
 
-A folder's variants are named by their run folder (``uncond/repa-...``) and matched to the CKNNA rows by the
-checkpoint path ``.../<folder name>/<variant>/seed<N>/checkpoints/...``.  Computes from the tables only.
+A folder's variants are named by their run folder (``uncond/repa-...``) and matched to the CKNNA rows by the two
+folders above ``seed<N>`` in the checkpoint path (``.../uncond/repa-.../seed<N>/checkpoints/step_<S>.pt``).
+Computes from the tables only.
 """
 
 from __future__ import annotations
