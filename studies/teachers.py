@@ -5,7 +5,8 @@
 For every built-in teacher (``builtin-*``: trained here on first use and cached; the shipped
 ``fashion-*`` teachers' measures are in their cards, ``train/weights/<name>.json``) on its dataset's
 val split: the held-out linear-probe accuracy of the mean-pooled tokens (its sidecar), LDS / CDS /
-RMSC of its tokens (``probe.metrics``, per image and averaged over images, default radii), and the share of the token variance the class label explains:
+RMSC of its tokens (``probe.metrics``, per image and averaged over images, default radii), and the
+share of the token variance the class label explains:
 R^2 = 1 - sum |y - mu_{c, p}|^2 / sum |y - mu_p|^2 over val images, positions p and channels, with the
 per-class and overall mean tokens mu at each position fitted on the train split.  Trains a teacher
 that is not cached (about 3 minutes of one core each).

@@ -11,9 +11,9 @@ import torch
 
 from conftest import FAKE_FASHION, write_fake_fashion
 from train.data import fashion_mnist
+from train.data.fashion_mnist import FashionMNISTDataset, read_idx, write_idx
 from train.errors import UserError
 from train.targets.shipped import SHIPPED
-from train.data.fashion_mnist import FashionMNISTDataset, read_idx, write_idx
 
 
 def test_idx_round_trip(tmp_path):

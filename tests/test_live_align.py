@@ -139,20 +139,3 @@ def test_live_alignment_filled_from_checkpoints_equals_what_the_loop_logged(runs
         for step in (2, 4):
             assert filled.loc[step, col] == pytest.approx(logged.loc[step, col], abs=1e-6, nan_ok=True), (col, step)
 
-
-def test_training_curves_leave_out_class_accuracy_for_unconditional_runs(tmp_path):
-    """An unconditional model ignores the label asked for: its class accuracy is chance, so no panel."""
-    import argparse
-
-    from probe.demo import plan
-    from probe.plots import curve_panels
-
-    logs = pd.DataFrame({"step": [0, 10], "denoise_loss": [1.0, 0.5], "proj_loss": [-0.1, -0.5],
-                         "fd": [None, 30.0], "class_acc": [None, 0.1], "class_confidence": [None, 0.7]})
-    assert curve_panels(logs) == ["denoise_loss", "proj_loss", "fd", "class_acc", "class_confidence"]
-    assert curve_panels(logs, conditional=False) == ["denoise_loss", "proj_loss", "fd", "class_confidence"]
-    args = argparse.Namespace(seeds=[0], steps=200, set=[], out=tmp_path, n_images=40, n_train=30, control=False)
-    assert plan(args).conditional is False  # the built-in default drops every label
-    args.set = ["model.class_dropout_prob=0.1"]
-    job = plan(args)
-    assert job.conditional is True and next(t for t in job.tasks if t.name == "figures training").args[-1] is True

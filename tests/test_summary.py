@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from probe.summary import (final_rows, mean_sd, peak_layers, progress_rows, repa_gain, results_markdown, speedup,
                            steps_to_reach)
@@ -405,3 +406,24 @@ def test_sizes_lists_runs_linked_into_several_folders_once_where_measured(tmp_pa
     other = _sizes_folder(tmp_path / "third", {("uncond/a", 0): 0.65}, [])   # other runs of that variant: kept
     b = by_variant(sizes([plain, measured, other], [0]))
     assert b.folder.tolist() == ["second", "third"] and b.cknna_ratio_min.tolist() == ["2.00", "-"]
+
+
+def test_reg_floor_is_the_residual_of_the_best_linear_predictor():
+    """studies.reg_floor against brute force: sampled Gaussian tokens, the least-squares affine regression of the
+    velocity eps - c on c_t = (1 - t) c + t eps, residual per channel, averaged over the same times."""
+    from studies.reg_floor import prior_floor
+
+    gen = torch.Generator().manual_seed(0)
+    d, n, n_t = 4, 200_000, 8
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    c = torch.randn(n, d, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T + 0.3
+    eps = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    brute = 0.0
+    for t in (torch.arange(n_t, dtype=torch.float64) + 0.5) / n_t:
+        x = torch.cat([(1 - t) * c + t * eps, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+        v = eps - c
+        resid = v - x @ torch.linalg.lstsq(x, v).solution
+        brute += resid.pow(2).mean().item() / n_t
+    assert prior_floor(cov, n_t) == pytest.approx(brute, rel=0.01)
+    assert prior_floor(cov.diag().diag(), n_t) > prior_floor(cov, n_t)  # knowing less: a higher floor
