@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Choosing the Fashion-MNIST default (issue 21; plan: studies/results/fashion/PLAN.md):
-#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4), 11 (lambda 2.0 with iREPA's targets), 12 (11 on seeds 3, 4), 13 (lambda 4.0), 14 (the supervised teacher on the default), 15 (both teachers), 16 (15 on seeds 3, 4), 17 (both teachers at lambda 4.0), 18 (both teachers at block 1), 19 (the contrastive teacher, with the supervised one and alone), 20 (lambda 1.0 and 3.0 for stage 19's pair), 21 (iREPA's gamma 0.8 and 1.0 for stage 19's pair), 22 (stage 19's pair with the contrastive teacher trained twice as long), 23 (stage 22 with REG's global token), 24 (23 with the token's loss at weight 1.0), 25 (22 on seeds 3, 4), 26 (the default and vanilla evaluated every 250 steps: a check of the grid)
+#   bash studies/fashion_select.sh STAGE      # STAGE: 1 (teacher a vs b), ... 8 (4,000 steps), 9 (stages 3 and 5 together), 10 (9 on held-out seeds 3, 4), 11 (lambda 2.0 with iREPA's targets), 12 (11 on seeds 3, 4), 13 (lambda 4.0), 14 (the supervised teacher on the default), 15 (both teachers), 16 (15 on seeds 3, 4), 17 (both teachers at lambda 4.0), 18 (both teachers at block 1), 19 (the contrastive teacher, with the supervised one and alone), 20 (lambda 1.0 and 3.0 for stage 19's pair), 21 (iREPA's gamma 0.8 and 1.0 for stage 19's pair), 22 (stage 19's pair with the contrastive teacher trained twice as long), 23 (stage 22 with REG's global token), 24 (23 with the token's loss at weight 1.0), 25 (22 on seeds 3, 4), 26 (the default and vanilla evaluated every 250 steps: a check of the grid), 27 (the default and vanilla continued to 4,000 steps, seeds 0-4: a check of the horizon)
 #   TEACHER=fashion-ssl COND=cond CHOSEN="proj_coeff=1.0" bash studies/fashion_select.sh 4   # later stages: what was chosen
 # then python -m studies.fashion_choose runs/study/fashion applies the plan's rule.
 # Each stage's runs, two at a time on one thread each (JOBS=2), resumable (the same command continues;
@@ -20,6 +20,20 @@ repa="encoders=$TEACHER $base $CHOSEN"
 irepa="target_norm=spatial target_norm_gamma=0.6 model.projector=conv"  # iREPA's targets (stages 5, 9-12)
 # both shipped teachers at once (stages 15-18): one projector each, the default's conditioning and iREPA's targets
 both="--encoders fashion-ssl fashion-supervised --set $common $base $CHOSEN $irepa model.z_dims=[128,128]"
+continue_run() {  # continue_run SRC VARIANT SEED: check 27 continues a finished run of runs/study/SRC in a copy under ROOT
+  local src=runs/study/$1/$COND/$2/seed$3 dst=runs/study/$ROOT/$COND/$2/seed$3
+  [ -d "$dst" ] && return 0
+  [ -f "$src/checkpoints/step_0002000.pt" ] || { echo "check 27 continues $src, which is not here: run its stage first" >&2; exit 2; }
+  rm -rf "$dst.part" && mkdir -p "$dst.part"
+  for f in "$src"/*; do  # the 2 GB token cache shared by a hard link (it is only read, or replaced whole); the rest copied
+    if [ "${f##*/}" = target_cache.pt ]; then ln "$f" "$dst.part/"; else cp -a "$f" "$dst.part/"; fi
+  done
+  mv "$dst.part" "$dst"
+}
+if [ "$stage" = 27 ]; then
+  for s in 0 1 2; do continue_run fashion-s14 vanilla $s; continue_run fashion-s14 repa-both-lambda2-irepa $s; done
+  for s in 3 4; do continue_run fashion-held vanilla $s; continue_run fashion-held repa-both-lambda2-irepa $s; done
+fi
 held_out() {  # the held-out check of a stage's pick (PLAN.md), nothing chosen on it: vanilla and the pick on seeds 3, 4
   local variant=$1; shift
   for held in 3 4; do
@@ -66,7 +80,11 @@ held_out() {  # the held-out check of a stage's pick (PLAN.md), nothing chosen o
       25) if [ "$seed" = 0 ]; then held_out repa-con2x-sup-lambda2-irepa ${both/fashion-ssl/fashion-contrastive-2x} proj_coeff=2.0; fi ;;  # stage 22's variant, nothing chosen on it
       26) echo "$ROOT/$COND/vanilla $seed 2000 --vanilla --set ${common/eval_every=500/eval_every=250} $base"  # a check of the 500-step grid (PLAN.md)
           echo "$ROOT/$COND/repa-both-lambda2-irepa $seed 2000 ${both/eval_every=500/eval_every=250} proj_coeff=2.0" ;;
-      *) echo "the plan has stages 1-26" >&2; exit 2 ;;
+      27) for s in $seed $([ "$seed" = 2 ] && echo 3 4); do  # seeds 0, 1, 2, then 3, 4 (PLAN.md, check 27)
+            echo "$ROOT/$COND/vanilla $s 4000 --vanilla --set $common $base"
+            echo "$ROOT/$COND/repa-both-lambda2-irepa $s 4000 $both proj_coeff=2.0"
+          done ;;
+      *) echo "the plan has stages 1-27" >&2; exit 2 ;;
     esac
   done
 } | while read -r name seed rest; do
