@@ -427,3 +427,42 @@ def test_reg_floor_is_the_residual_of_the_best_linear_predictor():
         brute += resid.pow(2).mean().item() / n_t
     assert prior_floor(cov, n_t) == pytest.approx(brute, rel=0.01)
     assert prior_floor(cov.diag().diag(), n_t) > prior_floor(cov, n_t)  # knowing less: a higher floor
+
+
+def _horizon_evals(curves: dict) -> pd.DataFrame:
+    """evals.csv rows: ``curves[(variant, seed)] = [(step, fd, fd_half_gap, kid), ...]`` (halves fd +- gap / 2)."""
+    return pd.DataFrame([{"variant": v, "seed": s, "step": step, "fd": fd, "fd_half_a": fd + gap / 2, "fd_half_b": fd - gap / 2,
+                          "kid": kid, "kid_half_a": kid + 0.0005, "kid_half_b": kid - 0.0005}
+                         for (v, s), curve in curves.items() for step, fd, gap, kid in curve])
+
+
+def test_horizon_reads_the_speed_at_every_horizon_the_lead_and_the_flatness(tmp_path, capsys):
+    from studies.horizon import horizon_rows, main
+
+    van = [(1000, 30, 0.2, 0.30), (2000, 20, 0.2, 0.20), (3000, 15, 0.2, 0.15), (4000, 12, 0.2, 0.12)]
+    curves = {("u/vanilla", 0): van,
+              ("u/repa", 0): [(1000, 25, 0.2, 0.25), (2000, 16, 0.2, 0.15), (3000, 13, 0.2, 0.10), (4000, 11, 1.5, 0.07)],
+              ("u/slow", 0): [(s, fd + 1, 0.2, k) for s, fd, _, k in van],      # never reaches vanilla's FD
+              ("u/flat", 0): [(1000, 25, 0.2, 0.25), (2000, 16, 0.2, 0.15), (3000, 11.4, 0.2, 0.10), (4000, 11, 1.5, 0.07)],
+              ("u/late", 0): [(1000, 31, 0.2, 0.3), (2000, 21, 0.2, 0.2), (3000, 14, 0.2, 0.1), (4000, 11, 0.2, 0.1)],
+              ("u/alone", 1): van}                                             # no vanilla of seed 1: left out
+    t = horizon_rows(_horizon_evals(curves), horizons=(2000, 2500, 3000, 4000), from_step=2500).set_index("variant")
+    assert list(t.index) == ["u/flat", "u/late", "u/repa", "u/slow"] and "speed_2500" not in t      # 2,500 never evaluated
+    r = t.loc["u/repa"]
+    # by hand: H=2000 target 20, 25 -> 16 over 1000-2000: 1000 + 1000 * 5/9; H=3000 target 15: 2000 + 1000/3;
+    # H=4000 target 12, REPA's curve up to 4000: 13 -> 11 over 3000-4000: 3500
+    assert r.speed_2000 == pytest.approx((1000 + 1000 * 5 / 9) / 2000, abs=1e-4)
+    assert r.speed_3000 == pytest.approx((2000 + 1000 / 3) / 3000, abs=1e-4) and r.speed_4000 == pytest.approx(0.875)
+    # from 2,500: margins 2 (noise 0.2) and 1 (noise max(1.5, 0.2)): not ahead beyond the noise at 4,000
+    assert not r.fd_ahead_from_2500 and r.fd_smallest_margin == pytest.approx(1) and r.fd_its_noise == pytest.approx(1.5)
+    assert r.kid_ahead_from_2500 and r.kid_smallest_margin == pytest.approx(0.05)        # KID noise 0.001
+    assert r.repa_fd_drop_last_1000 == pytest.approx(2) and not r.repa_flat and not r.vanilla_flat
+    assert t.loc["u/flat"].repa_flat                                                      # dropped 0.4 < noise 1.5
+    assert np.isnan(t.loc["u/slow"].speed_4000)
+    assert np.isnan(t.loc["u/late"].speed_2000) and t.loc["u/late"].speed_3000 < 1   # only its curve up to H counts
+    (tmp_path / "f").mkdir()
+    _horizon_evals(curves).to_csv(tmp_path / "f" / "evals.csv", index=False)
+    main([str(tmp_path / "f"), "--out", str(tmp_path / "h.csv")])
+    assert pd.read_csv(tmp_path / "h.csv").shape[0] == 4 and "speed_4000" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nothing")])
