@@ -82,6 +82,8 @@ def horizon_rows(evals: pd.DataFrame, horizons=HORIZONS, from_step: int = 2500) 
             row.update({f"{arm}_fd_drop_last_{FLAT_OVER}": d, f"{arm}_fd_noise_last": nz,
                         f"{arm}_flat": bool(d < nz) if d == d else np.nan})
         rows.append(row)
+    if not rows:
+        return pd.DataFrame()
     table = pd.DataFrame(rows)
     first = ["variant", "seed", "last_step", *(f"speed_{h}" for h in horizons if f"speed_{h}" in table)]
     return table[first + [c for c in table if c not in first]]

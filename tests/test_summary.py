@@ -466,3 +466,8 @@ def test_horizon_reads_the_speed_at_every_horizon_the_lead_and_the_flatness(tmp_
     assert pd.read_csv(tmp_path / "h.csv").shape[0] == 4 and "speed_4000" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nothing")])
+    (tmp_path / "v").mkdir()
+    _horizon_evals({("u/vanilla", 0): van}).to_csv(tmp_path / "v" / "evals.csv", index=False)
+    with pytest.raises(SystemExit):                                                       # no REPA run: one line
+        main([str(tmp_path / "v")])
+    assert "no REPA run beside a vanilla run" in capsys.readouterr().err
