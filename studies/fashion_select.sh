@@ -24,11 +24,9 @@ continue_run() {  # continue_run SRC VARIANT SEED: check 27 continues a finished
   local src=runs/study/$1/$COND/$2/seed$3 dst=runs/study/$ROOT/$COND/$2/seed$3
   [ -d "$dst" ] && return 0
   [ -f "$src/checkpoints/step_0002000.pt" ] || { echo "check 27 continues $src, which is not here: run its stage first" >&2; exit 2; }
-  rm -rf "$dst.part" && mkdir -p "$dst.part"
-  for f in "$src"/*; do  # the 2 GB token cache shared by a hard link (it is only read, or replaced whole); the rest copied
-    if [ "${f##*/}" = target_cache.pt ]; then ln "$f" "$dst.part/"; else cp -a "$f" "$dst.part/"; fi
-  done
-  mv "$dst.part" "$dst"
+  rm -rf "$dst.part" && mkdir -p "$(dirname "$dst")"  # studies.link_arms.link_run: large files hard-linked, what a resume rewrites copied
+  .venv/bin/python -c 'import sys; from pathlib import Path; from studies.link_arms import link_run; link_run(*map(Path, sys.argv[1:]))' \
+    "$src" "$dst.part" && mv "$dst.part" "$dst"
 }
 if [ "$stage" = 27 ]; then
   for s in 0 1 2; do continue_run fashion-s14 vanilla $s; continue_run fashion-s14 repa-both-lambda2-irepa $s; done

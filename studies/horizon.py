@@ -11,7 +11,7 @@ For every REPA variant and seed of the folder, against its setting's vanilla of 
    At H = a run's last step this is the ``ratio`` of ``summary.csv`` and the must-show's speed;
 2. **ahead**: at every evaluation from ``--from-step`` to the last, vanilla's FD minus REPA's (and KID's)
    against the noise of one estimate, the larger of the two runs' half-to-half gaps
-   (``studies.must_show.noise``, as the extended study reads it);
+   (``studies.must_show.ahead``, as the extended study reads it);
 3. **flat**: each arm's FD drop over the last 1,000 steps against the noise of its last evaluation
    (``|half a - half b|``): a curve is flat there when it dropped by less than that.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from studies.must_show import noise
+from studies.must_show import ahead
 from studies.summarize import baseline_of, first_step_below
 
 HORIZONS = (2000, 2500, 3000, 3500, 4000)
@@ -38,17 +38,6 @@ def speed_at(repa: pd.DataFrame, vanilla: pd.DataFrame, horizon: int) -> float:
     target = vanilla.loc[horizon, "fd"]
     upto = repa[repa.index <= horizon]
     return first_step_below(upto.index.to_numpy(), upto["fd"].to_numpy(), target) / horizon
-
-
-def ahead(repa: pd.DataFrame, vanilla: pd.DataFrame, from_step: int, metric: str) -> tuple[bool, float, float]:
-    """Whether REPA's ``metric`` is below vanilla's by more than the noise at every shared evaluation from
-    ``from_step`` on, and the smallest margin with its noise (NaN, NaN where no evaluation is shared)."""
-    steps = [s for s in repa.index.intersection(vanilla.index) if s >= from_step]
-    if not steps:
-        return False, float("nan"), float("nan")
-    margin = vanilla.loc[steps, metric] - repa.loc[steps, metric]
-    nz = noise(repa.loc[steps], vanilla.loc[steps], metric)
-    return bool((margin > nz).all()), float(margin.min()), float(nz[margin.idxmin()])
 
 
 def drop(run: pd.DataFrame, over: int = FLAT_OVER) -> tuple[float, float]:

@@ -39,6 +39,17 @@ def noise(a: pd.Series, b: pd.Series, metric: str) -> pd.Series:
     return np.maximum(gap(a), gap(b))
 
 
+def ahead(repa: pd.DataFrame, vanilla: pd.DataFrame, from_step: int, metric: str) -> tuple[bool, float, float]:
+    """Whether REPA's ``metric`` is below vanilla's by more than the noise at every evaluation both runs made
+    from ``from_step`` on (frames indexed by step), and the smallest margin with its noise (NaN, NaN where none)."""
+    steps = [s for s in repa.index.intersection(vanilla.index) if s >= from_step]
+    if not steps:
+        return False, float("nan"), float("nan")
+    margin = vanilla.loc[steps, metric] - repa.loc[steps, metric]
+    nz = noise(repa.loc[steps], vanilla.loc[steps], metric)
+    return bool((margin > nz).all()), float(margin.min()), float(nz[margin.idxmin()])
+
+
 def repa_over_vanilla(rows: pd.DataFrame) -> tuple[float, str]:
     """REPA's mean value over vanilla's in ``rows`` (one slice of a probe table): the ratio and its cell."""
     at = {r: rows[rows.run == r]["value"].mean() for r in ("repa", "vanilla")}
@@ -66,14 +77,11 @@ def seed_checks(ev: pd.DataFrame, probe: pd.DataFrame, seed: int, align: int, te
     ``probe`` its probe rows, ``teachers`` (with several teachers) the aligned block against each."""
     runs = {r: g.sort_values("step").set_index("step") for r, g in ev.groupby("run")}
     rep, van = runs["repa"], runs["vanilla"]
-    both = rep.index.intersection(van.index)
-    late = [s for s in both if s >= FROM_STEP]
     row: dict = {"seed": seed}
     for metric in ("fd", "kid"):
-        margin = van.loc[late, metric] - rep.loc[late, metric]
-        nz = noise(rep.loc[late], van.loc[late], metric)
-        row[f"{metric} ahead at every eval >= {FROM_STEP}"] = bool(len(late) and (margin > nz).all())
-        row[f"{metric} smallest margin / its noise"] = (f"{margin.min():.3g} / {nz[margin.idxmin()]:.3g}" if len(late) else "no eval")
+        ok, margin, nz = ahead(rep, van, FROM_STEP, metric)
+        row[f"{metric} ahead at every eval >= {FROM_STEP}"] = ok
+        row[f"{metric} smallest margin / its noise"] = f"{margin:.3g} / {nz:.3g}" if margin == margin else "no eval"
     target = van["fd"].iloc[-1]
     reach = first_step_below(rep.index.to_numpy(), rep["fd"].to_numpy(), target)
     row["vanilla final FD"], row["REPA final FD"] = round(target, 2), round(rep["fd"].iloc[-1], 2)

@@ -138,4 +138,3 @@ def test_live_alignment_filled_from_checkpoints_equals_what_the_loop_logged(runs
     for col in [c for c in logged.columns if c.startswith("align/") and c != "align/seconds"]:
         for step in (2, 4):
             assert filled.loc[step, col] == pytest.approx(logged.loc[step, col], abs=1e-6, nan_ok=True), (col, step)
-
